@@ -1,0 +1,5 @@
+import sys
+
+from batchscore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""The ``batchscore`` command (also ``python -m batchscore``).
+
+Spark verbs are imported lazily, so ``batchscore lookup`` works in the light base install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from batchscore.errors import EXIT_BAD_INPUT, EXIT_OK, BatchscoreError
+
+SPARK_VERBS = {
+    "run": "score -> validate -> publish, in one Spark application",
+    "score": "score the input table and stage predictions under the Delta root",
+    "validate": "profile the staged scores and judge them against the rules",
+    "publish": "load Redis (invisible), commit Delta, flip the Redis pointer",
+    "gc": "delete Redis versions older than the kept ones",
+    "rollback": "restore Delta to a version and move the Redis pointer back",
+    "history": "list published versions",
+    "backfill": "score a date range into a date-partitioned history table",
+}
+
+
+def _usage() -> str:
+    verbs = "\n".join(f"  {v:<9} {d}" for v, d in {**SPARK_VERBS, "lookup": "print current scores of keys from Redis"}.items())
+    return (
+        "usage: batchscore <command> [options]   (batchscore <command> --help for its options)\n\n"
+        f"commands:\n{verbs}\n\nexit codes: 0 ok, 1 unexpected, 2 bad input, 3 validation rejected, 4 infrastructure"
+    )
+
+
+def lookup(argv: Sequence[str]) -> int:
+    from batchscore.config import load_model_config
+    from batchscore.reader import ScoreReader
+    from batchscore.redis_conn import connect
+
+    p = argparse.ArgumentParser(prog="batchscore lookup", description="print the current published scores of keys")
+    p.add_argument("--model-config", required=True, help="path to conf/models/<name>.yaml")
+    p.add_argument("--json", action="store_true", help="one JSON object per key instead of a table")
+    p.add_argument("keys", nargs="+", metavar="KEY")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_model_config(args.model_config)
+        reader = ScoreReader(client=connect(cfg.redis_url()), prefix=cfg.outputs.redis.key_prefix)
+        found = reader.get_many(cfg.name, args.keys)
+    except BatchscoreError as exc:
+        print(f"batchscore: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    for key, score in found.items():
+        if args.json:
+            print(json.dumps({"key": key, **({"values": score.values, "model_version": score.model_version,
+                                               "version": score.version} if score else {"values": None})}))
+        elif score is None:
+            print(f"{key}\t(not found)")
+        else:
+            vals = " ".join(f"{c}={v:.6g}" for c, v in score.values.items())
+            print(f"{key}\t{vals}\tmodel_version={score.model_version}\tversion={score.version}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return EXIT_OK if args else EXIT_BAD_INPUT
+    verb, rest = args[0], args[1:]
+    if verb == "lookup":
+        return lookup(rest)
+    if verb in SPARK_VERBS:
+        try:
+            module = importlib.import_module(f"jobs.{verb}")
+        except ImportError as exc:
+            print(f"batchscore: error: `{verb}` needs the job environment ({exc.name} missing); "
+                  "install it with: pip install 'batchscore[spark]'", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return int(module.main(rest))
+    print(f"batchscore: error: unknown command {verb!r}\n\n{_usage()}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The Redis key layout and value encoding shared by the publisher and the reader.
+
+Stdlib only (the reader is part of the light base install).
+
+Per model namespace ``ns = f"{prefix}:{model}"``:
+
+* data: ``ns:v{N}:b{bucket}`` hashes, field = entity key (UTF-8), value = the scores packed as
+  little-endian float32 (4 bytes per output column). ``bucket = crc32(key) % buckets``. Data keys
+  carry no hash tag, so one version spreads over every slot of a Redis Cluster.
+* control (all share the ``{ns}`` hash tag, so one Lua script can touch them on a Cluster):
+  ``{ns}:current`` (the published version number), ``{ns}:meta:v{N}`` (hash: state, count,
+  buckets, columns, model_version, run_id, delta_version, created_at), ``{ns}:seq`` (version
+  counter), ``{ns}:run:{run_id}`` (the version a run loaded into, for idempotent retries),
+  ``{ns}:versions`` (sorted set of versions, for garbage collection), ``{ns}:changed`` (pub/sub
+  channel announcing a flip).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+
+# Redis keeps a hash in the compact listpack encoding up to 512 fields (hash-max-listpack-entries);
+# aim well below so a skewed bucket still fits.
+TARGET_ENTRIES_PER_BUCKET = 256
+
+
+def namespace(prefix: str, model: str) -> str:
+    return f"{prefix}:{model}"
+
+
+def bucket_count(rows: int) -> int:
+    """Number of buckets for a version of ``rows`` entities (at least 1)."""
+    return max(1, -(-rows // TARGET_ENTRIES_PER_BUCKET))
+
+
+def bucket_of(key: str, buckets: int) -> int:
+    """Stable bucket of an entity key; equals Spark's ``pmod(crc32(key), buckets)``."""
+    return zlib.crc32(key.encode("utf-8")) % buckets
+
+
+def data_key(ns: str, version: int, bucket: int) -> str:
+    return f"{ns}:v{version}:b{bucket}"
+
+
+def pointer_key(ns: str) -> str:
+    return f"{{{ns}}}:current"
+
+
+def meta_key(ns: str, version: int) -> str:
+    return f"{{{ns}}}:meta:v{version}"
+
+
+def seq_key(ns: str) -> str:
+    return f"{{{ns}}}:seq"
+
+
+def run_key(ns: str, run_id: str) -> str:
+    return f"{{{ns}}}:run:{run_id}"
+
+
+def versions_key(ns: str) -> str:
+    return f"{{{ns}}}:versions"
+
+
+def lock_key(ns: str) -> str:
+    return f"{{{ns}}}:lock"
+
+
+def channel(ns: str) -> str:
+    return f"{{{ns}}}:changed"
+
+
+def encode_scores(values: Sequence[float]) -> bytes:
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+def decode_scores(raw: bytes, columns: int) -> tuple[float, ...]:
+    if len(raw) != 4 * columns:
+        raise ValueError(f"score value has {len(raw)} bytes, expected {4 * columns}")
+    return struct.unpack(f"<{columns}f", raw)

@@ -1,0 +1,98 @@
+"""Reading the feature table and refusing bad input before any model runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from batchscore.config import InputTable
+from batchscore.errors import InputDataError
+
+_NUMERIC = (T.FloatType, T.DoubleType, T.IntegerType, T.LongType, T.ShortType, T.ByteType, T.DecimalType)
+_KEY_TYPES = (T.StringType, T.IntegerType, T.LongType, T.ShortType, T.ByteType)
+
+
+def read_input(spark: SparkSession, spec: InputTable) -> DataFrame:
+    local = "://" not in spec.path
+    if local and not Path(spec.path).exists():
+        raise InputDataError(f"input table {spec.path} not found; check input.path in the model config")
+    if spec.format == "delta":
+        return _read_delta(spark, spec.path)
+    try:
+        return spark.read.parquet(spec.path)
+    except Exception as exc:
+        raise InputDataError(f"input table {spec.path}: cannot read as Parquet ({_first_line(exc)})") from None
+
+
+def _read_delta(spark: SparkSession, path: str) -> DataFrame:
+    """Read the current version of a Delta table through delta-rs (no Delta jars needed)."""
+    from deltalake import DeltaTable
+
+    try:
+        files = DeltaTable(path).file_uris()
+    except Exception as exc:
+        raise InputDataError(f"input table {path}: not a Delta table ({_first_line(exc)})") from None
+    if not files:
+        raise InputDataError(f"input table {path}: Delta table has no data files (empty input)")
+    return spark.read.parquet(*files)
+
+
+def check_input(df: DataFrame, spec: InputTable, *, source: str) -> None:
+    """Refuse missing/mistyped columns with the column, its type and the fix."""
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    where = f"input table {spec.path}"
+    if spec.key not in fields:
+        raise InputDataError(f"{where}: key column '{spec.key}' not found (columns: {_names(fields)}); fix input.key in {source}")
+    if not isinstance(fields[spec.key], _KEY_TYPES):
+        raise InputDataError(f"{where}: key column '{spec.key}' has type {fields[spec.key].simpleString()}; use a string or integer key")
+    for col in spec.features or []:
+        if col not in fields:
+            raise InputDataError(f"{where}: feature column '{col}' not found; fix input.features in {source} or the table")
+        if not isinstance(fields[col], _NUMERIC):
+            raise InputDataError(
+                f"{where}: feature column '{col}' has type {fields[col].simpleString()}, expected a number; "
+                "cast it upstream or drop it from input.features"
+            )
+    if spec.feature_array:
+        col = spec.feature_array
+        dtype = fields.get(col)
+        if dtype is None:
+            raise InputDataError(f"{where}: feature array column '{col}' not found; fix input.feature_array in {source}")
+        if not (isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _NUMERIC)):
+            raise InputDataError(f"{where}: feature array column '{col}' has type {dtype.simpleString()}, expected array<float>")
+
+
+def check_keys(df: DataFrame, spec: InputTable) -> int:
+    """Count rows, refusing an empty input or duplicate/null keys (one aggregation pass)."""
+    key = F.col(spec.key)
+    row = df.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count_distinct(key).alias("keys"),
+        F.sum(key.isNull().cast("long")).alias("null_keys"),
+    ).first()
+    assert row is not None
+    rows, keys, null_keys = int(row["rows"]), int(row["keys"]), int(row["null_keys"] or 0)
+    if rows == 0:
+        raise InputDataError(f"input table {spec.path} is empty; nothing to score (check the upstream job)")
+    if null_keys:
+        raise InputDataError(f"input table {spec.path}: {null_keys} row(s) have a null key in '{spec.key}'; drop or fix them upstream")
+    if keys != rows:
+        dup = df.groupBy(key).count().where("count > 1").limit(3).collect()
+        sample = ", ".join(str(r[0]) for r in dup)
+        raise InputDataError(
+            f"input table {spec.path}: {rows - keys} duplicate key(s) in '{spec.key}' (e.g. {sample}); "
+            "deduplicate upstream: each entity must be scored once"
+        )
+    return rows
+
+
+def _names(fields: dict[str, object]) -> str:
+    names = list(fields)
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

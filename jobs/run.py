@@ -1,0 +1,64 @@
+"""``batchscore run``: score -> validate -> publish in one Spark application."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pyspark.sql import SparkSession
+
+from batchscore.config import ModelConfig, load_model_config
+from batchscore.redis_conn import connect
+from jobs import entry, state
+from jobs.publish import publish
+from jobs.score import score
+from jobs.session import build_session
+from jobs.validate import validate
+
+
+def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, redis_url: str) -> dict[str, Any]:
+    """The whole pipeline for one run; returns the run report (also written as ``run.json``)."""
+    started = time.perf_counter()
+    connect(redis_url).close()  # fail fast, before scoring, when Redis is unreachable
+    scored = score(spark, cfg, run_id=run_id, run_date=run_date)
+    validated = validate(spark, cfg, run_id=run_id)
+    published = publish(spark, cfg, run_id=run_id, redis_url=redis_url)
+    report = {
+        "model": cfg.name, "run_id": run_id, "run_date": run_date, "rows": published["rows"],
+        "delta_version": published["delta_version"], "redis_version": published["redis_version"],
+        "model_loads": scored["model_loads"], "model_load_seconds": scored["model_load_seconds"],
+        "warnings": validated["warnings"], "seconds": round(time.perf_counter() - started, 2),
+        "steps": {"score": scored["seconds"], "validate": validated["seconds"], "publish": published["seconds"]},
+    }
+    state.write_report(cfg, run_id, "run", report)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = entry.parser("run", __doc__.splitlines()[0]).parse_args(entry.argv_or_sys(argv))
+
+    def body() -> dict[str, Any]:
+        cfg = load_model_config(args.model_config)
+        run_id = state.check_run_id(args.run_id or state.new_run_id(args.run_date))
+        url = cfg.redis_url()
+        spark = build_session(f"batchscore-run-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf)
+        rep = run(spark, cfg, run_id=run_id, run_date=args.run_date, redis_url=url)
+        entry.summary(f"run {cfg.name}", {
+            "run id": run_id, "rows": f"{rep['rows']:,}", "time": f"{rep['seconds']} s "
+            f"(score {rep['steps']['score']} s, validate {rep['steps']['validate']} s, publish {rep['steps']['publish']} s)",
+            "model loads": f"{rep['model_loads']} ({rep['model_load_seconds']} s)",
+            "delta version": rep["delta_version"], "redis version": rep["redis_version"],
+            "report": str(state.run_dir(cfg, run_id) / "run.json")})
+        return rep
+
+    return entry.guarded(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""``batchscore score``: score the input table and stage predictions as Parquet under the Delta root.
+
+Also runnable as ``spark-submit jobs/score.py --model-config ... --run-date ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # spark-submit jobs/score.py: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from batchscore.config import ModelConfig, load_model_config
+from batchscore.errors import PublishRefusedError
+from batchscore.sinks import delta
+from jobs import entry, state
+from jobs.inputs import check_input, check_keys, read_input
+from jobs.session import build_session
+from udfs.backends import check_model, load_backend, resolve_device
+from udfs.model_cache import LoadStatsParam
+from udfs.model_ref import model_ref, read_artifact
+from udfs.predict_udf import predict_column
+
+
+def check_artifact(cfg: ModelConfig) -> Any:
+    """Hash and load the artifact on the driver and probe it: bad models fail here, clearly."""
+    ref = model_ref(cfg.model_path, cfg.model.format, cfg.scoring.device)
+    backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=ref.uri, device=resolve_device(ref.device))
+    check_model(backend, uri=ref.uri, n_features=cfg.input.n_features, n_outputs=len(cfg.outputs.columns))
+    return ref
+
+
+def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) -> dict[str, Any]:
+    """Score ``cfg``'s input into ``<delta>/runs/<run_id>/`` and write the score report."""
+    started = time.perf_counter()
+    if delta.committed_version(cfg.outputs.delta.path, cfg.name, run_id) is not None:
+        raise PublishRefusedError(f"run {run_id} of '{cfg.name}' is already published; use a new --run-id")
+    ref = check_artifact(cfg)
+    entry.log(f"score {cfg.name}: model {Path(ref.uri).name} sha256 {ref.sha256[:12]} ({cfg.model.format}, device {cfg.scoring.device})")
+    df = read_input(spark, cfg.input)
+    check_input(df, cfg.input, source=cfg.source)
+    input_rows = check_keys(df, cfg.input)
+    entry.log(f"score {cfg.name}: {input_rows:,} input rows from {cfg.input.path}")
+    loads = spark.sparkContext.accumulator([0, 0.0], LoadStatsParam())  # type: ignore[arg-type]
+    pred = predict_column(
+        ref, features=cfg.input.features, feature_array=cfg.input.feature_array,
+        columns=cfg.outputs.columns, batch_size=cfg.scoring.batch_size, loads=loads,
+    )
+    scored_at = datetime.now(UTC).replace(microsecond=0)
+    out = df.select(F.col(cfg.input.key), pred.alias("_pred")).select(
+        cfg.input.key,
+        *[F.col(f"_pred.{c}").alias(c) for c in cfg.outputs.columns],
+        F.lit(cfg.model.version).alias("model_version"),
+        F.lit(run_id).alias("run_id"),
+        F.lit(scored_at).cast("timestamp").alias("scored_at"),
+    )
+    target = state.staged_path(cfg, run_id)
+    try:
+        out.write.mode("overwrite").parquet(target)
+    except Exception as exc:
+        known = entry.executor_error(exc)
+        if known is not None:
+            raise known from None
+        raise
+    report = {
+        "model": cfg.name, "run_id": run_id, "run_date": run_date, "model_version": cfg.model.version,
+        "model_sha256": ref.sha256, "input_rows": input_rows, "staged_path": target,
+        "model_loads": int(loads.value[0]), "model_load_seconds": round(float(loads.value[1]), 3),
+        "seconds": round(time.perf_counter() - started, 2), "scored_at": scored_at.isoformat(),
+    }
+    path = state.write_report(cfg, run_id, "score", report)
+    entry.log(f"score {cfg.name}: staged {input_rows:,} predictions at {target}; report {path}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = entry.parser("score", __doc__.splitlines()[0]).parse_args(entry.argv_or_sys(argv))
+
+    def body() -> dict[str, Any]:
+        cfg = load_model_config(args.model_config)
+        run_id = state.check_run_id(args.run_id or state.new_run_id(args.run_date))
+        spark = build_session(f"batchscore-score-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf)
+        rep = score(spark, cfg, run_id=run_id, run_date=args.run_date)
+        entry.summary(f"score {cfg.name}", {"run id": run_id, "rows": f"{rep['input_rows']:,}",
+                      "model loads": rep["model_loads"], "time": f"{rep['seconds']} s", "staged": rep["staged_path"]})
+        return rep
+
+    return entry.guarded(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

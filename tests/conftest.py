@@ -1,0 +1,98 @@
+"""Shared fixtures: a real local[2] SparkSession, real redis-server processes, generated models.
+
+Nothing here mocks Spark, Redis or Delta: tests run against the real things on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+N_FEATURES = 8
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from jobs.session import build_session
+
+    session = build_session(
+        "batchscore-tests",
+        master="local[2]",
+        conf={
+            "spark.sql.shuffle.partitions": "2",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("warehouse")),
+        },
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    from batchscore.local_redis import LocalRedis
+
+    with LocalRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("BATCHSCORE_REDIS_URL", redis_server.url)
+    return str(redis_server.url)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a small model, a feature table and a model config under ``tmp_path``.
+
+    Keyword overrides are deep-merged into the YAML (``None`` deletes a key); ``rows`` sets the
+    table size; ``layers`` the MLP shape; ``fmt`` 'onnx' or 'torchscript'.
+    """
+    from jobs.demo import write_features, write_onnx_mlp, write_torchscript_mlp
+
+    def make(*, rows: int = 2000, layers: tuple[int, ...] = (N_FEATURES, 16, 1), fmt: str = "onnx",
+             name: str = "m", **overrides: Any) -> Path:
+        model = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")
+        if not model.exists():
+            (write_onnx_mlp if fmt == "onnx" else write_torchscript_mlp)(model, layers)
+        feats = tmp_path / "features.parquet"
+        if not feats.exists():
+            write_features(feats, rows, layers[0])
+        cfg: dict[str, Any] = {
+            "name": name,
+            "model": {"uri": str(model), "format": fmt, "version": "v1"},
+            "input": {"path": str(feats), "key": "user_id", "features": [f"f{i}" for i in range(layers[0])]},
+            "outputs": {
+                "columns": ["score"] if layers[-1] == 1 else [f"s{i}" for i in range(layers[-1])],
+                "delta": {"path": str(tmp_path / "predictions")},
+                "redis": {"key_prefix": "t", "keep_versions": 1},
+            },
+            "scoring": {"batch_size": 512, "device": "cpu"},
+            "validation": {"range": {"min": 0.0, "max": 1.0}},
+            "runtime": {"report_dir": str(tmp_path / "runs")},
+        }
+        _merge(cfg, overrides)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return path
+
+    return make
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
+    for k, v in over.items():
+        if v is None:
+            base.pop(k, None)
+        elif isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v

@@ -1,0 +1,42 @@
+"""``ModelRef``: the immutable, picklable identity of a model artifact.
+
+The cache key is the artifact's *content* hash (plus backend and device), not the path or the
+UDF object: re-creating a UDF, or a second job in the same worker, reuses the loaded model, and a
+new artifact at the same path always misses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchscore.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    uri: str
+    sha256: str
+    format: str  # "onnx" | "torchscript"
+    device: str = "cpu"  # "cpu" | "cuda" | "auto"
+
+    @property
+    def cache_key(self) -> tuple[str, str, str]:
+        return (self.sha256, self.format, self.device)
+
+
+def read_artifact(path: str) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"model artifact {path} not found; check model.uri in the model config")
+    return p.read_bytes()
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def model_ref(path: str, fmt: str, device: str = "cpu") -> ModelRef:
+    """Hash the artifact at ``path`` (on the driver) into a :class:`ModelRef`."""
+    return ModelRef(uri=path, sha256=hash_bytes(read_artifact(path)), format=fmt, device=device)
