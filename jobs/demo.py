@@ -161,11 +161,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         keys = [0, 1, 42, 4242, args.rows - 1]
         print("\nlookups (batchscore lookup):")
         lookup(["--model-config", args.model_config, *map(str, keys)])
-        feats = cfg.input.features or []
-        want = expected_scores(cfg.model_path, cfg.input.path, cfg.input.key, keys, feats)
+        want = expected_scores(cfg.model_path, cfg.input.path, cfg.input.key, keys, cfg.input.features or [])
         print("\nthe model run directly on the same rows (onnxruntime, outside Spark):")
         for k, v in zip(keys, want, strict=True):
             print(f"{k}\t" + " ".join(f"{c}={x:.6g}" for c, x in zip(cfg.outputs.columns, v, strict=True)))
+        from batchscore.reader import ScoreReader
+
+        reader = ScoreReader(os.environ[cfg.outputs.redis.url_env], prefix=cfg.outputs.redis.key_prefix)
+        got = reader.get_many(cfg.name, keys)
+        same = all(
+            (s := got[str(k)]) is not None and tuple(s.values.values()) == tuple(float(x) for x in v)
+            for k, v in zip(keys, want, strict=True)
+        )
+        print(f"\nlookups equal the model's direct output (bit-exact float32): {'yes' if same else 'NO'}")
+        if not same:
+            return 1
         return 0
     finally:
         if server:
