@@ -15,7 +15,7 @@ from typing import Any
 if __package__ in (None, ""):  # spark-submit jobs/score.py: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from batchscore.config import ModelConfig, load_model_config
@@ -24,18 +24,35 @@ from batchscore.sinks import delta
 from jobs import entry, state
 from jobs.inputs import check_input, check_keys, read_input
 from jobs.session import build_session
-from udfs.backends import check_model, load_backend, resolve_device
-from udfs.model_cache import LoadStatsParam
-from udfs.model_ref import model_ref, read_artifact
-from udfs.predict_udf import predict_column
+from udfs.backends import check_model, load_backend
+from udfs.device import resolve_device
+from udfs.model_cache import load_accumulator
+from udfs.model_ref import ModelRef, model_ref, read_artifact
+from udfs.predict_udf import with_predictions
 
 
 def check_artifact(cfg: ModelConfig) -> Any:
     """Hash and load the artifact on the driver and probe it: bad models fail here, clearly."""
-    ref = model_ref(cfg.model_path, cfg.model.format, cfg.scoring.device)
-    backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=ref.uri, device=resolve_device(ref.device))
+    ref = model_ref(cfg.model_path, cfg.model.format, cfg.scoring.device, n_features=cfg.input.n_features)
+    device = resolve_device(ref.device, ref.format, uri=ref.uri)
+    backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=ref.uri, device=device)
     check_model(backend, uri=ref.uri, n_features=cfg.input.n_features, n_outputs=len(cfg.outputs.columns))
     return ref
+
+
+def scored_frame(df: DataFrame, cfg: ModelConfig, ref: ModelRef, *, run_id: str, scored_at: datetime, loads: Any = None) -> DataFrame:
+    """The staged output: key, the output columns (float32), model_version, run_id, scored_at."""
+    spec = cfg.input
+    pred = with_predictions(
+        df, ref, key=spec.key, features=spec.features, feature_array=spec.feature_array,
+        columns=cfg.outputs.columns, batch_size=cfg.scoring.batch_size, loads=loads,
+    )
+    return pred.select(
+        spec.key, *cfg.outputs.columns,
+        F.lit(cfg.model.version).alias("model_version"),
+        F.lit(run_id).alias("run_id"),
+        F.lit(scored_at).cast("timestamp").alias("scored_at"),
+    )
 
 
 def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) -> dict[str, Any]:
@@ -49,19 +66,9 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
     check_input(df, cfg.input, source=cfg.source)
     input_rows = check_keys(df, cfg.input)
     entry.log(f"score {cfg.name}: {input_rows:,} input rows from {cfg.input.path}")
-    loads = spark.sparkContext.accumulator([0, 0.0], LoadStatsParam())  # type: ignore[arg-type]
-    pred = predict_column(
-        ref, features=cfg.input.features, feature_array=cfg.input.feature_array,
-        columns=cfg.outputs.columns, batch_size=cfg.scoring.batch_size, loads=loads,
-    )
+    loads = load_accumulator(spark.sparkContext)
     scored_at = datetime.now(UTC).replace(microsecond=0)
-    out = df.select(F.col(cfg.input.key), pred.alias("_pred")).select(
-        cfg.input.key,
-        *[F.col(f"_pred.{c}").alias(c) for c in cfg.outputs.columns],
-        F.lit(cfg.model.version).alias("model_version"),
-        F.lit(run_id).alias("run_id"),
-        F.lit(scored_at).cast("timestamp").alias("scored_at"),
-    )
+    out = scored_frame(df, cfg, ref, run_id=run_id, scored_at=scored_at, loads=loads)
     target = state.staged_path(cfg, run_id)
     try:
         out.write.mode("overwrite").parquet(target)
@@ -90,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark = build_session(f"batchscore-score-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf)
         rep = score(spark, cfg, run_id=run_id, run_date=args.run_date)
         entry.summary(f"score {cfg.name}", {"run id": run_id, "rows": f"{rep['input_rows']:,}",
-                      "model loads": rep["model_loads"], "time": f"{rep['seconds']} s", "staged": rep["staged_path"]})
+                      "model loads": f"{rep['model_loads']} ({rep['model_load_seconds']} s)", "time": f"{rep['seconds']} s", "staged": rep["staged_path"]})
         return rep
 
     return entry.guarded(body)

@@ -12,6 +12,10 @@ from pyspark.sql import SparkSession
 BASE_CONF: dict[str, str] = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.python.worker.reuse": "true",
+    # Arrow transfer unit between the JVM and Python workers (Spark's default, made explicit):
+    # the scoring UDFs re-cut rows to scoring.batch_size themselves, so this only trades per-batch
+    # overhead against worker memory (~10,000 x features x 4 bytes per batch in flight).
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
     "spark.sql.shuffle.partitions": "8",
     # Delta wants TIMESTAMP_MICROS, not Spark's legacy INT96.
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",

@@ -1,6 +1,6 @@
 """A small, bounded, per-Python-worker cache of loaded models.
 
-Keyed by :attr:`ModelRef.cache_key` (content hash, format, device), so every UDF object and every
+Keyed by :meth:`ModelRef.cache_key` (content hash, format, resolved device, precision), so every UDF object and every
 job that runs in the same Python worker shares one loaded copy, and a changed artifact always
 misses. Bounded by count and by artifact bytes; least recently used entries go first.
 
@@ -18,9 +18,11 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from udfs.backends import Backend, load_backend, resolve_device
+from udfs.backends import Backend, load_backend, warm_up
+from udfs.device import resolve_device
 from udfs.model_ref import ModelRef, hash_bytes, read_artifact
 
 from batchscore.errors import ModelError
@@ -31,22 +33,30 @@ class CacheStats:
     loads: int = 0
     load_seconds: float = 0.0
     hits: int = 0
+    evictions: int = 0
+    loaded: list[str] = field(default_factory=list)  # "<sha12>@<device>" per load, in order
 
 
 class ModelCache:
+    """LRU of loaded backends, bounded by ``max_models`` and by total artifact ``max_bytes``
+    (the most recent model always stays, even when it alone exceeds ``max_bytes``)."""
+
     def __init__(self, *, max_models: int = 4, max_bytes: int = 4 << 30) -> None:
         self.max_models = max_models
         self.max_bytes = max_bytes
         self.stats = CacheStats()
-        self._entries: OrderedDict[tuple[str, str, str], tuple[Backend, int]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, ...], tuple[Backend, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, ref: ModelRef) -> tuple[Backend, float | None]:
-        """The loaded model for ``ref`` and, when this call loaded it, the seconds it took."""
+        """The loaded model for ``ref`` on this task's device and, when this call loaded it, the
+        seconds the load (read, hash check, session build, one warm-up batch) took."""
+        device = resolve_device(ref.device, ref.format, uri=ref.uri)
+        key = ref.cache_key(device)
         with self._lock:
-            hit = self._entries.get(ref.cache_key)
+            hit = self._entries.get(key)
             if hit is not None:
-                self._entries.move_to_end(ref.cache_key)
+                self._entries.move_to_end(key)
                 self.stats.hits += 1
                 return hit[0], None
             start = time.perf_counter()
@@ -55,42 +65,60 @@ class ModelCache:
                 raise ModelError(
                     f"{ref.uri}: artifact changed after the job started (content hash differs); rerun"
                 )
-            backend = load_backend(data, fmt=ref.format, uri=ref.uri, device=resolve_device(ref.device))
+            backend = load_backend(data, fmt=ref.format, uri=ref.uri, device=device)
+            if ref.n_features:
+                warm_up(backend, ref.n_features)
             seconds = time.perf_counter() - start
             self.stats.loads += 1
             self.stats.load_seconds += seconds
-            self._entries[ref.cache_key] = (backend, len(data))
+            self.stats.loaded.append(f"{ref.sha256[:12]}@{device}")
+            self._entries[key] = (backend, len(data))
             self._evict()
             return backend, seconds
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size in self._entries.values())
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
 
     def _evict(self) -> None:
-        total = sum(size for _, size in self._entries.values())
-        while len(self._entries) > 1 and (
-            len(self._entries) > self.max_models or total > self.max_bytes
-        ):
+        total = self.bytes
+        while len(self._entries) > 1 and (len(self._entries) > self.max_models or total > self.max_bytes):
             _, (_, size) = self._entries.popitem(last=False)
             total -= size
+            self.stats.evictions += 1
 
 
-#: The cache of this Python worker; bounds come from BATCHSCORE_CACHE_MAX_MODELS/_MAX_BYTES.
+#: The cache of this Python worker; bounds come from BATCHSCORE_CACHE_MAX_MODELS/_MAX_BYTES
+#: (set them for executors with ``spark.executorEnv.*``; local mode inherits the driver's env).
 CACHE = ModelCache(
     max_models=int(os.environ.get("BATCHSCORE_CACHE_MAX_MODELS", "4")),
     max_bytes=int(os.environ.get("BATCHSCORE_CACHE_MAX_BYTES", str(4 << 30))),
 )
 
 
+def load_event(seconds: float) -> list[Any]:
+    """One load as an accumulator update: ``[1, seconds, ["<worker pid>"]]``."""
+    return [1, seconds, [str(os.getpid())]]
+
+
 class LoadStatsParam:
-    """Spark ``AccumulatorParam`` adding ``[loads, load_seconds]`` pairs from the executors."""
+    """Spark ``AccumulatorParam`` summing ``[loads, load_seconds, worker pids]`` from executors."""
 
-    def zero(self, value: list[float]) -> list[float]:
-        return [0, 0.0]
+    def zero(self, value: list[Any]) -> list[Any]:
+        return [0, 0.0, []]
 
-    def addInPlace(self, a: list[float], b: list[float]) -> list[float]:  # noqa: N802 (Spark API)
-        return [a[0] + b[0], a[1] + b[1]]
+    def addInPlace(self, a: list[Any], b: list[Any]) -> list[Any]:  # noqa: N802 (Spark API)
+        pids = list(a[2] if len(a) > 2 else []) + list(b[2] if len(b) > 2 else [])
+        return [a[0] + b[0], a[1] + b[1], pids]
+
+
+def load_accumulator(sc: Any) -> Any:
+    """A fresh load counter for one job; ``.value`` is ``[loads, seconds, pids]``."""
+    return sc.accumulator([0, 0.0, []], LoadStatsParam())

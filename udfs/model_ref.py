@@ -18,12 +18,14 @@ from batchscore.errors import ModelError
 class ModelRef:
     uri: str
     sha256: str
-    format: str  # "onnx" | "torchscript"
-    device: str = "cpu"  # "cpu" | "cuda" | "auto"
+    format: str  # "onnx" | "torchscript" | "torch_export"
+    device: str = "cpu"  # as configured: "cpu" | "cuda" | "auto" (resolved per task)
+    precision: str = "fp32"
+    n_features: int | None = None  # for the warm-up batch at load
 
-    @property
-    def cache_key(self) -> tuple[str, str, str]:
-        return (self.sha256, self.format, self.device)
+    def cache_key(self, device: str) -> tuple[str, str, str, str]:
+        """Content hash + backend + *resolved* device + precision."""
+        return (self.sha256, self.format, device, self.precision)
 
 
 def read_artifact(path: str) -> bytes:
@@ -37,6 +39,6 @@ def hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def model_ref(path: str, fmt: str, device: str = "cpu") -> ModelRef:
+def model_ref(path: str, fmt: str, device: str = "cpu", n_features: int | None = None) -> ModelRef:
     """Hash the artifact at ``path`` (on the driver) into a :class:`ModelRef`."""
-    return ModelRef(uri=path, sha256=hash_bytes(read_artifact(path)), format=fmt, device=device)
+    return ModelRef(uri=path, sha256=hash_bytes(read_artifact(path)), format=fmt, device=device, n_features=n_features)

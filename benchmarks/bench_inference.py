@@ -1,0 +1,180 @@
+"""Inference throughput: batchscore's score stage vs raw ONNX Runtime, Spark's ceilings and
+``pyspark.ml.functions.predict_batch_udf`` (``make bench``; not part of ``make test``).
+
+One Spark session (local[2]), one generated Parquet table (1M rows: ``id`` int64 + 32 float32
+columns, under ``.batchscore/bench/``, generated once), two ONNX MLPs (light 32->64->1, heavy
+32->512->512->512->1, sigmoid). Every case writes to the ``noop`` sink. One warm-up round, then
+``--reps`` rounds; the cases run interleaved within each round, so a noisy neighbour slows all of
+them alike. Prints rows/s medians and the ratios, exits 1 when a bar is missed.
+
+    .venv/bin/python benchmarks/bench_inference.py [--rows 1000000] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+from jobs.demo import feature_matrix, write_onnx_mlp  # noqa: E402
+
+OUT = REPO / ".batchscore" / "bench"
+N_FEATURES = 32
+MODELS = {"light": ((32, 64, 1), 4096), "heavy": ((32, 512, 512, 512, 1), 1024)}  # layers, batch size
+FILES = 8
+BARS = [  # (model, case, baseline case, minimum ratio)
+    ("light", "batchscore", "identity mapInArrow", 0.85),
+    ("light", "batchscore", "predict_batch_udf", 1.15),
+    ("heavy", "batchscore", "raw ORT (2 threads)", 0.90),
+]
+
+
+def make_data(rows: int) -> Path:
+    import pyarrow.parquet as pq
+
+    path = OUT / f"features-{rows}"
+    if (path / "_SUCCESS").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    x = feature_matrix(rows, N_FEATURES)
+    for p, part in enumerate(np.array_split(np.arange(rows), FILES)):
+        cols = {"id": pa.array(part.astype(np.int64))}
+        cols.update({f"f{i}": pa.array(x[part, i]) for i in range(N_FEATURES)})
+        pq.write_table(pa.table(cols), path / f"part-{p}.parquet", row_group_size=1 << 16)
+    (path / "_SUCCESS").touch()
+    return path
+
+
+def raw_ort(model: Path, x: np.ndarray, batch: int) -> Callable[[], None]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def run() -> None:
+        for i in range(0, len(x), batch):
+            sess.run(None, {name: x[i : i + batch]})
+
+    return run
+
+
+def spark_cases(spark, data: Path, models: dict[str, Path]) -> dict[tuple[str, str], Callable[[], None]]:  # type: ignore[no-untyped-def]
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.types import FloatType
+
+    from batchscore.config import ModelConfig
+    from jobs.score import scored_frame
+    from udfs.model_ref import model_ref
+
+    df = spark.read.parquet(str(data))
+    feats = [f"f{i}" for i in range(N_FEATURES)]
+
+    def noop(frame) -> Callable[[], None]:  # type: ignore[no-untyped-def]
+        return lambda: frame.write.format("noop").mode("overwrite").save()
+
+    @pandas_udf(df.select(*feats).schema)  # type: ignore[call-overload]
+    def identity(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        yield from batches
+
+    def same(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        yield from batches
+
+    cases = {
+        ("-", "scan"): noop(df),
+        ("-", "identity pandas_udf"): noop(df.select("id", identity(F.struct(*feats)).alias("x"))),
+        ("-", "identity mapInArrow"): noop(df.mapInArrow(same, df.schema)),
+    }
+    for name, path in models.items():
+        layers, batch = MODELS[name]
+
+        def make_predict_fn(path: str = str(path)):  # type: ignore[no-untyped-def]
+            import onnxruntime as ort
+            from pyspark import TaskContext
+
+            opts = ort.SessionOptions()  # the same thread rule as batchscore: spark.task.cpus
+            opts.intra_op_num_threads, opts.inter_op_num_threads = int(TaskContext.get().cpus()), 1
+            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            inp = sess.get_inputs()[0].name
+            return lambda x: sess.run(None, {inp: x})[0]
+
+        pbu = predict_batch_udf(make_predict_fn, return_type=FloatType(), batch_size=batch)
+        cases[(name, "predict_batch_udf")] = noop(df.select("id", pbu(F.struct(*feats)).alias("score")))
+        cfg = ModelConfig.model_validate({
+            "name": f"bench_{name}", "model": {"uri": str(path), "format": "onnx", "version": "bench"},
+            "input": {"path": str(data), "key": "id", "features": feats},
+            "outputs": {"columns": ["score"], "delta": {"path": str(OUT / "unused")}},
+            "scoring": {"batch_size": batch, "device": "cpu"},
+        })
+        ref = model_ref(str(path), "onnx", "cpu", n_features=N_FEATURES)
+        out = scored_frame(df, cfg, ref, run_id="bench", scored_at=datetime.now(UTC))
+        cases[(name, "batchscore")] = noop(out)
+    return cases
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    data = make_data(args.rows)
+    models = {n: OUT / f"{n}.onnx" for n in MODELS}
+    for n, p in models.items():
+        if not p.exists():
+            write_onnx_mlp(p, MODELS[n][0])
+
+    from jobs.session import build_session
+
+    spark = build_session("batchscore-bench-inference", master="local[2]", conf={"spark.ui.showConsoleProgress": "false"})
+    x = feature_matrix(args.rows, N_FEATURES)
+    cases = {(n, "raw ORT (2 threads)"): raw_ort(p, x, MODELS[n][1]) for n, p in models.items()}
+    cases.update(spark_cases(spark, data, models))
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in cases}
+    for rep in range(args.reps + 1):  # round 0 is the warm-up
+        for key, run in cases.items():
+            t = time.perf_counter()
+            run()
+            if rep:
+                times[key].append(time.perf_counter() - t)
+        print(f"round {rep}/{args.reps} done" + (" (warm-up)" if not rep else ""), file=sys.stderr, flush=True)
+    rate = {k: args.rows / statistics.median(v) for k, v in times.items()}
+    spark.stop()
+
+    print(f"\n{args.rows:,} rows x {N_FEATURES} float32, local[2], {os.cpu_count()} CPUs, median of {args.reps}")
+    print(f"{'model':6} {'case':22} {'rows/s':>12} {'min..max rows/s':>24}")
+    for (model, case), r in rate.items():
+        lo, hi = args.rows / max(times[(model, case)]), args.rows / min(times[(model, case)])
+        print(f"{model:6} {case:22} {r:12,.0f} {lo:11,.0f}..{hi:<11,.0f}")
+    ok = True
+    print("\nbars:")
+    for model, case, base, need in BARS:
+        b = rate.get((model, base)) or rate[("-", base)]
+        ratio = rate[(model, case)] / b
+        ok &= ratio >= need
+        print(f"  {model:6} {case} / {base}: {ratio:.2f}x (need >= {need:.2f}x) {'ok' if ratio >= need else 'MISSED'}")
+    for model in MODELS:
+        r = rate[(model, "batchscore")] / rate[(model, "predict_batch_udf")]
+        print(f"  {model:6} batchscore / predict_batch_udf: {r:.2f}x; / raw ORT: {rate[(model, 'batchscore')] / rate[(model, 'raw ORT (2 threads)')]:.2f}x")
+    (OUT / "inference.json").write_text(json.dumps({" | ".join(k): v for k, v in rate.items()}, indent=1))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
