@@ -27,7 +27,7 @@ class _Strict(BaseModel):
 
 class ModelArtifact(_Strict):
     uri: str = Field(description="path or file:// URI of the model artifact")
-    format: Literal["onnx", "torchscript"]
+    format: Literal["onnx", "torchscript", "torch_export"]
     version: str = Field(min_length=1, description="model version recorded with every score")
 
 
@@ -60,12 +60,20 @@ class RedisOutput(_Strict):
     url_env: str = "BATCHSCORE_REDIS_URL"
     key_prefix: str = Field(default="bs", pattern=_NAME)
     keep_versions: int = Field(default=1, ge=0, description="old versions kept besides the current")
+    cluster: bool = Field(default=False, description="the URL points at a Redis Cluster node")
+    gc_grace_seconds: float = Field(default=300.0, ge=0, description="a replaced version outlives its "
+                                    "replacement this long before GC (must exceed readers' pointer cache TTL)")
+    max_memory_fraction: float = Field(default=0.9, gt=0, le=1, description="refuse a publish that would "
+                                       "take Redis past this share of maxmemory")
+    lock_ttl_seconds: int = Field(default=120, ge=5, description="publish lock lifetime, renewed while running")
 
 
 class Outputs(_Strict):
     columns: list[str] = Field(default_factory=lambda: ["score"], min_length=1)
     delta: DeltaOutput
     redis: RedisOutput = Field(default_factory=RedisOutput)
+    history: DeltaOutput | None = Field(default=None, description="date-partitioned table `batchscore backfill` "
+                                        "writes (default: <delta.path>_history)")
 
     @field_validator("columns")
     @classmethod
@@ -89,19 +97,113 @@ class RowCountRule(Level):
     tolerance: float = Field(default=0.0, ge=0, le=1, description="allowed relative difference")
 
 
-class NullRateRule(Level):
-    max: float = Field(default=0.0, ge=0, le=1)
+class ColumnRule(Level):
+    columns: list[str] | None = Field(default=None, min_length=1, description="output columns checked (default: all)")
 
 
-class RangeRule(Level):
+class NullRateRule(ColumnRule):
+    max: float = Field(default=0.0, ge=0, le=1, description="largest allowed share of null or NaN scores")
+
+
+class _Bounds(_Strict):
     min: float | None = None
     max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Any:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class RangeRule(ColumnRule, _Bounds):
+    pass
+
+
+class MeanRule(ColumnRule, _Bounds):
+    max_shift: float | None = Field(default=None, gt=0, description="largest move from the reference mean, in reference std")
+
+    @model_validator(mode="after")
+    def _something(self) -> MeanRule:
+        if self.min is None and self.max is None and self.max_shift is None:
+            raise ValueError("give at least one of min, max, max_shift")
+        return self
+
+
+class StdRule(ColumnRule, _Bounds):
+    min: float | None = Field(default=None, ge=0)
+    max_change: float | None = Field(default=None, gt=0, description="largest relative change from the reference std")
+
+    @model_validator(mode="after")
+    def _something(self) -> StdRule:
+        if self.min is None and self.max is None and self.max_change is None:
+            raise ValueError("give at least one of min, max, max_change")
+        return self
+
+
+class QuantileBand(_Bounds):
+    q: float = Field(gt=0, lt=1, description="the quantile, e.g. 0.5 for the median")
+
+    @model_validator(mode="after")
+    def _something(self) -> QuantileBand:
+        if self.min is None and self.max is None:
+            raise ValueError(f"quantile {self.q}: give min, max or both")
+        return self
+
+
+class QuantileRule(ColumnRule):
+    bands: list[QuantileBand] = Field(min_length=1)
+
+
+class ShareBand(_Bounds):
+    min: float | None = Field(default=None, ge=0, le=1)
+    max: float | None = Field(default=None, ge=0, le=1)
+
+
+class ClassShareRule(ColumnRule):
+    shares: dict[float, ShareBand] = Field(min_length=1, description="class value -> allowed share of the rows")
+
+
+class _Thresholds(_Strict):
+    @model_validator(mode="after")
+    def _ordered(self) -> Any:
+        warn, block = getattr(self, "warn"), getattr(self, "block")
+        if warn is not None and block is not None and warn > block:
+            raise ValueError(f"warn threshold {warn} is above block threshold {block}")
+        return self
+
+
+class PsiRule(_Thresholds):
+    warn: float | None = Field(default=0.1, ge=0)
+    block: float | None = Field(default=0.25, ge=0)
+
+
+class KlRule(_Thresholds):
+    # KL(candidate || reference) is about half the PSI (a symmetrised KL) for small shifts.
+    warn: float | None = Field(default=0.05, ge=0)
+    block: float | None = Field(default=0.125, ge=0)
+    tail_holdout: float = Field(default=0.005, gt=0, lt=0.5, description="weight given to empty bins and tails")
+
+
+class DriftRule(_Strict):
+    enabled: bool = True
+    columns: list[str] | None = Field(default=None, min_length=1)
+    min_rows: int = Field(default=1000, ge=1, description="fewer rows (candidate or reference): drift is not judged")
+    bins: int = Field(default=20, ge=2, le=200, description="bins frozen from the first reference's quantiles")
+    reset_on_new_model_version: bool = Field(default=True, description="a new model version starts a new reference")
+    psi: PsiRule = Field(default_factory=PsiRule)
+    kl: KlRule = Field(default_factory=KlRule)
 
 
 class Validation(_Strict):
     row_count: RowCountRule = Field(default_factory=RowCountRule)
     null_rate: NullRateRule = Field(default_factory=NullRateRule)
     range: RangeRule | None = None
+    mean: MeanRule | None = None
+    std: StdRule | None = None
+    quantiles: QuantileRule | None = None
+    class_share: ClassShareRule | None = None
+    drift: DriftRule = Field(default_factory=DriftRule)
 
 
 class Runtime(_Strict):
@@ -159,6 +261,7 @@ def _absolutize(raw: dict[str, Any]) -> dict[str, Any]:
     fix("model", "uri")
     fix("input", "path")
     fix("outputs", "delta.path")
+    fix("outputs", "history.path")
     fix("runtime", "report_dir")
     runtime = raw.setdefault("runtime", {})
     if isinstance(runtime, dict) and "report_dir" not in runtime:

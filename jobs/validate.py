@@ -1,12 +1,19 @@
 """``batchscore validate``: profile the staged scores in one pass and judge them against the rules.
 
-A ``block`` failure rejects the run (exit code 3) and nothing is published; ``warn`` failures are
-reported. Also runnable as ``spark-submit jobs/validate.py --model-config ... --run-id ...``.
+The reference is the profile of the last *published* version (stored in the Delta commit's
+metadata by ``publish``); a rejected candidate is never committed, so it never becomes one. With no
+published version, or a new model version when ``validation.drift.reset_on_new_model_version``,
+the run is judged on the absolute rules only and the report says so. A ``block`` failure rejects
+the run (exit code 3) and nothing is published; ``warn`` failures are reported. Writes
+``validation.json`` and ``validation.png`` beside the run's other reports. Also runnable as
+``spark-submit jobs/validate.py --model-config ... --run-id ...``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,52 +25,159 @@ if __package__ in (None, ""):
 from pyspark.sql import SparkSession
 
 from batchscore.config import ModelConfig, load_model_config
-from batchscore.errors import PublishRefusedError, ValidationRejectedError
+from batchscore.errors import ConfigError, PublishRefusedError, ValidationRejectedError
+from batchscore.sinks import delta
 from jobs import entry, state
 from jobs.session import build_session
 from validation import rules as R
+from validation.drift import kl_edges
 from validation.gate import decision, evaluate
-from validation.profile import compute_profile
+from validation.profile import ColumnPlan, compute_profile
+from validation.report import format_table, plot_histograms
+
+
+def _columns(cfg: ModelConfig, rule: str, wanted: list[str] | None) -> tuple[str, ...]:
+    outputs = cfg.outputs.columns
+    unknown = [c for c in wanted or [] if c not in outputs]
+    if unknown:
+        raise ConfigError(f"{cfg.source}: validation.{rule}.columns: unknown output column(s) {unknown}; "
+                          f"the outputs are {outputs}")
+    return tuple(wanted or outputs)
 
 
 def rules_for(cfg: ModelConfig, *, input_rows: int) -> R.Rules:
+    """The model config's rules as plain data, columns resolved (unknown ones refused)."""
     v = cfg.validation
-    rng = R.ValueRange(v.range.min, v.range.max, v.range.level) if v.range else None
+    cols = lambda rule, node: _columns(cfg, rule, node.columns)  # noqa: E731
+    rg = R.ValueRange(v.range.min, v.range.max, v.range.level, cols("range", v.range)) if v.range else None
+    mean = R.Band(v.mean.min, v.mean.max, v.mean.max_shift, v.mean.level, cols("mean", v.mean)) if v.mean else None
+    std = R.Band(v.std.min, v.std.max, v.std.max_change, v.std.level, cols("std", v.std)) if v.std else None
+    qb = (R.QuantileBands(tuple((b.q, b.min, b.max) for b in v.quantiles.bands), v.quantiles.level,
+                          cols("quantiles", v.quantiles)) if v.quantiles else None)
+    cs = (R.ClassShares(tuple((k, b.min, b.max) for k, b in v.class_share.shares.items()), v.class_share.level,
+                        cols("class_share", v.class_share)) if v.class_share else None)
+    d = v.drift
+    dr = (R.Drift(cols("drift", d), d.min_rows, d.bins, d.psi.warn, d.psi.block, d.kl.warn, d.kl.block, d.kl.tail_holdout)
+          if d.enabled else None)
     return R.Rules(
         row_count=R.RowCount(input_rows, v.row_count.tolerance, v.row_count.level),
-        null_rate=R.NullRate(v.null_rate.max, v.null_rate.level),
-        range=rng,
+        null_rate=R.NullRate(v.null_rate.max, v.null_rate.level, cols("null_rate", v.null_rate)),
+        range=rg, mean=mean, std=std, quantiles=qb, class_share=cs, drift=dr,
     )
 
 
-def print_table(results: list[R.RuleResult]) -> None:
-    print(f"\n{'rule':<11} {'column':<12} {'level':<6} {'result':<6} observed / expected")
-    for r in results:
-        mark = "ok" if r.passed else ("FAIL" if r.level == "block" else "WARN")
-        print(f"{r.rule:<11} {str(r.column):<12} {r.level:<6} {mark:<6} {r.observed} / {r.expected}")
+def load_reference(cfg: ModelConfig) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:
+    """(reference profile, where it came from, why there is none): the current Delta version's profile."""
+    table = cfg.outputs.delta.path
+    version = delta.table_version(table)
+    if version is None:
+        return None, None, f"first run: nothing published yet at {table}"
+    commit = delta.commit_info(table, version) or {}
+    source = {"delta_version": version, "run_id": commit.get("batchscore.run_id"),
+              "model_version": commit.get("batchscore.model_version")}
+    if commit.get("batchscore.rollback_to"):  # a rollback's commit carries the restored version's profile
+        source["rollback_to"] = int(commit["batchscore.rollback_to"])
+    raw = commit.get("batchscore.profile")
+    if not raw:
+        return None, source, f"published version {version} carries no profile"
+    if cfg.validation.drift.reset_on_new_model_version and source["model_version"] != cfg.model.version:
+        return None, source, (f"new model version {cfg.model.version} (the published one is {source['model_version']}) "
+                              "and validation.drift.reset_on_new_model_version is true")
+    profile = json.loads(raw)
+    if not profile.get("columns"):
+        return None, source, f"published version {version} carries an empty profile"
+    return profile, source, ""
+
+
+def plans_for(cfg: ModelConfig, rules: R.Rules, reference: dict[str, Any] | None) -> dict[str, ColumnPlan]:
+    plans = {}
+    for c in cfg.outputs.columns:
+        rc = (reference or {}).get("columns", {}).get(c) or {}
+        cuts = (rc.get("hist") or {}).get("cuts")
+        plans[c] = ColumnPlan(cuts=tuple(cuts) if cuts else None, kl_edges=kl_edges(rc) if cuts else None,
+                              classes=rules.classes_for(c))
+    return plans
+
+
+_PREFETCH: list[threading.Thread] = []
+IMPORT_SECONDS: list[float] = []  # how long the background import took (benchmarks report it)
+
+
+def prefetch_imports() -> threading.Thread:
+    """Start importing GX and matplotlib (~3 s of CPU) in a background thread, once per process.
+
+    ``batchscore validate`` calls it before starting Spark and ``batchscore run`` before scoring,
+    so the import overlaps work the driver only waits on (JVM start, the score stage's tasks).
+    """
+    if _PREFETCH:
+        return _PREFETCH[0]
+
+    def load() -> None:
+        started = time.perf_counter()
+        try:
+            import logging
+
+            logging.getLogger("great_expectations").setLevel(logging.ERROR)
+            import great_expectations  # noqa: F401
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot  # noqa: F401
+        except Exception:  # noqa: BLE001 - the real import later reports any problem
+            pass
+        IMPORT_SECONDS.append(time.perf_counter() - started)
+
+    t = threading.Thread(target=load, name="batchscore-validate-imports", daemon=True)
+    t.start()
+    _PREFETCH.append(t)
+    return t
 
 
 def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str, Any]:
     started = time.perf_counter()
+    imports = prefetch_imports()
     scored = state.read_report(cfg, run_id, "score")
     if scored is None:
         raise PublishRefusedError(f"run {run_id} of '{cfg.name}' has no score report; run `batchscore score` first")
+    rules = rules_for(cfg, input_rows=int(scored["input_rows"]))
+    reference, source, no_ref = load_reference(cfg)
+    if rules.drift is None:
+        reference, no_ref = None, "validation.drift.enabled is false"
     df = spark.read.parquet(scored["staged_path"])
-    profile = compute_profile(df, cfg.outputs.columns)
-    results = evaluate(profile, rules_for(cfg, input_rows=int(scored["input_rows"])))
+    t0 = time.perf_counter()
+    bins = rules.drift.bins if rules.drift else cfg.validation.drift.bins
+    profile = compute_profile(df, plans_for(cfg, rules, reference), quantiles=rules.quantiles_needed(), bins=bins)
+    t1 = time.perf_counter()
+    imports.join()
+    t_imp = time.perf_counter()
+    results = evaluate(profile, rules, reference)
+    t2 = time.perf_counter()
     passed, blocks, warns = decision(results)
+    psi = {r.column: r.observed for r in results if r.rule == "psi" and not r.skipped and r.column}
+    d = cfg.validation.drift
+    png = plot_histograms(state.run_dir(cfg, run_id) / "validation.png", profile, reference, psi,
+                          title=f"{cfg.name} run {run_id}: {'passed' if passed else 'REJECTED'}"
+                          + (f" vs published run {source['run_id']}" if reference and source else ""),
+                          thresholds=f"warn > {d.psi.warn}, block > {d.psi.block}")
     report = {
-        "model": cfg.name, "run_id": run_id, "passed": passed, "profile": profile,
+        "model": cfg.name, "run_id": run_id, "model_version": cfg.model.version, "passed": passed,
+        "mode": "drift" if reference else "absolute-only", "mode_reason": no_ref or None,
+        "reference": source if reference else None, "profile": profile,
         "rules": [r.as_dict() for r in results], "warnings": [r.describe() for r in warns],
+        "blocking": [r.describe() for r in blocks], "histogram_png": str(png),
+        "timings": {"profile": round(t1 - t0, 3), "import_wait": round(t_imp - t1, 3), "gx": round(t2 - t_imp, 3), "plot": round(time.perf_counter() - t2, 3)},
         "seconds": round(time.perf_counter() - started, 2),
     }
     path = state.write_report(cfg, run_id, "validation", report)
-    print_table(results)
+    against = (f"judged against published run {source['run_id']} (Delta version {source['delta_version']})"
+               if reference and source else f"absolute rules only: {no_ref}")
+    print(f"\nvalidation of {cfg.name} run {run_id}: {against}\n{format_table(results)}\n"
+          f"report: {path}\nhistogram: {png}", flush=True)
     entry.log(f"validate {cfg.name}: {'passed' if passed else 'REJECTED'}"
               f"{f' with {len(warns)} warning(s)' if warns else ''}; report {path}")
     if not passed:
         reasons = "; ".join(r.describe() for r in blocks)
-        raise ValidationRejectedError(f"run {run_id} of '{cfg.name}' rejected: {reasons} (report: {path})")
+        raise ValidationRejectedError(f"run {run_id} of '{cfg.name}' rejected: {reasons} (report: {path}, histogram: {png})")
     return report
 
 
@@ -73,10 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> dict[str, Any]:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.latest_run_id(cfg))
+        prefetch_imports()
         spark = build_session(f"batchscore-validate-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf)
         rep = validate(spark, cfg, run_id=run_id)
         entry.summary(f"validate {cfg.name}", {"run id": run_id, "rows": f"{rep['profile']['rows']:,}",
-                      "passed": rep["passed"], "time": f"{rep['seconds']} s"})
+                      "passed": rep["passed"], "mode": rep["mode"], "report": str(state.run_dir(cfg, run_id) / "validation.json"),
+                      "histogram": rep["histogram_png"], "time": f"{rep['seconds']} s"})
         return rep
 
     return entry.guarded(body)

@@ -1,99 +1,202 @@
 """Judge a profile against the rules with Great Expectations 1.x (ephemeral context, in code).
 
-The expensive part, the profile, is one Spark aggregation (:mod:`validation.profile`); GX asserts
-the rules over a small metrics table built from it (one row per output column) and reports each
-expectation, which keeps the gate cheap whatever the batch size.
+The expensive part, the profile, is one Spark aggregation (:mod:`validation.profile`). Here GX
+asserts every rule over a one-row metrics table derived from it (one metric column per check,
+``severity`` critical for ``block``, warning for ``warn``), and runs its KL-divergence expectation
+over each drifted column's binned sample (:func:`validation.drift.kl_sample`): no Spark job is
+started, which keeps the gate cheap whatever the batch size.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from validation.rules import RuleResult, Rules
+from validation import drift as D
+from validation.profile import qkey
+from validation.rules import LevelName, RuleResult, Rules
 
 
-def metrics_frame(profile: dict[str, Any]) -> Any:
-    import pandas as pd
+@dataclass(frozen=True)
+class Check:
+    rule: str
+    column: str | None
+    level: LevelName
+    observed: float | None
+    min: float | None = None
+    max: float | None = None
 
-    rows = profile["rows"]
-    records = []
-    for col, s in profile["columns"].items():
-        bad = s["nulls"] + s["nans"]
-        records.append(
-            {
-                "column": col,
-                "rows": rows,
-                "null_rate": (bad / rows) if rows else 0.0,
-                "min": s["min"] if s["min"] is not None else math.nan,
-                "max": s["max"] if s["max"] is not None else math.nan,
-            }
-        )
-    return pd.DataFrame.from_records(records)
+    @property
+    def expected(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"between {_fmt(self.min)} and {_fmt(self.max)}"
+        return f">= {_fmt(self.min)}" if self.max is None else f"<= {_fmt(self.max)}"
 
 
-def _expectations(rules: Rules) -> list[tuple[str, str, str, Any, str]]:
-    """(rule, metric column, level, GX expectation, human-readable expectation)."""
-    import great_expectations.expectations as gxe
+def _fmt(v: float | None) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
 
+
+def absolute_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
+    rows, cols = profile["rows"], profile["columns"]
     rc = rules.row_count
-    lo = math.floor(rc.expected * (1 - rc.tolerance))
-    hi = math.ceil(rc.expected * (1 + rc.tolerance))
-    out: list[tuple[str, str, str, Any, str]] = [
-        ("row_count", "rows", rc.level, gxe.ExpectColumnValuesToBeBetween(column="rows", min_value=lo, max_value=hi),
-         f"between {lo} and {hi} (input rows {rc.expected}, tolerance {rc.tolerance})"),
-        ("null_rate", "null_rate", rules.null_rate.level,
-         gxe.ExpectColumnValuesToBeBetween(column="null_rate", min_value=0, max_value=rules.null_rate.max),
-         f"null+NaN rate <= {rules.null_rate.max}"),
-    ]
-    rg = rules.range
-    if rg is not None and rg.min is not None:
-        out.append(("range_min", "min", rg.level,
-                    gxe.ExpectColumnValuesToBeBetween(column="min", min_value=rg.min, mostly=1.0),
-                    f"min >= {rg.min}"))
-    if rg is not None and rg.max is not None:
-        out.append(("range_max", "max", rg.level,
-                    gxe.ExpectColumnValuesToBeBetween(column="max", max_value=rg.max, mostly=1.0),
-                    f"max <= {rg.max}"))
+    out = [Check("row_count", None, rc.level, float(rows),
+                 float(math.floor(rc.expected * (1 - rc.tolerance))), float(math.ceil(rc.expected * (1 + rc.tolerance))))]
+    nr = rules.null_rate
+    out += [Check("null_rate", c, nr.level, (cols[c]["nulls"] + cols[c]["nans"]) / rows if rows else 0.0, 0.0, nr.max)
+            for c in nr.columns]
+    if (rg := rules.range) is not None:
+        for c in rg.columns:
+            if rg.min is not None:
+                out.append(Check("range_min", c, rg.level, cols[c]["min"], rg.min, None))
+            if rg.max is not None:
+                out.append(Check("range_max", c, rg.level, cols[c]["max"], None, rg.max))
+    for name, band in (("mean", rules.mean), ("std", rules.std)):
+        if band is not None and (band.min is not None or band.max is not None):
+            out += [Check(name, c, band.level, cols[c][name], band.min, band.max) for c in band.columns]
+    if (qb := rules.quantiles) is not None:
+        for c in qb.columns:
+            out += [Check(f"quantile_{qkey(q)}", c, qb.level, cols[c]["quantiles"].get(qkey(q)), lo, hi)
+                    for q, lo, hi in qb.bands]
+    if (cs := rules.class_share) is not None:
+        for c in cs.columns:
+            n = D.finite_rows(cols[c], rows)
+            out += [Check(f"class_share_{qkey(v)}", c, cs.level, cols[c]["classes"][qkey(v)] / n if n else None, lo, hi)
+                    for v, lo, hi in cs.shares]
     return out
 
 
-def evaluate(profile: dict[str, Any], rules: Rules) -> list[RuleResult]:
-    """Every rule's result, one per (rule, output column)."""
+def relative_checks(profile: dict[str, Any], rules: Rules, ref: dict[str, Any] | None) -> tuple[list[Check], list[RuleResult]]:
+    """Checks against the reference (mean/std moves, PSI); skipped entries say why not judged."""
+    checks: list[Check] = []
+    skipped: list[RuleResult] = []
+    cols = profile["columns"]
+    for name, band, fn in (("mean_shift", rules.mean, D.mean_shift), ("std_change", rules.std, D.std_change)):
+        if band is None or band.max_move is None:
+            continue
+        for c in band.columns:
+            rc = (ref or {}).get("columns", {}).get(c)
+            if rc is None:
+                skipped.append(_skip(name, c, band.level, f"<= {band.max_move}", "no reference"))
+            else:
+                checks.append(Check(name, c, band.level, fn(cols[c], rc), None, band.max_move))
+    dr = rules.drift
+    for c in dr.columns if dr else ():
+        assert dr is not None
+        why = drift_skip_reason(profile, ref, c, dr.min_rows)
+        for level, t in (("warn", dr.psi_warn), ("block", dr.psi_block)):
+            if t is None:
+                continue
+            if why:
+                skipped.append(_skip("psi", c, level, f"<= {t}", why))  # type: ignore[arg-type]
+            else:
+                observed = D.psi(ref["columns"][c]["hist"]["counts"], cols[c]["hist"]["counts"])  # type: ignore[index]
+                checks.append(Check("psi", c, level, observed, None, t))  # type: ignore[arg-type]
+    return checks, skipped
+
+
+def drift_skip_reason(profile: dict[str, Any], ref: dict[str, Any] | None, c: str, min_rows: int) -> str | None:
+    if ref is None:
+        return "no reference"
+    rc = ref.get("columns", {}).get(c)
+    if rc is None or "hist" not in rc:
+        return "the reference has no histogram for this column"
+    n_ref, n = D.finite_rows(rc, ref["rows"]), D.finite_rows(profile["columns"][c], profile["rows"])
+    if min(n_ref, n) < min_rows:
+        return f"fewer than min_rows={min_rows} values (candidate {n}, reference {n_ref})"
+    if "kl" not in profile["columns"][c]:
+        return "the candidate was not counted over the reference's bins"
+    return None
+
+
+def _skip(rule: str, column: str, level: LevelName, expected: str, why: str) -> RuleResult:
+    return RuleResult(rule, column, level, True, None, expected, skipped=why)
+
+
+def evaluate(profile: dict[str, Any], rules: Rules, reference: dict[str, Any] | None = None) -> list[RuleResult]:
+    """Every rule's result, one per (rule, output column, level); skipped drift rules say why."""
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     import great_expectations as gx
-
+    import great_expectations.expectations as gxe
+    import pandas as pd
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    frame = metrics_frame(profile)
+    rel, skipped = relative_checks(profile, rules, reference)
+    checks = absolute_checks(profile, rules) + rel
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = (
-        ctx.data_sources.add_pandas("batchscore")
-        .add_dataframe_asset("profile")
-        .add_batch_definition_whole_dataframe("run")
-        .get_batch(batch_parameters={"dataframe": frame})
-    )
-    specs = _expectations(rules)
-    suite = gx.ExpectationSuite(name="batchscore_gate", expectations=[s[3] for s in specs])
-    outcome = batch.validate(suite, result_format="COMPLETE")
+    source = ctx.data_sources.add_pandas("batchscore")
+
+    def run(asset: str, frame: Any, expectations: list[Any]) -> list[Any]:
+        batch = source.add_dataframe_asset(asset).add_batch_definition_whole_dataframe("run").get_batch(
+            batch_parameters={"dataframe": frame})
+        res = batch.validate(gx.ExpectationSuite(name=f"batchscore_{asset}", expectations=expectations), result_format="SUMMARY")
+        for r in res.results:
+            info = r.exception_info or {}
+            infos = [info] if "raised_exception" in info else list(info.values())
+            for i in infos:
+                if isinstance(i, dict) and i.get("raised_exception"):
+                    raise RuntimeError(f"validation check on {asset} errored: {i.get('exception_message')}")
+        return list(res.results)
+
     results: list[RuleResult] = []
-    for (rule, metric, level, _, expected), res in zip(specs, outcome.results, strict=True):
-        if res.exception_info and res.exception_info.get("raised_exception"):
-            raise RuntimeError(f"validation rule {rule} errored: {res.exception_info.get('exception_message')}")
-        failed_idx = set(res.result.get("unexpected_index_list") or [])
-        for i, col in enumerate(frame["column"]):
-            observed = frame[metric].iloc[i]
-            observed = None if isinstance(observed, float) and math.isnan(observed) else observed
-            # A missing metric (e.g. every score NaN, so no min) is a failure, never a pass.
-            passed = observed is not None and (bool(res.success) or i not in failed_idx)
-            results.append(RuleResult(rule, col, level, passed, _plain(observed), expected))
-    return results
+    frame = pd.DataFrame({f"m{i}": [_nan(k.observed)] for i, k in enumerate(checks)})
+    exps = [gxe.ExpectColumnValuesToBeBetween(column=f"m{i}", min_value=k.min, max_value=k.max, severity=_severity(k.level))
+            for i, k in enumerate(checks)]
+    by_column = {r.expectation_config.kwargs["column"]: r for r in (run("metrics", frame, exps) if checks else [])}
+    for i, k in enumerate(checks):
+        r = by_column[f"m{i}"]
+        # A missing metric (every score NaN: no min, no PSI) is a failure, never a pass.
+        ok = k.observed is not None and not math.isnan(k.observed) and bool(r.success)
+        results.append(RuleResult(k.rule, k.column, k.level, ok, _plain(k.observed), k.expected))
+    results += _kl_results(profile, rules, reference, run, gxe)
+    return results + skipped
+
+
+def _kl_results(profile: dict[str, Any], rules: Rules, ref: dict[str, Any] | None, run: Any, gxe: Any) -> list[RuleResult]:
+    import pandas as pd
+
+    dr, out = rules.drift, []
+    for i, c in enumerate(dr.columns if dr else ()):
+        assert dr is not None
+        levels = [(lv, t) for lv, t in (("warn", dr.kl_warn), ("block", dr.kl_block)) if t is not None]
+        why = drift_skip_reason(profile, ref, c, dr.min_rows)
+        if why:
+            out += [_skip("kl", c, lv, f"<= {t}", why) for lv, t in levels]  # type: ignore[arg-type]
+            continue
+        assert ref is not None
+        part = D.kl_partition(ref["columns"][c], tuple(profile["columns"][c]["kl"]["edges"]))
+        h = dr.tail_holdout
+        exps = [gxe.ExpectColumnKLDivergenceToBeLessThan(
+            column="x", partition_object=part, threshold=t, tail_weight_holdout=h,
+            internal_weight_holdout=h if D.has_zero_bins(part) else 0.0, severity=_severity(lv)) for lv, t in levels]
+        if not exps:
+            continue
+        frame = pd.DataFrame({"x": D.kl_sample(profile["columns"][c])})
+        by_threshold = {float(r.expectation_config.kwargs["threshold"]): r for r in run(f"kl_{i}", frame, exps)}
+        for lv, t in levels:
+            r = by_threshold[float(t)]
+            obs = (r.result or {}).get("observed_value")
+            obs = None if obs is None or not math.isfinite(float(obs)) else round(float(obs), 6)
+            out.append(RuleResult("kl", c, lv, obs is not None and bool(r.success), obs, f"<= {t}"))  # type: ignore[arg-type]
+    return out
+
+
+def _severity(level: str) -> str:
+    return "critical" if level == "block" else "warning"
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
 
 
 def _plain(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
+    v = v.item() if hasattr(v, "item") else v
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no inf/NaN
+    return float(f"{v:.7g}") if isinstance(v, float) else v
 
 
 def decision(results: list[RuleResult]) -> tuple[bool, list[RuleResult], list[RuleResult]]:

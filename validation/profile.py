@@ -1,37 +1,145 @@
-"""One Spark aggregation over the candidate scores: count, nulls, NaNs, min, max, mean, std."""
+"""The candidate's profile in one pass over the scores: everything the rules and drift checks need.
+
+Per output column: nulls, NaNs, min, max, mean, std (NaN excluded), approximate quantiles,
+counts of configured class values, and a histogram over the reference's frozen bins (plus, for
+the KL check, over the reference's range). Nothing exact-distinct, nothing collected but a few KB.
+
+One Spark job reads only the output columns: ``mapInArrow`` computes a partial per partition with
+numpy in the (already warm) Python workers (:mod:`validation.partials`) and the driver merges
+them: counts and moments exactly, quantiles from mergeable rank sketches (rank error <= 0.05%).
+This replaced a single ``df.agg`` with ``percentile_approx``: in a fresh JVM (every run is one)
+that aggregate cost 10 s of wall and 8.7 s of JVM CPU at 1M rows, mostly JIT and codegen of the
+ObjectHashAggregate path, against 1.5 s for this pass (0.75 s warm), measured on the 2-core box.
+Without a reference for a column its bins are frozen from this run's quantiles, which costs one
+more pass on that (first) run only.
+
+Bins are given by their inner cut points ``c0 < c1 < ... < ck-1`` and are ``(-inf, c0)``,
+``[c0, c1)``, ..., ``[ck-1, +inf)``; they are stored with the profile so that the next run, which
+uses this profile as its reference, counts over exactly the same bins.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
+
+from validation.partials import Interval, finish, merge, partial
+from validation.partials import quantiles as sketch_quantiles
+
+STANDARD_QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 
 
-def compute_profile(df: DataFrame, columns: list[str]) -> dict[str, Any]:
-    """``{"rows": n, "columns": {col: {nulls, nans, min, max, mean, std}}}`` in one Spark job.
+@dataclass(frozen=True)
+class ColumnPlan:
+    """What to count for one column: the reference's frozen cuts (None: freeze from this run),
+    the KL partition edges ``[lo, *cuts, hi]`` when there is a reference, and class values."""
 
-    NaNs are counted apart from nulls and excluded from min/max/mean/std (Spark orders NaN above
-    every number, so an unfiltered max would just say NaN).
-    """
-    aggs = [F.count(F.lit(1)).alias("rows")]
-    for c in columns:
-        col = F.col(c)
-        finite = F.when(~F.isnan(col), col)
-        aggs += [
-            F.sum(col.isNull().cast("long")).alias(f"{c}__nulls"),
-            F.sum(F.isnan(col).cast("long")).alias(f"{c}__nans"),
-            F.min(finite).alias(f"{c}__min"),
-            F.max(finite).alias(f"{c}__max"),
-            F.mean(finite).alias(f"{c}__mean"),
-            F.stddev_samp(finite).alias(f"{c}__std"),
-        ]
-    row = df.agg(*aggs).first()
-    assert row is not None
-    out: dict[str, Any] = {"rows": int(row["rows"]), "columns": {}}
-    for c in columns:
-        stats = {k: row[f"{c}__{k}"] for k in ("nulls", "nans", "min", "max", "mean", "std")}
-        stats["nulls"] = int(stats["nulls"] or 0)
-        stats["nans"] = int(stats["nans"] or 0)
-        out["columns"][c] = {k: (float(v) if v is not None else None) if k not in ("nulls", "nans") else v for k, v in stats.items()}
+    cuts: tuple[float, ...] | None = None
+    kl_edges: tuple[float, ...] | None = None
+    classes: tuple[float, ...] = ()
+
+
+def qkey(q: float) -> str:
+    return f"{q:g}"
+
+
+def cut_intervals(cuts: Sequence[float]) -> list[Interval]:
+    if not cuts:
+        return [(None, False, None, False)]
+    out: list[Interval] = [(None, False, cuts[0], False)]
+    out += [(a, True, b, False) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    return out + [(cuts[-1], True, None, False)]
+
+
+def kl_intervals(edges: Sequence[float]) -> list[Interval]:
+    """below ``edges[0]``, the bins between edges (the last one closed), above ``edges[-1]``."""
+    inner: list[Interval] = [(a, True, b, False) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    inner[-1] = (edges[-2], True, edges[-1], True)
+    return [(None, False, edges[0], False), *inner, (edges[-1], False, None, False)]
+
+
+def bin_quantiles(bins: int) -> tuple[float, ...]:
+    return tuple(round(i / bins, 6) for i in range(1, bins))
+
+
+def _intervals(plan: ColumnPlan) -> list[Interval]:
+    if plan.cuts is None:
+        return []
+    return kl_intervals(plan.kl_edges) if plan.kl_edges else cut_intervals(plan.cuts)
+
+
+def _partition_partials(batches: Iterator[Any], *, columns: list[str], intervals: dict[str, list[Interval]],
+                        classes: dict[str, tuple[float, ...]]) -> Iterator[Any]:
+    """Executor side: one JSON partial (every column) per partition."""
+    import numpy as np
+    import pyarrow as pa
+
+    chunks: dict[str, list[Any]] = {c: [] for c in columns}
+    nulls = dict.fromkeys(columns, 0)
+    seen = False
+    for batch in batches:
+        seen = True
+        for i, c in enumerate(columns):
+            arr = batch.column(i)
+            if arr.null_count:
+                nulls[c] += arr.null_count
+                arr = arr.drop_null()
+            chunks[c].append(arr.cast(pa.float64()).to_numpy(zero_copy_only=False))
+    if not seen:
+        return
+    out = {c: partial(np.concatenate(chunks[c]) if chunks[c] else np.zeros(0), nulls[c], intervals[c], classes[c])
+           for c in columns}
+    yield pa.RecordBatch.from_pydict({"partial": [json.dumps(out)]})
+
+
+def _partials(df: DataFrame, intervals: dict[str, list[Interval]], classes: dict[str, tuple[float, ...]]) -> list[dict[str, Any]]:
+    columns = list(intervals)
+    fn = functools.partial(_partition_partials, columns=columns, intervals=intervals, classes=classes)
+    rows = df.select(*columns).mapInArrow(fn, "partial string").collect()
+    return [json.loads(r["partial"]) for r in rows]
+
+
+def compute_profile(df: DataFrame, plans: dict[str, ColumnPlan], *, quantiles: Sequence[float] = (),
+                    bins: int = 20) -> dict[str, Any]:
+    """``{"rows": n, "columns": {col: {...}}, "passes": 1 or 2}``; see the module docstring."""
+    freeze = [c for c, p in plans.items() if p.cuts is None]
+    qs = sorted(set(STANDARD_QUANTILES) | set(quantiles) | (set(bin_quantiles(bins)) if freeze else set()))
+    ivs = {c: _intervals(p) for c, p in plans.items()}
+    parts = _partials(df, ivs, {c: p.classes for c, p in plans.items()})
+    out: dict[str, Any] = {"rows": 0, "columns": {}, "passes": 1}
+    for c, plan in plans.items():
+        col_parts = [p[c] for p in parts]
+        merged = merge(col_parts, len(ivs[c]), len(plan.classes))
+        out["rows"] = merged["rows"]
+        s = finish(merged)
+        s["quantiles"] = {qkey(q): v for q, v in zip(qs, sketch_quantiles(col_parts, qs), strict=True)}
+        if plan.classes:
+            s["classes"] = {qkey(v): n for v, n in zip(plan.classes, merged["classes"], strict=True)}
+        if plan.cuts is not None:
+            counts = merged["bins"]
+            if plan.kl_edges:
+                s["kl"] = {"edges": list(plan.kl_edges), "counts": counts}
+                counts = [counts[0] + counts[1], *counts[2:-2], counts[-2] + counts[-1]]
+            s["hist"] = {"cuts": list(plan.cuts), "counts": counts}
+        out["columns"][c] = s
+    if freeze:
+        _freeze_bins(df, out, freeze, bins)
+        out["passes"] = 2
     return out
+
+
+def _freeze_bins(df: DataFrame, profile: dict[str, Any], columns: list[str], bins: int) -> None:
+    """First run for these columns: cut points = this run's quantiles, counted in one more pass."""
+    cuts: dict[str, list[float]] = {}
+    for c in columns:
+        q = profile["columns"][c]["quantiles"]
+        cuts[c] = sorted({q[qkey(b)] for b in bin_quantiles(bins) if q[qkey(b)] is not None})
+    parts = _partials(df, {c: cut_intervals(cuts[c]) for c in columns}, dict.fromkeys(columns, ()))
+    for c in columns:
+        merged = merge([p[c] for p in parts], len(cut_intervals(cuts[c])), 0)
+        profile["columns"][c]["hist"] = {"cuts": cuts[c], "counts": merged["bins"]}

@@ -1,8 +1,12 @@
-"""Validation rules as plain data, and the result of judging one."""
+"""Validation rules as plain data, and the result of judging one.
+
+The jobs layer builds these from the model config (already resolved to concrete output columns);
+this package never sees pydantic. ``None`` bounds mean "unbounded"; an absent rule is ``None``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 LevelName = Literal["warn", "block"]
@@ -19,6 +23,7 @@ class RowCount:
 class NullRate:
     max: float = 0.0
     level: LevelName = "block"
+    columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,47 @@ class ValueRange:
     min: float | None = None
     max: float | None = None
     level: LevelName = "block"
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Band:
+    """Absolute bounds on a statistic, plus an optional bound on its move from the reference.
+
+    ``max_move`` is in reference standard deviations for the mean and relative for the std.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    max_move: float | None = None
+    level: LevelName = "block"
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuantileBands:
+    bands: tuple[tuple[float, float | None, float | None], ...]  # (q, min, max)
+    level: LevelName = "block"
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClassShares:
+    shares: tuple[tuple[float, float | None, float | None], ...]  # (class value, min share, max share)
+    level: LevelName = "block"
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Drift:
+    columns: tuple[str, ...]
+    min_rows: int = 1000
+    bins: int = 20
+    psi_warn: float | None = 0.1
+    psi_block: float | None = 0.25
+    kl_warn: float | None = 0.05
+    kl_block: float | None = 0.125
+    tail_holdout: float = 0.005
 
 
 @dataclass(frozen=True)
@@ -33,6 +79,18 @@ class Rules:
     row_count: RowCount
     null_rate: NullRate
     range: ValueRange | None = None
+    mean: Band | None = None
+    std: Band | None = None
+    quantiles: QuantileBands | None = None
+    class_share: ClassShares | None = None
+    drift: Drift | None = None
+
+    def quantiles_needed(self) -> tuple[float, ...]:
+        return tuple(q for q, _, _ in self.quantiles.bands) if self.quantiles else ()
+
+    def classes_for(self, column: str) -> tuple[float, ...]:
+        cs = self.class_share
+        return tuple(v for v, _, _ in cs.shares) if cs and column in cs.columns else ()
 
 
 @dataclass(frozen=True)
@@ -43,13 +101,14 @@ class RuleResult:
     passed: bool
     observed: Any
     expected: str
+    skipped: str | None = field(default=None)
 
     def describe(self) -> str:
         where = f"{self.column}: " if self.column else ""
-        return f"{self.rule} {where}observed {self.observed}, expected {self.expected}"
+        return f"{self.rule} {where}observed {_short(self.observed)}, expected {self.expected}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "rule": self.rule,
             "column": self.column,
             "level": self.level,
@@ -57,3 +116,10 @@ class RuleResult:
             "observed": self.observed,
             "expected": self.expected,
         }
+        if self.skipped:
+            out["skipped"] = self.skipped
+        return out
+
+
+def _short(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,95 @@
+"""Per-partition profile partials (numpy, executor side) and their exact merge (driver side).
+
+A partial of one column over one partition holds: rows, nulls, NaNs, min, max, count/mean/M2
+(merged with Chan's parallel formula, so the std is numerically stable), counts over the given
+intervals, counts of class values, and a quantile sketch: the partition's sorted non-NaN values
+taken at ``SKETCH_POINTS`` evenly spaced ranks, each standing for ``m / SKETCH_POINTS`` values.
+Merged, a quantile's rank is off by at most ``rows / SKETCH_POINTS`` (0.05%), the same
+guarantee as ``percentile_approx(accuracy=2000)``. Everything else is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+SKETCH_POINTS = 2000
+
+# (lo, lo_closed, hi, hi_closed); None = unbounded
+Interval = tuple[float | None, bool, float | None, bool]
+
+
+def in_interval(x: np.ndarray, iv: Interval) -> np.ndarray:
+    lo, lo_closed, hi, hi_closed = iv
+    mask = np.ones(len(x), dtype=bool)
+    if lo is not None:
+        mask &= (x >= lo) if lo_closed else (x > lo)
+    if hi is not None:
+        mask &= (x <= hi) if hi_closed else (x < hi)
+    return mask
+
+
+def partial(values: np.ndarray, nulls: int, intervals: Sequence[Interval], classes: Sequence[float]) -> dict[str, Any]:
+    """The partial of one column's values (float64, nulls already removed) over one partition."""
+    nan = np.isnan(values)
+    x = np.sort(values[~nan])
+    m = len(x)
+    if m > SKETCH_POINTS:
+        idx = ((np.arange(SKETCH_POINTS) + 0.5) * (m / SKETCH_POINTS)).astype(np.int64)
+        sketch, weight = x[idx], m / SKETCH_POINTS
+    else:
+        sketch, weight = x, 1.0
+    mean = float(x.mean()) if m else 0.0
+    return {
+        "rows": int(len(values) + nulls), "nulls": int(nulls), "nans": int(nan.sum()), "n": m,
+        "min": float(x[0]) if m else None, "max": float(x[-1]) if m else None,
+        "mean": mean, "m2": float(((x - mean) ** 2).sum()) if m else 0.0,
+        "bins": [int(in_interval(x, iv).sum()) for iv in intervals],
+        "classes": [int((x == v).sum()) for v in classes],
+        "sketch": sketch.tolist(), "weight": weight,
+    }
+
+
+def merge(parts: list[dict[str, Any]], n_bins: int, n_classes: int) -> dict[str, Any]:
+    """Merge one column's partials: exact counts and moments, approximate quantile sketch."""
+    out: dict[str, Any] = {"rows": 0, "nulls": 0, "nans": 0, "n": 0, "min": None, "max": None, "mean": 0.0, "m2": 0.0,
+                           "bins": [0] * n_bins, "classes": [0] * n_classes}
+    for p in parts:
+        out["rows"] += p["rows"]
+        out["nulls"] += p["nulls"]
+        out["nans"] += p["nans"]
+        out["bins"] = [a + b for a, b in zip(out["bins"], p["bins"], strict=True)]
+        out["classes"] = [a + b for a, b in zip(out["classes"], p["classes"], strict=True)]
+        if not p["n"]:
+            continue
+        out["min"] = p["min"] if out["min"] is None else min(out["min"], p["min"])
+        out["max"] = p["max"] if out["max"] is None else max(out["max"], p["max"])
+        n_a, n_b = out["n"], p["n"]
+        delta = p["mean"] - out["mean"]
+        out["mean"] += delta * n_b / (n_a + n_b)
+        out["m2"] += p["m2"] + delta * delta * n_a * n_b / (n_a + n_b)
+        out["n"] = n_a + n_b
+    return out
+
+
+def quantiles(parts: list[dict[str, Any]], qs: Sequence[float]) -> list[float | None]:
+    """Quantiles from the partitions' sketches (the smallest value whose rank reaches ``q * n``)."""
+    values = np.concatenate([np.asarray(p["sketch"], float) for p in parts] or [np.zeros(0)])
+    if not len(values):
+        return [None] * len(qs)
+    weights = np.concatenate([np.full(len(p["sketch"]), p["weight"]) for p in parts])
+    order = np.argsort(values, kind="stable")
+    values, cum = values[order], np.cumsum(weights[order])
+    picks = np.searchsorted(cum, np.asarray(qs) * cum[-1], side="left")
+    return [float(values[min(i, len(values) - 1)]) for i in picks]
+
+
+def finish(merged: dict[str, Any]) -> dict[str, Any]:
+    """The column's statistics as the profile stores them (None where undefined)."""
+    n = merged["n"]
+    std = math.sqrt(merged["m2"] / (n - 1)) if n > 1 else None
+    return {"nulls": merged["nulls"], "nans": merged["nans"], "min": merged["min"], "max": merged["max"],
+            "mean": merged["mean"] if n else None, "std": std}

@@ -1,0 +1,73 @@
+"""Human-facing output of the gate: the rule table and a PNG of candidate vs reference histograms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from validation.rules import RuleResult
+
+MAX_PLOTTED_COLUMNS = 12
+
+
+def format_table(results: list[RuleResult]) -> str:
+    """One line per rule: name, column, level, ok/WARN/FAIL/skip, observed and expected."""
+    head = f"{'rule':<18} {'column':<12} {'level':<6} {'result':<6} {'observed':<14} expected"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        mark = "skip" if r.skipped else "ok" if r.passed else ("FAIL" if r.level == "block" else "WARN")
+        obs = "-" if r.observed is None else (f"{r.observed:.6g}" if isinstance(r.observed, float) else str(r.observed))
+        exp = r.expected + (f"  ({r.skipped})" if r.skipped else "")
+        lines.append(f"{r.rule:<18} {str(r.column or '-'):<12} {r.level:<6} {mark:<6} {obs:<14} {exp}")
+    return "\n".join(lines)
+
+
+def _display_edges(cuts: list[float], *cols: dict[str, Any] | None) -> list[float]:
+    lows = [c["min"] for c in cols if c and c.get("min") is not None]
+    highs = [c["max"] for c in cols if c and c.get("max") is not None]
+    pad = max(abs(cuts[-1] - cuts[0]) / max(len(cuts), 1), abs(cuts[0]) * 1e-3, 1e-3)
+    lo = min(lows) if lows and min(lows) < cuts[0] else cuts[0] - pad
+    hi = max(highs) if highs and max(highs) > cuts[-1] else cuts[-1] + pad
+    return [lo, *cuts, hi]
+
+
+def _density(counts: list[int], edges: list[float]) -> list[float]:
+    total = sum(counts) or 1
+    return [n / total / (b - a) for n, a, b in zip(counts, edges[:-1], edges[1:], strict=True)]
+
+
+def plot_histograms(path: Path, profile: dict[str, Any], reference: dict[str, Any] | None,
+                    psi: dict[str, float | None], *, title: str, thresholds: str) -> Path:
+    """Write ``path``: per output column, the reference (filled) and candidate (line) densities over
+    the frozen bins, with the PSI in each panel's title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [c for c, s in profile["columns"].items() if s.get("hist", {}).get("cuts")][:MAX_PLOTTED_COLUMNS]
+    n = max(len(cols), 1)
+    fig, axes = plt.subplots(n, 1, figsize=(8, 3.2 * n), squeeze=False)
+    for ax, c in zip(axes[:, 0], cols, strict=False):
+        cand = profile["columns"][c]
+        ref = (reference or {}).get("columns", {}).get(c)
+        cuts = cand["hist"]["cuts"]
+        edges = _display_edges(cuts, cand, ref)
+        if ref and ref.get("hist", {}).get("cuts") == cuts:
+            ax.stairs(_density(ref["hist"]["counts"], edges), edges, fill=True, alpha=0.35, color="tab:blue",
+                      label=f"reference ({sum(ref['hist']['counts']):,} rows)")
+        ax.stairs(_density(cand["hist"]["counts"], edges), edges, color="tab:red", linewidth=2,
+                  label=f"candidate ({sum(cand['hist']['counts']):,} rows)")
+        p = psi.get(c)
+        ax.set_title(f"{c}: PSI {p:.4f} ({thresholds})" if p is not None else f"{c}: PSI n/a (no reference: first run or reset)")
+        ax.set_xlabel(c)
+        ax.set_ylabel("density")
+        ax.legend(loc="upper right", fontsize=8)
+    if not cols:
+        axes[0, 0].text(0.5, 0.5, "no finite scores to plot", ha="center", va="center")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
