@@ -45,7 +45,8 @@ def lookup(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_model_config(args.model_config)
-        reader = ScoreReader(client=connect(cfg.redis_url()), prefix=cfg.outputs.redis.key_prefix)
+        reader = ScoreReader(client=connect(cfg.redis_url(), cluster=cfg.outputs.redis.cluster),
+                             prefix=cfg.outputs.redis.key_prefix)
         found = reader.get_many(cfg.name, args.keys)
     except BatchscoreError as exc:
         print(f"batchscore: error: {exc}", file=sys.stderr)

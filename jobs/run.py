@@ -19,13 +19,14 @@ from jobs import entry, state
 from jobs.publish import publish
 from jobs.score import score
 from jobs.session import build_session
-from jobs.validate import validate
+from jobs.validate import prefetch_imports, validate
 
 
 def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, redis_url: str) -> dict[str, Any]:
     """The whole pipeline for one run; returns the run report (also written as ``run.json``)."""
     started = time.perf_counter()
     connect(redis_url).close()  # fail fast, before scoring, when Redis is unreachable
+    prefetch_imports()  # GX + matplotlib load in the background while the driver waits on scoring
     scored = score(spark, cfg, run_id=run_id, run_date=run_date)
     validated = validate(spark, cfg, run_id=run_id)
     published = publish(spark, cfg, run_id=run_id, redis_url=redis_url)

@@ -70,7 +70,7 @@ def committed_version(table_path: str, model: str, run_id: str) -> int | None:
     if dt.transaction_version(app_id(model, run_id)) is None:
         return None
     for entry in dt.history():
-        if entry.get("batchscore.run_id") == run_id:
+        if entry.get("batchscore.run_id") == run_id and not entry.get("batchscore.rollback_to"):
             return int(entry["version"])
     raise PublishRefusedError(f"{table_path}: run {run_id} is committed but its commit was not found in the history")
 
@@ -102,6 +102,35 @@ def commit(table_path: str, staged: StagedRun, *, model: str, run_id: str, metad
 
 
 def history(table_path: str) -> list[dict[str, Any]]:
+    """The table's commits, newest first (custom metadata appears as ``batchscore.*`` keys)."""
     from deltalake import DeltaTable
 
     return DeltaTable(table_path).history() if DeltaTable.is_deltatable(table_path) else []
+
+
+def commit_info(table_path: str, version: int) -> dict[str, Any] | None:
+    """The history entry of one version, or None when the table has no such version."""
+    return next((h for h in history(table_path) if int(h.get("version", -1)) == version), None)
+
+
+def files_at(table_path: str, version: int) -> list[str]:
+    """Absolute paths of the data files of ``version`` (to reload Redis from it)."""
+    from deltalake import DeltaTable
+
+    return [u.removeprefix("file://") for u in DeltaTable(table_path, version=version).file_uris()]
+
+
+def restore(table_path: str, version: int, *, metadata: dict[str, str]) -> int:
+    """Restore the table to ``version`` in one new commit carrying ``metadata``; return the new version.
+
+    The restore commit repeats the restored commit's ``batchscore.*`` metadata (so the validation
+    reference stays that version's profile) and adds ``batchscore.rollback_to``.
+    """
+    from deltalake import DeltaTable
+    from deltalake.transaction import CommitProperties
+
+    source = commit_info(table_path, version) or {}
+    carried = {k: v for k, v in source.items() if k.startswith("batchscore.") and k != "batchscore.rollback_to"}
+    custom = {**carried, **{f"batchscore.{k}": v for k, v in metadata.items()}, "batchscore.rollback_to": str(version)}
+    DeltaTable(table_path).restore(version, commit_properties=CommitProperties(custom_metadata=custom))
+    return int(DeltaTable(table_path).version())

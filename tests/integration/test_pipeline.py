@@ -72,7 +72,9 @@ def test_every_row_reaches_delta_and_redis_with_the_models_score(spark: Any, mak
     assert {s.version for s in found.values() if s} == {report["redis_version"]}
     assert reader.get("m", 10**9) is None
     assert dt.history()[0]["batchscore.run_id"] == "r1"
-    assert report["model_loads"] >= 1
+    # At most one load per Python worker (local[2]); 0 when an earlier test's job in this Spark
+    # application already cached the same artifact in those workers (the cache is per worker).
+    assert 0 <= report["model_loads"] <= 2
 
 
 def test_second_run_swaps_atomically_for_a_polling_reader(spark: Any, make_config: Any, redis_url: str, tmp_path: Path) -> None:

@@ -1,0 +1,35 @@
+"""Test hooks for the fault-injection tests: crash or pause the publish at a named point.
+
+Only active when the environment says so; never set these variables in production.
+
+* ``BATCHSCORE_CRASH_AT=<point>``: SIGKILL at ``point``. Driver points kill the driver process
+  (its JVM exits when the driver's pipe closes); ``during_redis_load`` (an executor point) kills
+  the process group of the session leader, i.e. the job the test started with
+  ``start_new_session=True`` (driver + JVM; the Python workers exit with the JVM).
+* ``BATCHSCORE_PAUSE_AT=<point>:<seconds>``: sleep there (e.g. to restart Redis mid-load).
+
+Points: ``during_redis_load`` (after a task's first pipelined batch), ``after_redis_load``,
+``after_delta_commit`` (before the pointer flip).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+_passed: set[str] = set()
+
+
+def reached(point: str, *, whole_group: bool = False) -> None:
+    """Crash or pause here (once per process) when the test hooks ask for ``point``."""
+    if point in _passed:
+        return
+    _passed.add(point)
+    pause = os.environ.get("BATCHSCORE_PAUSE_AT", "")
+    if pause.partition(":")[0] == point:
+        time.sleep(float(pause.partition(":")[2] or 1))
+    if os.environ.get("BATCHSCORE_CRASH_AT") == point:
+        if whole_group:
+            os.killpg(os.getsid(0), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)

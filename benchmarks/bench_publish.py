@@ -1,0 +1,168 @@
+"""Publish benchmark (``make bench`` / ``python benchmarks/bench_publish.py [--rows N]``).
+
+1. Load rate: the publish's Redis load (Spark ``local[2]`` executors, pipelined bucket ``HSET``s)
+   into one local ``redis-server`` vs ``redis-cli --pipe`` mass insertion of the same entities
+   into the same layout on the same server (one ``HSET bucket key value`` per entity, as the
+   Redis mass-insertion guide does). Bar: publish >= 0.7x redis-cli.
+2. Bytes per entity from ``INFO memory``: the bucketed layout vs one key per entity (``SET``).
+3. Delta commit time (``deltalake``) for 100k vs 5M rows in the same number of files. Bar: <= 1.5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+from batchscore import redis_layout as layout  # noqa: E402
+from batchscore.config import load_model_config  # noqa: E402
+from batchscore.local_redis import LocalRedis  # noqa: E402
+from batchscore.redis_conn import connect  # noqa: E402
+from batchscore.sinks import delta  # noqa: E402
+from batchscore.sinks.redis import RedisVersions  # noqa: E402
+from jobs.publish import load_and_verify  # noqa: E402
+from jobs.session import build_session  # noqa: E402
+
+FILES = 8
+
+
+def write_run(table: Path, run_id: str, rows: int, seed: int = 0) -> None:
+    d = table / "runs" / run_id
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    keys = rng.permutation(rows).astype(np.int64) + 10_000_000
+    scores = rng.random(rows, dtype=np.float32)
+    for i, part in enumerate(np.array_split(np.arange(rows), FILES)):
+        pq.write_table(pa.table({"user_id": keys[part], "score": scores[part],
+                                 "model_version": pa.array(["v1"] * len(part)),
+                                 "run_id": pa.array([run_id] * len(part))}), d / f"part-{i:05d}.parquet")
+
+
+def resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def pipe_file(path: Path, table: Path, run_id: str, *, per_key: bool, version: int) -> int:
+    """RESP commands for every entity of a run: ``HSET bucket k v`` (or ``SET ns:k v``)."""
+    t = pq.read_table(table / "runs" / run_id, columns=["user_id", "score"])
+    keys = [str(k).encode() for k in t["user_id"].to_pylist()]
+    values = t["score"].to_numpy().astype("<f4").tobytes()
+    nb = layout.bucket_count(len(keys))
+    with path.open("wb") as f:
+        for i, k in enumerate(keys):
+            v = values[4 * i : 4 * i + 4]
+            if per_key:
+                f.write(resp(b"SET", b"pk:m:" + k, v))
+            else:
+                b = zlib.crc32(k) % nb
+                f.write(resp(b"HSET", layout.data_key("b:m", version, b).encode(), k, v))
+    return len(keys)
+
+
+def redis_cli_pipe(port: int, path: Path) -> float:
+    started = time.perf_counter()
+    with path.open("rb") as f:
+        out = subprocess.run(["redis-cli", "-p", str(port), "--pipe"], stdin=f, capture_output=True, text=True, check=True)
+    assert "errors: 0" in out.stdout, out.stdout
+    return time.perf_counter() - started
+
+
+def used(url: str) -> int:
+    return int(connect(url).info("memory")["used_memory"])
+
+
+def bench_load(rows: int, work: Path) -> dict[str, float]:
+    table = work / "pred"
+    write_run(table, "r", rows)
+    cfg_path = work / "m.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "name": "m", "model": {"uri": str(work / "none.onnx"), "format": "onnx", "version": "v1"},
+        "input": {"path": str(work / "in.parquet"), "key": "user_id", "features": ["a"]},
+        "outputs": {"delta": {"path": str(table)}, "redis": {"key_prefix": "b"}},
+        "runtime": {"report_dir": str(work / "runs")}}))
+    cfg = load_model_config(cfg_path)
+    spark = build_session("bench-publish", master="local[2]", conf={"spark.ui.showConsoleProgress": "false"})
+    out: dict[str, float] = {}
+    with LocalRedis() as server:
+        store = RedisVersions(connect(server.url), "b:m")
+        warm = store.allocate(run_id="warm", rows=rows, columns=["score"], model_version="v1")
+        load_and_verify(spark, cfg, [str(table / "runs" / "r")], server.url, store, warm, rows)  # JIT/JVM warm-up
+        connect(server.url).flushall()
+        base = used(server.url)
+        v = store.allocate(run_id="r", rows=rows, columns=["score"], model_version="v1")
+        started = time.perf_counter()
+        load_and_verify(spark, cfg, [str(table / "runs" / "r")], server.url, store, v, rows)
+        out["publish_s"] = time.perf_counter() - started
+        out["bucketed_bpe"] = (used(server.url) - base) / rows
+
+        pipe_file(work / "hset.resp", table, "r", per_key=False, version=99)
+        connect(server.url).flushall()
+        out["pipe_s"] = redis_cli_pipe(server.port, work / "hset.resp")
+        connect(server.url).flushall()
+        base = used(server.url)
+        pipe_file(work / "set.resp", table, "r", per_key=True, version=0)
+        out["set_pipe_s"] = redis_cli_pipe(server.port, work / "set.resp")
+        out["per_key_bpe"] = (used(server.url) - base) / rows
+    spark.stop()
+    return out
+
+
+def bench_commit(work: Path, rows: int, repeats: int = 5) -> float:
+    """Median seconds of one overwrite commit of a ``rows``-row run (FILES files)."""
+    table = work / f"delta-{rows}"
+    times = []
+    for i in range(repeats + 1):
+        write_run(table, f"c{i}", rows, seed=i)
+        staged = delta.stage(str(table), f"c{i}")
+        started = time.perf_counter()
+        delta.commit(str(table), staged, model="m", run_id=f"c{i}", metadata={"rows": str(rows)})
+        if i:  # the first commit creates the table
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=1_000_000, help="entities loaded into Redis")
+    p.add_argument("--commit-rows", type=int, nargs=2, default=[100_000, 5_000_000])
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-publish-") as tmp:
+        work = Path(tmp)
+        load = bench_load(args.rows, work)
+        small, big = (bench_commit(work, n) for n in args.commit_rows)
+    rate, pipe_rate = args.rows / load["publish_s"], args.rows / load["pipe_s"]
+    rows = [
+        ("publish load (Spark local[2] -> Redis)", f"{rate:,.0f} entities/s", f"{load['publish_s']:.2f} s"),
+        ("redis-cli --pipe, HSET per entity", f"{pipe_rate:,.0f} entities/s", f"{load['pipe_s']:.2f} s"),
+        ("redis-cli --pipe, SET per entity", f"{args.rows / load['set_pipe_s']:,.0f} entities/s", f"{load['set_pipe_s']:.2f} s"),
+        ("publish / redis-cli (bar >= 0.7)", f"{rate / pipe_rate:.2f}x", ""),
+        ("bytes/entity, bucketed hashes", f"{load['bucketed_bpe']:.1f} B", "INFO memory"),
+        ("bytes/entity, key per entity", f"{load['per_key_bpe']:.1f} B", "INFO memory"),
+        (f"Delta commit, {args.commit_rows[0]:,} rows", f"{small * 1000:.1f} ms", f"median, {FILES} files"),
+        (f"Delta commit, {args.commit_rows[1]:,} rows", f"{big * 1000:.1f} ms", f"median, {FILES} files"),
+        ("commit big / small (bar <= 1.5)", f"{big / small:.2f}x", ""),
+    ]
+    print(f"publish benchmark: {args.rows:,} entities, 1 score column")
+    for name, value, note in rows:
+        print(f"  {name:<42} {value:>20}  {note}")
+    ok = rate / pipe_rate >= 0.7 and big / small <= 1.5
+    print("bars: " + ("met" if ok else "MISSED"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""``batchscore history``: a model's published versions (Delta commits) and their Redis versions.
+
+Reads the Delta log and, when the Redis URL variable is set, each version's Redis state
+(``current``, ``kept``, or ``collected``). No Spark needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from batchscore import redis_layout as layout
+from batchscore.config import ModelConfig, load_model_config
+from batchscore.errors import BatchscoreError
+from batchscore.redis_conn import connect
+from batchscore.sinks import delta
+from batchscore.sinks.redis import RedisVersions
+from jobs import entry
+
+
+def rows(cfg: ModelConfig, store: RedisVersions | None) -> list[dict[str, Any]]:
+    """One row per Delta commit, newest first."""
+    current = store.current() if store else None
+    out = []
+    for h in delta.history(cfg.outputs.delta.path):
+        rv = h.get("batchscore.redis_version")
+        redis_state = None
+        if store is not None and rv:
+            meta = store.meta(int(rv))
+            redis_state = "current" if int(rv) == current else ("kept" if meta else "collected")
+        ts = h.get("timestamp")
+        out.append({
+            "delta_version": int(h["version"]), "operation": h.get("operation"),
+            "time": datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="seconds") if ts else None,
+            "run_id": h.get("batchscore.run_id"), "model_version": h.get("batchscore.model_version"),
+            "rows": int(h["batchscore.rows"]) if h.get("batchscore.rows") else None,
+            "redis_version": int(rv) if rv else None, "redis": redis_state,
+            "rollback_to": int(h["batchscore.rollback_to"]) if h.get("batchscore.rollback_to") else None,
+        })
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="batchscore history", description=__doc__.splitlines()[0])
+    p.add_argument("--model-config", required=True, help="path to conf/models/<name>.yaml")
+    p.add_argument("--json", action="store_true", help="one JSON object per version")
+    args = p.parse_args(entry.argv_or_sys(argv))
+
+    def body() -> dict[str, Any]:
+        cfg = load_model_config(args.model_config)
+        rc = cfg.outputs.redis
+        try:
+            store = RedisVersions(connect(cfg.redis_url(), cluster=rc.cluster), layout.namespace(rc.key_prefix, cfg.name))
+        except BatchscoreError as exc:
+            entry.log(f"Redis state not shown: {exc}")
+            store = None
+        found = rows(cfg, store)
+        if args.json:
+            for r in found:
+                print(json.dumps(r))
+        elif not found:
+            print(f"no published versions of '{cfg.name}' at {cfg.outputs.delta.path}")
+        else:
+            print(f"{'delta':>5}  {'time (UTC)':<25} {'run id':<34} {'model':<10} {'rows':>10}  redis")
+            for r in found:
+                what = f"v{r['redis_version']} {r['redis'] or ''}" if r["redis_version"] else "-"
+                run = r["run_id"] or "-"
+                if r["rollback_to"] is not None:
+                    run = f"rollback to {r['rollback_to']} ({run})"
+                rows_txt = f"{r['rows']:,}" if r["rows"] is not None else "-"
+                print(f"{r['delta_version']:>5}  {r['time'] or '-':<25} {run:<34} {r['model_version'] or '-':<10} "
+                      f"{rows_txt:>10}  {what}")
+        return {"versions": found}
+
+    return entry.guarded(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

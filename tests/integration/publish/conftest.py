@@ -1,0 +1,136 @@
+"""Fixtures for the publish tests: real redis-server processes (restartable with AOF, password,
+TLS, a three-master Cluster) and cheaply staged runs.
+
+A staged run is what ``score`` + ``validate`` leave behind (Parquet under ``<table>/runs/<id>/``
+plus their JSON reports); building it directly keeps each publish cheap so a test can do twenty.
+The publish itself, Spark, Redis and Delta are all real.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+
+from batchscore.local_redis import LocalRedis, free_port
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def stage_run(cfg: Any, run_id: str, keys: np.ndarray, scores: np.ndarray, *, passed: bool = True) -> None:
+    """Write run ``run_id`` as the score and validate steps would: Parquet + reports."""
+    from jobs import state
+
+    d = Path(state.staged_path(cfg, run_id))
+    d.mkdir(parents=True, exist_ok=True)
+    table = pa.table({
+        cfg.input.key: pa.array(keys, pa.int64()),
+        **{c: pa.array(scores[:, i] if scores.ndim == 2 else scores, pa.float32())
+           for i, c in enumerate(cfg.outputs.columns)},
+        "model_version": pa.array([cfg.model.version] * len(keys)),
+        "run_id": pa.array([run_id] * len(keys)),
+    })
+    pq.write_table(table, d / "part-00000.parquet")
+    state.write_report(cfg, run_id, "score", {"input_rows": len(keys)})
+    state.write_report(cfg, run_id, "validation", {"passed": passed, "profile": {"columns": {}}})
+
+
+def job_env(url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHSCORE_CRASH", "BATCHSCORE_PAUSE"))}
+    return {**env, "BATCHSCORE_REDIS_URL": url, "PYSPARK_PYTHON": sys.executable, "PYTHONPATH": str(REPO), **extra}
+
+
+def start_publish(cfg_path: Path, run_id: str, url: str, **env: str) -> subprocess.Popen[str]:
+    """``python -m batchscore publish`` in its own session (its own process group)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchscore", "publish", "--model-config", str(cfg_path), "--run-id", run_id,
+         "--master", "local[2]"],
+        cwd=REPO, env=job_env(url, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def aof_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalRedis]:
+    """A redis-server with an append-only file, so :func:`restart` keeps its data."""
+    server = LocalRedis(args=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    monkeypatch.setenv("BATCHSCORE_REDIS_URL", server.url)
+    yield server
+    server.stop()
+
+
+def restart(server: LocalRedis) -> None:
+    assert server.proc is not None
+    server.proc.terminate()
+    server.proc.wait(timeout=10)
+    server.start()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Three Redis Cluster masters on loopback; yields a URL of one of them."""
+    exe = shutil.which("redis-server")
+    if exe is None or shutil.which("redis-cli") is None:
+        pytest.fail("redis-server and redis-cli are needed: apt-get install redis-server")
+    root = tmp_path_factory.mktemp("cluster")
+    ports: list[int] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        while len(ports) < 3:
+            p = free_port()
+            d = root / str(p)
+            d.mkdir()
+            proc = subprocess.Popen(
+                [exe, "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file",
+                 "nodes.conf", "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no", "--dir", str(d)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            procs.append(proc)
+            wait_for(lambda p=p, proc=proc: _pings(p) or proc.poll() is not None, 60, f"redis-server on {p}")
+            if proc.poll() is None:
+                ports.append(p)  # else the port was taken meanwhile: try another
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        for p in ports:
+            wait_for(lambda p=p: _cluster_ok(p), 30, f"cluster state ok on {p}")
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+
+
+def _pings(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port).ping())
+    except redis.RedisError:
+        return False
+
+
+def _cluster_ok(port: int) -> bool:
+    info = redis.Redis(port=port).execute_command("CLUSTER INFO")
+    if isinstance(info, dict):
+        return str(info.get("cluster_state")) == "ok"
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "cluster_state:ok" in text
