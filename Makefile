@@ -8,9 +8,10 @@ STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export PYSPARK_PYTHON := $(REPO)/$(VPY)
 export PYSPARK_DRIVER_PYTHON := $(REPO)/$(VPY)
 
-.PHONY: demo test test-unit test-spark test-integration bench check-prereqs env clean package
+.PHONY: demo test test-unit bench check-prereqs env clean
 
 -include mk/airflow.mk
+-include mk/package.mk
 
 check-prereqs:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
@@ -42,9 +43,6 @@ test: env
 
 bench: env
 	$(VPY) benchmarks/run.py
-
-package: env
-	$(VPY) -m pip wheel --no-deps -w dist .
 
 clean:
 	rm -rf .batchscore dist build *.egg-info

@@ -1,0 +1,1 @@
+"""Helpers of the batchscore DAG files (Airflow, PyYAML and stdlib imports only)."""

@@ -2,119 +2,157 @@
 
 Imports only the Airflow Task SDK, the Spark provider, PyYAML and the stdlib: DAG files are parsed
 often and must stay light (no pyspark, pandas, Great Expectations or batchscore imports). Each
-task is a ``spark-submit`` of ``jobs/<step>.py`` with the job environment's own spark-submit and
-Python; they meet batchscore only through CLI arguments and exit codes:
-0 ok, 2 bad input and 3 validation rejected fail at once (no retry), 4 infrastructure retries.
+task is a ``spark-submit`` of ``<repo>/jobs/<step>.py`` with the job environment's own
+spark-submit and Python; DAGs and jobs meet only through CLI arguments and exit codes
+(see ``_lib/retry.py``). The run window is explicit: every task gets the same ``--run-date`` and
+``--run-id``, rendered once per DAG run.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import re
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, CronTriggerTimetable, Param
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import DAG, CronTriggerTimetable, Param, chain
 
-REPO = Path(__file__).resolve().parents[2]
-NO_RETRY = {2: "bad input", 3: "validation rejected"}
-# Explicit run window: the run_date param when given, else the run's logical date (a manual run
-# with no logical date uses run_after). Never the data interval, which is empty under Airflow 3's
-# trigger timetables.
-RUN_DATE = (
-    "{{ params.run_date if params.run_date else "
-    "(logical_date or dag_run.run_after).strftime('%Y-%m-%d') }}"
-)
-RUN_ID = "{{ run_id | replace(':', '') | replace('+', '_') | replace(' ', '_') }}"
+from _lib.retry import ExitCodeRetryPolicy
+from _lib.settings import DagSettings, load_settings
 
-
-class BatchscoreSubmitOperator(SparkSubmitOperator):
-    """spark-submit that fails fast (no retry) on batchscore's bad-input and rejection codes."""
-
-    def execute(self, context: Any) -> Any:
-        try:
-            return super().execute(context)
-        except AirflowFailException:
-            raise
-        except Exception as exc:
-            match = re.search(r"Error code is: (\d+)", str(exc))
-            code = int(match.group(1)) if match else None
-            if code in NO_RETRY:
-                raise AirflowFailException(
-                    f"batchscore exited {code} ({NO_RETRY[code]}): not retrying; see the task log and the run report"
-                ) from exc
-            raise
+STEPS = ("score", "validate", "publish")
+# run_date: the run_date param when given, else the run's logical date in the settings' timezone
+# minus run_date_offset_days; a manual or asset-triggered run without a logical date uses its
+# run_after. Read from dag_run: a bare `logical_date` is *undefined* (not None) in such runs and
+# fails the render. Never the data interval: Airflow 3's CronTriggerTimetable makes it empty.
+RUN_DATE = "{{ params.run_date or ((dag_run.logical_date or dag_run.run_after) | batchscore_run_date) }}"
+RUN_ID = "{{ run_id | batchscore_run_id }}"
+RUN_DATE_PATTERN = r"^(\d{4}-\d{2}-\d{2})?$"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def load_settings(path: Path | None = None) -> dict[str, Any]:
-    settings = yaml.safe_load((path or Path(__file__).parents[1] / "dag_settings.yaml").read_text()) or {}
-    settings["job_env"] = os.environ.get("BATCHSCORE_JOB_ENV") or str(REPO / ".venv")
-    settings["conf_dir"] = os.environ.get("BATCHSCORE_CONF_DIR") or str(REPO / "conf" / "models")
-    return settings
+def safe_run_id(value: str) -> str:
+    """Airflow's run id in batchscore's alphabet ``[A-Za-z0-9_.-]`` (1-128 chars), deterministically.
+
+    >>> safe_run_id("scheduled__2026-11-23T03:00:00+00:00")
+    'scheduled__2026-11-23T030000_0000'
+    >>> safe_run_id("my run #7")
+    'my_run_7'
+    """
+    safe = _UNSAFE.sub("_", value.replace(":", "")).strip("_") or "run"
+    return safe[:128]
 
 
-def _callback(path: str | None) -> Any:
+def run_date_filter(timezone: str, offset_days: int) -> Callable[[datetime], str]:
+    """A Jinja filter: a run's timestamp -> its run date (YYYY-MM-DD) in ``timezone``, shifted back.
+
+    >>> f = run_date_filter("Europe/Berlin", 1)
+    >>> f(datetime(2026, 11, 22, 23, 30, tzinfo=UTC))  # 00:30 on the 23rd in Berlin
+    '2026-11-22'
+    """
+    zone = ZoneInfo(timezone)
+
+    def run_date(moment: datetime) -> str:
+        return (moment.astimezone(zone).date() - timedelta(days=offset_days)).isoformat()
+
+    return run_date
+
+
+def read_model(config_path: Path) -> dict[str, Any]:
+    """The model YAML as a dict; only ``name``, ``spark.conf`` and ``scoring.device`` are used."""
+    model = yaml.safe_load(config_path.read_text())
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise ValueError(f"{config_path}: a model config needs a top-level string `name`")
+    return model
+
+
+def _callback(path: str | None) -> Callable[..., Any] | None:
     if not path:
         return None
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+    module, _, attr = path.partition(":")
+    if not attr:
+        raise ValueError(f"on_failure_callback {path!r}: expected 'package.module:function'")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 
 
-def build_dag(config_path: Path, settings: dict[str, Any]) -> DAG:
-    model = yaml.safe_load(config_path.read_text())
-    name = model["name"]
-    spark = model.get("spark") or {}
-    device = (model.get("scoring") or {}).get("device", "auto")
-    job_env = Path(settings["job_env"])
-    python = str(job_env / "bin" / "python")
-    conf = {"spark.pyspark.python": python, **{k: str(v) for k, v in (spark.get("conf") or {}).items()}}
-    args = ["--model-config", str(config_path.resolve()), "--run-date", RUN_DATE, "--run-id", RUN_ID]
-    default_args = {
-        "retries": int(settings.get("retries", 2)),
-        "retry_delay": timedelta(seconds=int(settings.get("retry_delay_seconds", 300))),
-        "on_failure_callback": _callback(settings.get("on_failure_callback")),
+def _default_args(s: DagSettings) -> dict[str, Any]:
+    timeout = s.execution_timeout_minutes
+    return {
+        "retries": s.retries,
+        "retry_delay": timedelta(seconds=s.retry_delay_seconds),
+        "retry_policy": ExitCodeRetryPolicy(),
+        "execution_timeout": timedelta(minutes=timeout) if timeout else None,
+        "on_failure_callback": _callback(s.on_failure_callback),
     }
+
+
+def _submit(step: str, config_path: Path, model: dict[str, Any], s: DagSettings) -> SparkSubmitOperator:
+    name, python = model["name"], str(s.job_python)
+    model_conf = (model.get("spark") or {}).get("conf") or {}
+    args = ["--model-config", str(config_path)]
+    if step != "gc":
+        args += ["--run-date", RUN_DATE, "--run-id", RUN_ID]
+    device = (model.get("scoring") or {}).get("device", "auto")
+    pool = "default_pool"
+    if step == "score":  # only scoring may hold a GPU; a per-model `pool` setting wins
+        pool = s.pool or (s.gpu_pool if device != "cpu" else "default_pool")
+    return SparkSubmitOperator(
+        task_id=step,
+        name=f"batchscore-{step}-{name}",
+        application=str(s.repo / "jobs" / f"{step}.py"),
+        application_args=args,
+        conf={k: str(v) for k, v in {"spark.pyspark.python": python, **s.spark_conf, **model_conf}.items()},
+        conn_id=s.spark_conn_id,
+        # The operator argument may be any path (the connection's `spark-binary` extra only takes
+        # names looked up on PATH): the job environment's spark-submit, whatever the worker's PATH.
+        spark_binary=str(s.spark_submit),
+        # Client mode: added to the worker's environment (BATCHSCORE_REDIS_URL is inherited from
+        # it; never put secrets here, rendered env_vars are stored and shown unmasked).
+        env_vars={"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python},
+        pool=pool,
+        # No app id to reconnect to in client mode; durable=True breaks YARN cluster mode.
+        durable=False,
+    )
+
+
+def build_dag(config_path: Path, settings: DagSettings) -> DAG:
+    """The DAG of one model config."""
+    config_path = config_path.resolve()
+    model = read_model(config_path)
+    name = model["name"]
+    s = settings.for_model(name)
     with DAG(
         dag_id=f"batchscore_{name}",
-        schedule=CronTriggerTimetable(settings.get("schedule", "0 3 * * *"), timezone=settings.get("timezone", "UTC")),
-        start_date=datetime(2026, 1, 1),
+        schedule=CronTriggerTimetable(s.schedule, timezone=s.timezone) if s.schedule else None,
+        start_date=datetime(s.start_date.year, s.start_date.month, s.start_date.day, tzinfo=UTC),
         catchup=False,
-        max_active_runs=1,
-        default_args=default_args,
-        params={"run_date": Param("", type="string", description="YYYY-MM-DD; empty = the run's logical date")},
+        max_active_runs=s.max_active_runs,
+        default_args=_default_args(s),
+        params={"run_date": Param("", type="string", pattern=RUN_DATE_PATTERN,
+                                  description="YYYY-MM-DD to score; empty: the run's logical date")},
+        user_defined_filters={"batchscore_run_id": safe_run_id,
+                              "batchscore_run_date": run_date_filter(s.timezone, s.run_date_offset_days)},
         tags=["batchscore", name],
-        doc_md=f"Scores `{name}` ({config_path.name}) and publishes it to Delta and Redis.",
+        doc_md=f"Scores `{name}` ({config_path}) and publishes it to Delta and Redis. See dags/README.md.",
     ) as dag:
-        steps = ["score", "validate", "publish"] + (["gc"] if settings.get("gc") else [])
-        tasks = []
-        for step in steps:
-            tasks.append(
-                BatchscoreSubmitOperator(
-                    task_id=step,
-                    name=f"batchscore-{step}-{name}",
-                    application=str(REPO / "jobs" / f"{step}.py"),
-                    application_args=args if step != "gc" else ["--model-config", str(config_path.resolve())],
-                    conf=conf,
-                    conn_id=settings.get("spark_conn_id", "spark_default"),
-                    spark_binary=str(job_env / "bin" / "spark-submit"),
-                    env_vars={"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python},
-                    pool=settings["gpu_pool"] if step == "score" and device != "cpu" else "default_pool",
-                    durable=False,
-                )
-            )
-        for upstream, downstream in zip(tasks, tasks[1:]):
-            upstream >> downstream
+        steps = (*STEPS, "gc") if s.gc else STEPS
+        chain(*[_submit(step, config_path, model, s) for step in steps])
     return dag
 
 
-def build_all(settings: dict[str, Any] | None = None) -> dict[str, DAG]:
+def build_all(settings: DagSettings | None = None) -> dict[str, DAG]:
+    """One DAG per ``*.yaml`` in the settings' model directory, keyed by dag_id."""
     settings = settings or load_settings()
-    return {
-        f"batchscore_{p.stem}": build_dag(p, settings)
-        for p in sorted(Path(settings["conf_dir"]).glob("*.yaml"))
-    }
+    dags: dict[str, DAG] = {}
+    sources: dict[str, Path] = {}
+    for path in sorted(settings.models_dir.glob("*.yaml")):
+        dag = build_dag(path, settings)
+        if dag.dag_id in dags:
+            raise ValueError(f"{path} and {sources[dag.dag_id]} both define {dag.dag_id}: model names must differ")
+        dags[dag.dag_id], sources[dag.dag_id] = dag, path
+    return dags

@@ -1,8 +1,15 @@
-"""Fixtures for the Airflow tier; runs in the Airflow environment (.venv-airflow), which has no
-pyspark/pandas/batchscore: the job environment is reached only through subprocesses."""
+"""Fixtures for tests/dags, which run in the Airflow environment (.venv-airflow).
+
+That environment has no pyspark, pandas or batchscore imports: the job environment (.venv) is
+reached only as a subprocess (its spark-submit, its python, its ``batchscore`` CLI). Run with
+``make test-dags``; plain ``.venv-airflow/bin/pytest tests/dags`` works too (AIRFLOW_HOME defaults
+to .batchscore/airflow-home and the database is migrated on first use).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -13,13 +20,45 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+
+if importlib.util.find_spec("airflow") is None:  # e.g. `.venv/bin/pytest tests/dags`
+    collect_ignore_glob = ["test_*.py"]
+    print("tests/dags need the Airflow environment: run `make test-dags`", file=sys.stderr)
 
 REPO = Path(__file__).resolve().parents[2]
-JOB_ENV = Path(os.environ.get("BATCHSCORE_JOB_ENV", REPO / ".venv"))
-sys.path.insert(0, str(REPO / "dags"))
-# Before anything imports airflow: the DAG bundle is this repo's dags/ folder.
-os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
+DAGS = REPO / "dags"
+JOB_ENV = Path(os.environ.get("BATCHSCORE_JOB_ENV") or REPO / ".venv")
+AIRFLOW = Path(sys.executable).parent / "airflow"
+
+# Before anything imports airflow: its home, DAG folder and the Spark connection (local master).
+os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".batchscore" / "airflow-home"))
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": "local[2]"}))
+sys.path.insert(0, str(DAGS))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: runs the real jobs through dag.test() on local Spark and Redis (minutes)")
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A migrated SQLite metadata database (``make test-dags`` migrates it before pytest)."""
+    if os.environ.get("BATCHSCORE_AIRFLOW_DB_READY"):
+        return
+    Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    res = subprocess.run([str(AIRFLOW), "db", "migrate"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+@pytest.fixture(scope="session")
+def job_env() -> Path:
+    spark_submit = JOB_ENV / "bin" / "spark-submit"
+    if not spark_submit.exists():
+        pytest.fail(f"{spark_submit} is missing: build the job environment first (`make env`)")
+    return JOB_ENV
 
 
 def free_port() -> int:
@@ -28,38 +67,70 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def redis_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A real redis-server on a free loopback port (raw socket PING: no redis client here)."""
+    """A real redis-server on a free loopback port, exported as BATCHSCORE_REDIS_URL.
+
+    The Airflow environment has no Redis client: readiness is a raw PING over the socket.
+    """
     port = free_port()
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
     proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
+    deadline = time.monotonic() + 15
+    while not _pong(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError("redis-server did not start")
+            pytest.fail(f"redis-server did not start on 127.0.0.1:{port}")
         time.sleep(0.05)
     url = f"redis://127.0.0.1:{port}/0"
     monkeypatch.setenv("BATCHSCORE_REDIS_URL", url)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
-def job_python(code: str, *args: str) -> str:
-    """Run ``code`` in the job environment and return its stdout."""
-    res = subprocess.run([str(JOB_ENV / "bin" / "python"), "-c", code, *args], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+def run_job_env(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> str:
+    """Run ``args`` (a job-environment executable first) from the repo root; return stdout."""
+    res = subprocess.run(list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, **(env or {})})
+    assert res.returncode == 0, f"{args[:3]} exited {res.returncode}:\n{res.stderr[-3000:]}"
     return res.stdout
+
+
+def task_states(dag_run: object) -> dict[str, str | None]:
+    """task_id -> state ('success', 'failed', 'upstream_failed', ...) of a finished dag.test() run."""
+    return {ti.task_id: ti.state and str(ti.state.value if hasattr(ti.state, "value") else ti.state)
+            for ti in dag_run.get_task_instances()}  # type: ignore[attr-defined]
+
+
+def use_dags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, conf_dir: Path, **settings: object):  # type: ignore[no-untyped-def]
+    """Point the real DAG file at ``conf_dir`` and these settings, and return its DAGs.
+
+    ``dag.test()`` re-parses the DAG folder to store the DAG in the metadata DB, so test DAGs
+    must come from dags/batchscore_models.py itself: configured through its environment overrides.
+    """
+    from _lib.dag_factory import build_all
+    from _lib.settings import SETTINGS_FILE
+
+    raw = yaml.safe_load(SETTINGS_FILE.read_text())
+    raw.update(settings)
+    path = tmp_path / "dag_settings.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("BATCHSCORE_DAG_SETTINGS", str(path))
+    monkeypatch.setenv("BATCHSCORE_CONF_DIR", str(conf_dir))
+    return build_all()
