@@ -1,5 +1,3 @@
-import sys
+from batchscore.cli import console
 
-from batchscore.cli import main
-
-sys.exit(main())
+console()

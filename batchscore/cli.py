@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from batchscore.exit import exit_now
 from batchscore.errors import EXIT_BAD_INPUT, EXIT_OK, BatchscoreError
 
 SPARK_VERBS = {
@@ -83,5 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_BAD_INPUT
 
 
+def console() -> None:
+    """The ``batchscore`` console script: :func:`main`, then a hard exit with its code."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

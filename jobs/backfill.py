@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # spark-submit jobs/backfill.py: make the repo im
 
 from pyspark.sql import SparkSession
 
+from batchscore.exit import exit_now
 from batchscore import redis_layout as layout
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError
@@ -198,4 +199,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from batchscore.exit import exit_now
+
 
 def mlp_weights(layers: Sequence[int], seed: int = 7) -> list[tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
@@ -183,4 +185,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

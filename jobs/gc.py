@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from batchscore.exit import exit_now
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
 from batchscore.redis_conn import connect
@@ -50,4 +51,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

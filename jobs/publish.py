@@ -22,6 +22,7 @@ if __package__ in (None, ""):
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from batchscore.exit import exit_now
 from batchscore import redis_layout as layout
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
@@ -187,4 +188,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

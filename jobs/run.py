@@ -13,6 +13,7 @@ if __package__ in (None, ""):
 
 from pyspark.sql import SparkSession
 
+from batchscore.exit import exit_now
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.redis_conn import connect
 from jobs import entry, state
@@ -62,4 +63,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # spark-submit jobs/score.py: make the repo impor
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from batchscore.exit import exit_now
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
 from batchscore.sinks import delta
@@ -104,4 +105,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -24,6 +24,7 @@ if __package__ in (None, ""):
 
 from pyspark.sql import SparkSession
 
+from batchscore.exit import exit_now
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError, PublishRefusedError, ValidationRejectedError
 from batchscore.sinks import delta
@@ -199,4 +200,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -1,4 +1,5 @@
-"""Builds one Airflow DAG per model config: score -> validate -> publish (-> gc).
+"""Builds one Airflow DAG per model config: route -> score -> validate -> publish (-> gc),
+or route -> backfill for Airflow backfill runs (``airflow backfill create``) and ``mode: backfill``.
 
 Imports only the Airflow Task SDK, the Spark provider, PyYAML and the stdlib: DAG files are parsed
 often and must stay light (no pyspark, pandas, Great Expectations or batchscore imports). Each
@@ -20,12 +21,13 @@ from zoneinfo import ZoneInfo
 
 import yaml
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, CronTriggerTimetable, Param, chain
+from airflow.sdk import DAG, CronTriggerTimetable, Param, chain, task
 
 from _lib.retry import ExitCodeRetryPolicy
 from _lib.settings import DagSettings, load_settings
 
 STEPS = ("score", "validate", "publish")
+MODES = ("online", "backfill")
 # run_date: the run_date param when given, else the run's logical date in the settings' timezone
 # minus run_date_offset_days; a manual or asset-triggered run without a logical date uses its
 # run_after. Read from dag_run: a bare `logical_date` is *undefined* (not None) in such runs and
@@ -71,6 +73,23 @@ def read_model(config_path: Path) -> dict[str, Any]:
     return model
 
 
+def choose_path(run_type: object, mode: str | None) -> str:
+    """The first task of a run: ``backfill`` for Airflow backfill runs (or ``mode: backfill``),
+    else ``score`` (the online chain).
+
+    >>> choose_path("backfill", "online"), choose_path("scheduled", None), choose_path("manual", "backfill")
+    ('backfill', 'score', 'backfill')
+    """
+    kind = str(getattr(run_type, "value", run_type))
+    return "backfill" if kind == "backfill" or mode == "backfill" else "score"
+
+
+@task.branch(task_id="route")
+def _route(**context: Any) -> str:
+    """Runs in the Airflow worker (stdlib only): picks the online chain or the history backfill."""
+    return choose_path(context["dag_run"].run_type, (context.get("params") or {}).get("mode"))
+
+
 def _callback(path: str | None) -> Callable[..., Any] | None:
     if not path:
         return None
@@ -95,11 +114,13 @@ def _submit(step: str, config_path: Path, model: dict[str, Any], s: DagSettings)
     name, python = model["name"], str(s.job_python)
     model_conf = (model.get("spark") or {}).get("conf") or {}
     args = ["--model-config", str(config_path)]
-    if step != "gc":
+    if step == "backfill":  # one date into the history table; never moves the online pointer
+        args += ["--from", RUN_DATE, "--to", RUN_DATE]
+    elif step != "gc":
         args += ["--run-date", RUN_DATE, "--run-id", RUN_ID]
     device = (model.get("scoring") or {}).get("device", "auto")
     pool = "default_pool"
-    if step == "score":  # only scoring may hold a GPU; a per-model `pool` setting wins
+    if step in ("score", "backfill"):  # only scoring may hold a GPU; a per-model `pool` setting wins
         pool = s.pool or (s.gpu_pool if device != "cpu" else "default_pool")
     return SparkSubmitOperator(
         task_id=step,
@@ -134,14 +155,20 @@ def build_dag(config_path: Path, settings: DagSettings) -> DAG:
         max_active_runs=s.max_active_runs,
         default_args=_default_args(s),
         params={"run_date": Param("", type="string", pattern=RUN_DATE_PATTERN,
-                                  description="YYYY-MM-DD to score; empty: the run's logical date")},
+                                  description="YYYY-MM-DD to score; empty: the run's logical date"),
+                "mode": Param("online", type="string", enum=list(MODES),
+                              description="online: score -> validate -> publish; backfill: score "
+                                          "run_date into the history table only (backfill runs "
+                                          "of `airflow backfill create` always do this)")},
         user_defined_filters={"batchscore_run_id": safe_run_id,
                               "batchscore_run_date": run_date_filter(s.timezone, s.run_date_offset_days)},
         tags=["batchscore", name],
         doc_md=f"Scores `{name}` ({config_path}) and publishes it to Delta and Redis. See dags/README.md.",
     ) as dag:
         steps = (*STEPS, "gc") if s.gc else STEPS
-        chain(*[_submit(step, config_path, model, s) for step in steps])
+        online = [_submit(step, config_path, model, s) for step in steps]
+        chain(*online)
+        _route() >> [online[0], _submit("backfill", config_path, model, s)]
     return dag
 
 

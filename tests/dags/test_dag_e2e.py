@@ -54,7 +54,8 @@ def test_demo_dag_scores_validates_and_publishes(
     config = demo_config(tmp_path, job_env)
     dag = use_dags(monkeypatch, tmp_path, conf_dir=config.parent, execution_timeout_minutes=20)["batchscore_demo"]
     run = dag.test(logical_date=None)
-    assert task_states(run) == {"score": "success", "validate": "success", "publish": "success"}
+    assert task_states(run) == {"route": "success", "score": "success", "validate": "success",
+                                "publish": "success", "backfill": "skipped"}
 
     got = lookup(job_env, config)
     want = json.loads(run_job_env(str(job_env / "bin" / "python"), "tests/dags/expected_scores.py", str(config), *KEYS))
@@ -81,7 +82,26 @@ def test_validation_rejection_fails_fast_and_publishes_nothing(
     dag = use_dags(monkeypatch, tmp_path, conf_dir=config.parent, execution_timeout_minutes=20,
                    retries=2, retry_delay_seconds=1)["batchscore_demo"]
     run = dag.test(logical_date=None)
-    assert task_states(run) == {"score": "success", "validate": "failed", "publish": "upstream_failed"}
+    assert task_states(run) == {"route": "success", "score": "success", "validate": "failed",
+                                "publish": "upstream_failed", "backfill": "skipped"}
     validate = next(ti for ti in run.get_task_instances() if ti.task_id == "validate")
     assert validate.try_number == 1  # exit 3: no retry despite retries=2
     assert all(row["values"] is None for row in lookup(job_env, config).values())
+
+
+def test_backfill_run_scores_its_date_into_the_history_table_and_leaves_redis_alone(
+    tmp_path: Path, redis_url: str, airflow_db: None, job_env: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = demo_config(tmp_path, job_env)
+    dag = use_dags(monkeypatch, tmp_path, conf_dir=config.parent, execution_timeout_minutes=20)["batchscore_demo"]
+    run = dag.test(logical_date=None, run_conf={"mode": "backfill", "run_date": "2026-11-05"})
+    assert task_states(run)["backfill"] == "success" and task_states(run)["publish"] == "skipped"
+
+    py = str(job_env / "bin" / "python")
+    got = json.loads(run_job_env(py, "tests/dags/history_scores.py", str(config), *KEYS))
+    want = json.loads(run_job_env(py, "tests/dags/expected_scores.py", str(config), *KEYS))
+    assert got["dates"] == ["2026-11-05"] and got["rows"] == ROWS
+    for key in KEYS:
+        (value,) = got["scores"]["2026-11-05"][key]
+        assert math.isclose(value, want[key][0], rel_tol=1e-6, abs_tol=1e-7), (key, value, want[key])
+    assert all(row["values"] is None for row in lookup(job_env, config).values())  # pointer never set

@@ -39,7 +39,7 @@ def stub_dag(tmp_path: Path, airflow_db: None, job_env: Path, monkeypatch: pytes
     """A DAG whose jobs are stubs; returns (build, jobs_dir, failures_file)."""
     jobs = tmp_path / "repo" / "jobs"
     jobs.mkdir(parents=True)
-    for step in ("score", "validate", "publish"):
+    for step in ("score", "validate", "publish", "backfill"):
         (jobs / f"{step}.py").write_text(STUB)
     failures = tmp_path / "failures.jsonl"
     monkeypatch.setenv("BATCHSCORE_TEST_FAILURES", str(failures))
@@ -71,7 +71,8 @@ def arg(call: dict, flag: str) -> str:  # type: ignore[type-arg]
 def test_manual_run_without_logical_date_passes_one_explicit_window(stub_dag, job_env: Path) -> None:  # type: ignore[no-untyped-def]
     build, jobs, _ = stub_dag
     run = build().test(logical_date=None)
-    assert task_states(run) == {"score": "success", "validate": "success", "publish": "success"}
+    assert task_states(run) == {"route": "success", "score": "success", "validate": "success",
+                                "publish": "success", "backfill": "skipped"}
     made = [calls(jobs, step) for step in ("score", "validate", "publish")]
     assert [len(c) for c in made] == [1, 1, 1]
     first = made[0][0]
@@ -103,7 +104,8 @@ def test_exit_code_decides_retries(stub_dag, code: int, tries: int) -> None:  # 
     build, jobs, failures = stub_dag
     (jobs / "validate.exit").write_text(str(code))
     run = build(retries=2).test(logical_date=None)
-    assert task_states(run) == {"score": "success", "validate": "failed", "publish": "upstream_failed"}
+    assert task_states(run) == {"route": "success", "score": "success", "validate": "failed",
+                                "publish": "upstream_failed", "backfill": "skipped"}
     assert len(calls(jobs, "validate")) == tries
     assert calls(jobs, "publish") == []
     # The failure callback ran once, after the final try, and saw the exit code.
@@ -111,3 +113,27 @@ def test_exit_code_decides_retries(stub_dag, code: int, tries: int) -> None:  # 
     assert len(recorded) == 1, recorded
     assert recorded[0]["task"] == "validate" and recorded[0]["exit"] == code
     assert recorded[0]["try"] == tries
+
+
+def test_backfill_mode_runs_only_the_history_backfill_for_the_run_date(stub_dag) -> None:  # type: ignore[no-untyped-def]
+    """mode=backfill (what `airflow backfill create` runs get from their run type) scores one date
+    into the history table: the online chain is skipped, so the Redis pointer cannot move."""
+    build, jobs, _ = stub_dag
+    run = build().test(logical_date=None, run_conf={"mode": "backfill", "run_date": "2026-11-05"})
+    assert task_states(run) == {"route": "success", "backfill": "success", "score": "skipped",
+                                "validate": "skipped", "publish": "skipped"}
+    (call,) = calls(jobs, "backfill")
+    assert arg(call, "--from") == arg(call, "--to") == "2026-11-05"
+    assert "--publish-online" not in call["argv"]
+    assert calls(jobs, "score") == calls(jobs, "publish") == []
+
+
+def test_airflow_backfill_runs_take_the_backfill_path() -> None:
+    """Runs created by `airflow backfill create` have run_type "backfill" (an enum in the worker)."""
+    from _lib.dag_factory import choose_path
+    from airflow.utils.types import DagRunType
+
+    assert choose_path(DagRunType.BACKFILL_JOB, "online") == "backfill"
+    assert choose_path("backfill", None) == "backfill"
+    assert choose_path(DagRunType.SCHEDULED, "online") == "score"
+    assert choose_path(DagRunType.MANUAL, None) == "score"

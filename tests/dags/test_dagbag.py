@@ -45,24 +45,33 @@ def test_tasks_follow_the_job_contract(bag, config: Path) -> None:  # type: igno
     model = yaml.safe_load(config.read_text())
     name = model["name"]
     dag = bag.get_dag(f"batchscore_{name}")
-    assert [t.task_id for t in dag.topological_sort()] == ["score", "validate", "publish"]
+    assert {t.task_id for t in dag.tasks} == {"route", "score", "validate", "publish", "backfill"}
+    assert dag.get_task("route").downstream_task_ids == {"score", "backfill"}
     assert dag.get_task("score").downstream_task_ids == {"validate"}
+    assert dag.get_task("backfill").downstream_task_ids == set()
     assert dag.get_task("validate").downstream_task_ids == {"publish"}
     assert dag.max_active_runs == 1 and not dag.catchup
     assert dag.params["run_date"] == ""
     device = (model.get("scoring") or {}).get("device", "auto")
-    assert dag.get_task("score").pool == ("default_pool" if device == "cpu" else "batchscore_gpu")
+    for scoring in ("score", "backfill"):
+        assert dag.get_task(scoring).pool == ("default_pool" if device == "cpu" else "batchscore_gpu")
     for task in dag.tasks:
+        if task.task_id == "route":  # the branch: a Python task in the Airflow worker
+            continue
         assert task.name == f"batchscore-{task.task_id}-{name}"
         assert task.application == str(REPO / "jobs" / f"{task.task_id}.py")
         assert Path(task.application).exists()
-        assert task.pool == "default_pool" or task.task_id == "score"
+        assert task.pool == "default_pool" or task.task_id in ("score", "backfill")
         assert task.retries == 2 and isinstance(task.retry_policy, ExitCodeRetryPolicy)
         assert task.execution_timeout is not None
         args = task.application_args
         assert args[:2] == ["--model-config", str(config.resolve())]
-        assert "params.run_date" in args[args.index("--run-date") + 1]
-        assert "batchscore_run_id" in args[args.index("--run-id") + 1]
+        if task.task_id == "backfill":  # one date, the same window, into the history table
+            assert args[args.index("--from") + 1] == args[args.index("--to") + 1]
+            assert "params.run_date" in args[args.index("--from") + 1] and "--run-id" not in args
+        else:
+            assert "params.run_date" in args[args.index("--run-date") + 1]
+            assert "batchscore_run_id" in args[args.index("--run-id") + 1]
         # The job environment's own interpreter and spark-submit, not whatever is on PATH.
         job_python = str(REPO / ".venv" / "bin" / "python")
         assert task.conf["spark.pyspark.python"] == job_python
@@ -76,6 +85,8 @@ def test_secrets_stay_out_of_rendered_fields(bag) -> None:  # type: ignore[no-un
     """The Redis URL is inherited from the worker's environment, never templated into a task."""
     for dag in bag.dags.values():
         for task in dag.tasks:
+            if task.task_id == "route":
+                continue
             fields = json.dumps([task.application_args, task.conf, task.env_vars])
             assert "REDIS" not in fields.upper(), (dag.dag_id, task.task_id)
 
