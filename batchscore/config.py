@@ -38,6 +38,9 @@ class InputTable(_Strict):
     features: list[str] | None = None
     feature_array: str | None = None
     feature_count: int | None = Field(default=None, gt=0)
+    read: Literal["auto", "files", "spark"] = Field(
+        default="auto", description="files: Python workers read the Parquet files themselves (local or "
+        "mounted paths); spark: Spark's scan feeds the model; auto: files when possible")
 
     @model_validator(mode="after")
     def _one_feature_source(self) -> InputTable:

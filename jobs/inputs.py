@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from batchscore.config import InputTable
-from batchscore.errors import InputDataError
+from batchscore.errors import ConfigError, InputDataError
 
 _NUMERIC = (T.FloatType, T.DoubleType, T.IntegerType, T.LongType, T.ShortType, T.ByteType, T.DecimalType)
 _KEY_TYPES = (T.StringType, T.IntegerType, T.LongType, T.ShortType, T.ByteType)
@@ -38,6 +38,43 @@ def _read_delta(spark: SparkSession, path: str) -> DataFrame:
     if not files:
         raise InputDataError(f"input table {path}: Delta table has no data files (empty input)")
     return spark.read.parquet(*files)
+
+
+def direct_files(spec: InputTable, *, source: str = "the model config") -> list[str] | None:
+    """The input's Parquet files when the scoring tasks may read them themselves, else None.
+
+    ``input.read: auto`` reads the files directly when the path is local (or ``file://``, i.e. a
+    mount every executor shares) and every needed column is stored in the files (not a hive
+    partition column); ``files`` insists (a clear error otherwise); ``spark`` never does.
+    """
+    if spec.read == "spark":
+        return None
+    where = f"input table {spec.path}"
+    if "://" in spec.path and not spec.path.startswith("file://"):
+        if spec.read == "files":
+            raise ConfigError(f"{source}: input.read: files needs a local or mounted path, got {spec.path}; use read: spark")
+        return None
+    path = spec.path.removeprefix("file://")
+    if spec.format == "delta":
+        from deltalake import DeltaTable
+
+        files = [f.removeprefix("file://") for f in DeltaTable(path).file_uris()]
+    else:
+        import pyarrow.dataset as ds
+
+        files = list(ds.dataset(path, format="parquet").files)
+    if not files:
+        return None
+    from udfs.file_scan import physical_columns
+
+    needed = [spec.key, *(spec.features or [str(spec.feature_array)])]
+    missing = [c for c in needed if c not in physical_columns(files[0])]
+    if missing:
+        if spec.read == "files":
+            raise InputDataError(f"{where}: column(s) {missing} are not stored in its Parquet files "
+                                 f"(partition columns?); set input.read: spark in {source}")
+        return None
+    return files
 
 
 def check_input(df: DataFrame, spec: InputTable, *, source: str) -> None:

@@ -23,12 +23,13 @@ from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
 from batchscore.sinks import delta
 from jobs import entry, state
-from jobs.inputs import check_input, check_keys, read_input
+from jobs.inputs import check_input, check_keys, direct_files, read_input
 from jobs.session import build_session
 from udfs.backends import check_model, load_backend
 from udfs.device import resolve_device
 from udfs.model_cache import load_accumulator
 from udfs.model_ref import ModelRef, model_ref, read_artifact
+from udfs.file_scan import plan_fragments, with_predictions_from_files
 from udfs.predict_udf import with_predictions
 
 
@@ -42,12 +43,22 @@ def check_artifact(cfg: ModelConfig) -> Any:
 
 
 def scored_frame(df: DataFrame, cfg: ModelConfig, ref: ModelRef, *, run_id: str, scored_at: datetime, loads: Any = None) -> DataFrame:
-    """The staged output: key, the output columns (float32), model_version, run_id, scored_at."""
+    """The staged output: key, the output columns (float32), model_version, run_id, scored_at.
+
+    ``df`` is the input as Spark reads it (``read_input``); with ``input.read: auto|files`` the
+    tasks read its Parquet files themselves (:mod:`udfs.file_scan`), else Spark's scan feeds them.
+    """
     spec = cfg.input
-    pred = with_predictions(
-        df, ref, key=spec.key, features=spec.features, feature_array=spec.feature_array,
-        columns=cfg.outputs.columns, batch_size=cfg.scoring.batch_size, loads=loads,
-    )
+    options = dict(features=spec.features, feature_array=spec.feature_array, columns=cfg.outputs.columns,
+                   batch_size=cfg.scoring.batch_size, loads=loads)
+    files = direct_files(spec, source=cfg.source)
+    if files is not None:
+        spark = df.sparkSession
+        fragments = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism)
+        pred = with_predictions_from_files(spark, fragments, ref, key=spec.key, key_type=df.schema[spec.key].dataType,
+                                           **options)  # type: ignore[arg-type]
+    else:
+        pred = with_predictions(df, ref, key=spec.key, **options)  # type: ignore[arg-type]
     return pred.select(
         spec.key, *cfg.outputs.columns,
         F.lit(cfg.model.version).alias("model_version"),
