@@ -99,6 +99,15 @@ class _Cache:
         values = layout.decode_scores(raw, len(meta.columns))
         return Score(dict(zip(meta.columns, values, strict=True)), meta.model_version, version)
 
+    @staticmethod
+    def scores(meta: _VersionMeta, version: int, plan: dict[str, list[str]], replies: list[Any],
+               wanted: list[str]) -> dict[str, Score | None]:
+        """The pipelined ``HMGET`` replies of ``plan`` as scores, in ``wanted``'s order."""
+        out: dict[str, Score | None] = {}
+        for ks, raws in zip(plan.values(), replies, strict=True):
+            out.update({k: _Cache.score(meta, version, raw) for k, raw in zip(ks, raws, strict=True)})
+        return {k: out[k] for k in wanted}
+
     def pattern(self) -> str:
         return "{" + self.prefix + ":*}:changed"
 
@@ -162,10 +171,7 @@ class ScoreReader:
         pipe = self._r.pipeline(transaction=False)
         for data_key, ks in plan.items():
             pipe.hmget(data_key, ks)
-        out: dict[str, Score | None] = {}
-        for ks, raws in zip(plan.values(), pipe.execute(), strict=True):
-            out.update({k: _Cache.score(meta, version, raw) for k, raw in zip(ks, raws, strict=True)})
-        return {k: out[k] for k in wanted}
+        return _Cache.scores(meta, version, plan, pipe.execute(), wanted)
 
     def close(self) -> None:
         if self._listener is not None:
@@ -251,10 +257,7 @@ class AsyncScoreReader:
         pipe = self._r.pipeline(transaction=False)
         for data_key, ks in plan.items():
             pipe.hmget(data_key, ks)
-        out: dict[str, Score | None] = {}
-        for ks, raws in zip(plan.values(), await pipe.execute(), strict=True):
-            out.update({k: _Cache.score(meta, version, raw) for k, raw in zip(ks, raws, strict=True)})
-        return {k: out[k] for k in wanted}
+        return _Cache.scores(meta, version, plan, await pipe.execute(), wanted)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -36,12 +36,18 @@ def app_id(model: str, run_id: str) -> str:
 
 def stage(table_path: str, run_id: str) -> StagedRun:
     """List a run's Parquet files and read their footers (row counts, schema): no data is read."""
+    return stage_dir(table_path, Path(table_path) / "runs" / run_id,
+                     missing=f"no staged Parquet for run {run_id}; run `batchscore score` first")
+
+
+def stage_dir(table_path: str, run_path: Path, *, missing: str) -> StagedRun:
+    """The ``part-*.parquet`` files under ``run_path`` (paths relative to the table), from their
+    footers only; ``missing``: the error (with what to do) when there are none."""
     import pyarrow.parquet as pq
 
-    run_path = Path(table_path) / "runs" / run_id
     files = sorted(run_path.glob("part-*.parquet"))
     if not files:
-        raise PublishRefusedError(f"no staged Parquet for run {run_id} under {run_path}; run `batchscore score` first")
+        raise PublishRefusedError(f"{missing} (nothing under {run_path})")
     rows, sizes, rel = [], [], []
     schema = None
     for f in files:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batchscore.errors import PublishRefusedError
-from batchscore.sinks.delta import StagedRun
+from batchscore.sinks.delta import StagedRun, stage_dir
 
 PARTITION = "run_date"
 
@@ -47,20 +47,8 @@ def table_version(table_path: str) -> int | None:
 
 def stage(table_path: str, day: str, attempt: str) -> StagedRun:
     """List an attempt's Parquet files and read their footers (row counts, schema): no data is read."""
-    import pyarrow.parquet as pq
-
-    run_path = Path(attempt_path(table_path, day, attempt))
-    files = sorted(run_path.glob("part-*.parquet"))
-    if not files:
-        raise PublishRefusedError(f"no Parquet written for {day} under {run_path}; rerun the backfill for that date")
-    rows, sizes, rel, schema = [], [], [], None
-    for f in files:
-        md = pq.read_metadata(f)
-        rows.append(md.num_rows)
-        sizes.append(f.stat().st_size)
-        rel.append(f.relative_to(table_path).as_posix())
-        schema = schema or md.schema.to_arrow_schema()
-    return StagedRun(str(run_path), rel, sizes, rows, schema)
+    return stage_dir(table_path, Path(attempt_path(table_path, day, attempt)),
+                     missing=f"no Parquet written for {day}; rerun the backfill for that date")
 
 
 def _table_schema(staged: StagedRun) -> Any:
