@@ -90,6 +90,9 @@ class Outputs(_Strict):
 class Scoring(_Strict):
     batch_size: int = Field(default=4096, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        default="fp32", description="torch models: cast weights and inputs to this dtype (outputs stay float32); "
+        "onnx: fp32 only (export the model in the precision wanted)")
 
 
 class Level(_Strict):
@@ -229,6 +232,16 @@ class ModelConfig(_Strict):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     source: str = Field(default="", exclude=True, description="the file this was loaded from")
 
+    @model_validator(mode="after")
+    def _precision_fits_format(self) -> ModelConfig:
+        if self.model.format == "onnx" and self.scoring.precision != "fp32":
+            raise ValueError(
+                f"scoring.precision: '{self.scoring.precision}' applies to torch models only (model.format is onnx); "
+                f"export the ONNX model in {self.scoring.precision} instead (keeping float32 inputs/outputs), "
+                "or use a torch format (model.format: torchscript|torch_export), or set scoring.precision: fp32"
+            )
+        return self
+
     @property
     def model_path(self) -> str:
         return _local_path(self.model.uri)
@@ -274,6 +287,8 @@ def _absolutize(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _describe(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if not err["loc"] and err["type"] == "value_error":  # a cross-field check: its message names the field
+        return str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"unknown field '{loc}' (remove it or fix its spelling)"
     if err["type"] == "missing":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,9 @@ from udfs.predict_udf import with_predictions
 def check_artifact(cfg: ModelConfig) -> Any:
     """Hash and load the artifact on the driver and probe it: bad models fail here, clearly."""
     ref = model_ref(cfg.model_path, cfg.model.format, cfg.scoring.device, n_features=cfg.input.n_features)
+    ref = replace(ref, precision=cfg.scoring.precision)  # part of the executors' cache key
     device = resolve_device(ref.device, ref.format, uri=ref.uri)
-    backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=ref.uri, device=device)
+    backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=ref.uri, device=device, precision=ref.precision)
     check_model(backend, uri=ref.uri, n_features=cfg.input.n_features, n_outputs=len(cfg.outputs.columns))
     return ref
 
@@ -73,7 +75,7 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
     if delta.committed_version(cfg.outputs.delta.path, cfg.name, run_id) is not None:
         raise PublishRefusedError(f"run {run_id} of '{cfg.name}' is already published; use a new --run-id")
     ref = check_artifact(cfg)
-    entry.log(f"score {cfg.name}: model {Path(ref.uri).name} sha256 {ref.sha256[:12]} ({cfg.model.format}, device {cfg.scoring.device})")
+    entry.log(f"score {cfg.name}: model {Path(ref.uri).name} sha256 {ref.sha256[:12]} ({cfg.model.format}, device {cfg.scoring.device}, {cfg.scoring.precision})")
     df = read_input(spark, cfg.input)
     check_input(df, cfg.input, source=cfg.source)
     input_rows = check_keys(df, cfg.input)

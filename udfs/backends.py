@@ -5,6 +5,11 @@ exposes ``n_inputs`` (the feature width the artifact declares, or None when it d
 ``predict(x)``: a C-contiguous float32 ``(n, d)`` matrix in, a float32 ``(n, k)`` matrix out. A
 model with several outputs gives their columns side by side (each output ``(n,)`` or ``(n, j)``),
 one score column each. Model libraries are imported here, lazily, never at module import.
+
+Precision (``scoring.precision``): torch backends run in ``fp32`` (the artifact as exported),
+``fp16`` or ``bf16``: the module's floating-point parameters and buffers and each input batch are
+cast to that dtype on the device, and outputs come back as float32. ONNX models run in the
+precision they were exported in (fp32 only here).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from batchscore.errors import ModelError, missing_extra
 
 FORMATS = ("onnx", "torchscript", "torch_export")
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 class Backend(Protocol):
@@ -58,6 +64,16 @@ def _columns(outs: list[Any], n: int, uri: str) -> np.ndarray:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _dtype_complaint(exc: BaseException) -> str | None:
+    """The line of a torch error that is about a half/bfloat16 dtype, if any (TorchScript puts
+    the real error last, after its own traceback)."""
+    for line in reversed(str(exc).strip().splitlines()):
+        low = line.lower()
+        if any(w in low for w in ("half", "bfloat16", "dtype", "scalar type")):
+            return line.strip()[:200]
+    return None
 
 
 class OnnxBackend:
@@ -107,7 +123,7 @@ class _TorchBackend:
 
     kind = "torch"
 
-    def __init__(self, data: bytes, *, uri: str, device: str) -> None:
+    def __init__(self, data: bytes, *, uri: str, device: str, precision: str = "fp32") -> None:
         try:
             import torch
         except ImportError:
@@ -122,13 +138,22 @@ class _TorchBackend:
         self._torch, self._uri = torch, uri
         self._device = torch.device(device)
         self._cuda = device.startswith("cuda")
+        self.precision = precision
+        self._dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        if precision == "bf16" and self._cuda and not torch.cuda.is_bf16_supported():
+            raise ModelError(
+                f"{uri}: scoring.precision is 'bf16' but GPU {device} has no bfloat16 support; "
+                "use scoring.precision: fp16 or fp32"
+            )
         self.n_inputs: int | None = None
         try:
-            self._module = self._load(torch, data)
+            module = self._load(torch, data)
         except ModelError:
             raise
         except Exception as exc:
             raise ModelError(f"{uri}: not a loadable {self.kind} model ({_first_line(exc)})") from None
+        # fp32 keeps the module exactly as loaded; fp16/bf16 cast its floating-point params/buffers.
+        self._module = module if self._dtype is None else module.to(self._dtype)
 
     def _load(self, torch: Any, data: bytes) -> Any:
         raise NotImplementedError
@@ -139,9 +164,27 @@ class _TorchBackend:
             t = torch.from_numpy(x)
             if self._cuda:
                 t = t.pin_memory().to(self._device, non_blocking=True)
-            out = self._module(t)
+            if self._dtype is None:
+                out = self._module(t)
+            else:
+                out = self._reduced(t.to(self._dtype))
         outs = list(out) if isinstance(out, tuple | list) else [out]
         return _columns([o.detach().float().cpu().numpy() for o in outs], len(x), self._uri)
+
+    def _reduced(self, t: Any) -> Any:
+        """The forward pass in fp16/bf16; a dtype failure becomes a clear :class:`ModelError`."""
+        try:
+            return self._module(t)
+        except Exception as exc:
+            complaint = _dtype_complaint(exc)
+            if complaint is None:
+                raise
+            if self.precision == "fp16" and not self._cuda and "not implemented" in complaint.lower():
+                fix = "an op has no fp16 kernel on CPU: use scoring.precision: bf16 (or fp32) on CPU"
+            else:
+                fix = ("the model likely hard-codes float32 (constants, dtype= arguments, frozen weights): "
+                       "use scoring.precision: fp32, or export the model in that precision")
+            raise ModelError(f"{self._uri}: model failed in {self.precision} on {self._device} ({complaint}); {fix}") from None
 
 
 class TorchScriptBackend(_TorchBackend):
@@ -175,16 +218,24 @@ class TorchExportBackend(_TorchBackend):
         return program.module().to(self._device)
 
 
-def load_backend(data: bytes, *, fmt: str, uri: str, device: str) -> Backend:
-    """The backend for ``fmt`` on the resolved ``device`` (``cpu`` or ``cuda:<n>``)."""
+def load_backend(data: bytes, *, fmt: str, uri: str, device: str, precision: str = "fp32") -> Backend:
+    """The backend for ``fmt`` on the resolved ``device`` (``cpu`` or ``cuda:<n>``), in
+    ``precision`` (``fp32``, or ``fp16``/``bf16`` for torch formats)."""
     if device == "cuda":
         device = "cuda:0"
+    if precision not in PRECISIONS:
+        raise ModelError(f"{uri}: unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
     if fmt == "onnx":
+        if precision != "fp32":
+            raise ModelError(
+                f"{uri}: scoring.precision '{precision}' applies to torch models only; "
+                "export the ONNX model in that precision instead (float32 inputs/outputs), or use a torch format"
+            )
         return OnnxBackend(data, uri=uri, device=device)
     if fmt == "torchscript":
-        return TorchScriptBackend(data, uri=uri, device=device)
+        return TorchScriptBackend(data, uri=uri, device=device, precision=precision)
     if fmt == "torch_export":
-        return TorchExportBackend(data, uri=uri, device=device)
+        return TorchExportBackend(data, uri=uri, device=device, precision=precision)
     raise ModelError(f"{uri}: unknown model format '{fmt}'; use one of {', '.join(FORMATS)}")
 
 

@@ -34,7 +34,7 @@ class CacheStats:
     load_seconds: float = 0.0
     hits: int = 0
     evictions: int = 0
-    loaded: list[str] = field(default_factory=list)  # "<sha12>@<device>" per load, in order
+    loaded: list[str] = field(default_factory=list)  # "<sha12>@<device>[/<precision>]" per load, in order
 
 
 class ModelCache:
@@ -65,13 +65,13 @@ class ModelCache:
                 raise ModelError(
                     f"{ref.uri}: artifact changed after the job started (content hash differs); rerun"
                 )
-            backend = load_backend(data, fmt=ref.format, uri=ref.uri, device=device)
+            backend = load_backend(data, fmt=ref.format, uri=ref.uri, device=device, precision=ref.precision)
             if ref.n_features:
                 warm_up(backend, ref.n_features)
             seconds = time.perf_counter() - start
             self.stats.loads += 1
             self.stats.load_seconds += seconds
-            self.stats.loaded.append(f"{ref.sha256[:12]}@{device}")
+            self.stats.loaded.append(f"{ref.sha256[:12]}@{device}" + ("" if ref.precision == "fp32" else f"/{ref.precision}"))
             self._entries[key] = (backend, len(data))
             self._evict()
             return backend, seconds
