@@ -28,6 +28,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 class Backend(Protocol):
     n_inputs: int | None
+    on_gpu: bool
 
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -91,6 +92,7 @@ class OnnxBackend:
                 )
             ordinal = int(device.partition(":")[2] or 0)
             providers = [("CUDAExecutionProvider", {"device_id": ordinal}), "CPUExecutionProvider"]
+        self.on_gpu = device.startswith("cuda")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = task_cpus()
         opts.inter_op_num_threads = 1
@@ -137,7 +139,7 @@ class _TorchBackend:
         torch.set_num_threads(self.threads)
         self._torch, self._uri = torch, uri
         self._device = torch.device(device)
-        self._cuda = device.startswith("cuda")
+        self._cuda = self.on_gpu = device.startswith("cuda")
         self.precision = precision
         self._dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         if precision == "bf16" and self._cuda and not torch.cuda.is_bf16_supported():

@@ -3,8 +3,9 @@
 ``batchscore score`` normally hands Spark's scan to ``mapInArrow`` (Parquet -> JVM rows -> Arrow
 -> Python). For a plain Parquet or Delta table whose files every executor can open, this path
 skips the JVM side of the data entirely: the driver lists the files' row groups and cuts them into
-fragments of about ``target_bytes`` (like Spark's ``maxPartitionBytes`` splits); each Spark task
-gets fragment descriptors (path + row-group ids) and its Python worker reads them with pyarrow
+fragments of about equal bytes, at most about ``maxPartitionBytes`` each (:func:`plan_fragments`);
+each Spark task gets one fragment's descriptor (paths + row-group ids) and its Python worker reads
+them with pyarrow
 (one thread: the task's CPU budget goes to the model), builds the float32 matrix with
 :mod:`udfs.arrow_input`, scores it with the cached model and returns key + scores. Same rows, same
 values as the Spark scan path; on a 2-core box it leaves the cores to the model (see
@@ -24,44 +25,61 @@ from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, S
 
 from udfs.arrow_input import Piece, features_matrix
 from udfs.model_ref import ModelRef
-from udfs.predict_udf import _arrays, output_schema, score_pieces
+from udfs.predict_udf import OUTPUT_ROWS, output_schema, scored_batches
 
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
-_DESCRIPTOR = StructType([StructField("path", StringType(), False),
-                          StructField("row_groups", ArrayType(IntegerType(), False), False)])
+_PART = StructType([StructField("path", StringType(), False),
+                    StructField("row_groups", ArrayType(IntegerType(), False), False)])
+_DESCRIPTOR = StructType([StructField("parts", ArrayType(_PART, False), False)])
 
 
 @dataclass(frozen=True)
 class Fragment:
-    """Row groups of one Parquet file, scored by one Spark task."""
+    """Consecutive row groups, of one file or of several, scored by one Spark task."""
 
-    path: str
-    row_groups: tuple[int, ...]
+    parts: tuple[tuple[str, tuple[int, ...]], ...]  # (path, row-group ids), in file order
     rows: int
 
 
 def plan_fragments(files: Sequence[str], *, parallelism: int = 1, max_bytes: int = DEFAULT_TARGET_BYTES,
                    min_bytes: int = 4 * 1024 * 1024) -> list[Fragment]:
-    """Consecutive row groups of each file, grouped into fragments of about
-    ``min(max_bytes, max(min_bytes, total / parallelism))`` bytes (Spark's own split rule, with row
-    groups as the unit), so a small table still gives every core a task."""
-    metas = [(path, pq.ParquetFile(path).metadata) for path in files]
-    total = sum(m.row_group(i).total_byte_size for _, m in metas for i in range(m.num_row_groups))
-    target = min(max_bytes, max(min_bytes, total // max(1, parallelism)))
-    out: list[Fragment] = []
-    for path, meta in metas:
-        groups: list[int] = []
-        size = rows = 0
+    """The files' row groups, in order, cut into ``n`` fragments of about equal bytes (row groups
+    are the unit; a fragment may span files, as Spark packs small files into one partition).
+
+    ``n``: enough that no fragment is much above ``max_bytes`` (Spark's ``maxPartitionBytes``), and
+    at least one per core (``parallelism``) unless that would cut fragments below ``min_bytes``
+    (a table of several files still gets ``min(parallelism, files)``). Each task costs the JVM and
+    the Python worker a fixed set-up, so a task per core beats a task per file: 8 files on
+    ``local[2]`` score ≈ 5 % faster as 2 fragments than as 8 (``benchmarks/README.md``).
+    """
+    groups: list[tuple[str, int, int, int]] = []  # path, row group, bytes, rows
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
         for i in range(meta.num_row_groups):
             rg = meta.row_group(i)
-            if groups and size + rg.total_byte_size > target:
-                out.append(Fragment(path, tuple(groups), rows))
-                groups, size, rows = [], 0, 0
-            groups.append(i)
-            size += rg.total_byte_size
-            rows += rg.num_rows
-        if groups and rows:
-            out.append(Fragment(path, tuple(groups), rows))
+            if rg.num_rows:
+                groups.append((path, i, rg.total_byte_size, rg.num_rows))
+    if not groups:
+        return []
+    total = sum(g[2] for g in groups)
+    n = max(-(-total // max_bytes), min(parallelism, max(1, total // min_bytes)), min(parallelism, len(files)))
+    n = max(1, min(n, len(groups)))
+    buckets: list[list[tuple[str, int, int, int]]] = [[] for _ in range(n)]
+    start = 0
+    for g in groups:  # by the midpoint of its bytes: cuts fall near k * total / n
+        buckets[min(n - 1, int((start + g[2] / 2) * n / total))].append(g)
+        start += g[2]
+    out = []
+    for bucket in buckets:
+        if not bucket:
+            continue
+        parts: list[tuple[str, list[int]]] = []
+        for path, i, _, _ in bucket:
+            if parts and parts[-1][0] == path:
+                parts[-1][1].append(i)
+            else:
+                parts.append((path, [i]))
+        out.append(Fragment(tuple((p, tuple(ids)) for p, ids in parts), sum(g[3] for g in bucket)))
     return out
 
 
@@ -82,7 +100,7 @@ def with_predictions_from_files(
     columns: list[str],
     batch_size: int,
     loads: Any = None,
-    prefetch: int = 2,
+    prefetch: int | None = None,
 ) -> DataFrame:
     """``key`` + one float column per output for every row of ``fragments`` (one task each).
 
@@ -96,24 +114,24 @@ def with_predictions_from_files(
     key_arrow = to_arrow_type(key_type)
     names = [key, *columns]
     schema = StructType([StructField(key, key_type, True), *output_schema(columns).fields])
-    # Each fragment's own read size: the model sees batch_size rows at a time after re-cutting.
-    read_rows = max(1024, min(batch_size, 65536))
+    # Read in large slices (per-batch costs of pyarrow and of the float32 matrix add up at 1k rows);
+    # the model still sees exactly batch_size rows at a time after re-cutting (views, no copy).
+    read_rows = OUTPUT_ROWS
 
     def pieces(batches: Iterator[pa.RecordBatch]) -> Iterator[Piece]:
         for b in batches:
-            for path, groups in zip(b.column(0).to_pylist(), b.column(1).to_pylist(), strict=True):
-                parquet = pq.ParquetFile(path)
-                for rb in parquet.iter_batches(batch_size=read_rows, row_groups=groups, columns=read, use_threads=False):
+            for part in (p for parts in b.column(0).to_pylist() for p in parts):
+                parquet = pq.ParquetFile(part["path"])
+                for rb in parquet.iter_batches(batch_size=read_rows, row_groups=part["row_groups"], columns=read,
+                                               use_threads=False):
                     keys = rb.column(0)
                     if keys.type != key_arrow:
                         keys = keys.cast(key_arrow)
                     yield keys, features_matrix(rb, features, feature_array, width)
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for keys, out in score_pieces(ref, pieces(batches), n_outputs=len(columns), batch_size=batch_size,
-                                      loads=loads, prefetch=prefetch):
-            yield pa.RecordBatch.from_arrays([keys, *_arrays(out)], names=names)
+        yield from scored_batches(ref, pieces(batches), names=names, batch_size=batch_size, loads=loads, prefetch=prefetch)
 
-    rows = [(f.path, list(f.row_groups)) for f in fragments]
+    rows = [([(path, list(ids)) for path, ids in f.parts],) for f in fragments]
     descriptors = spark.createDataFrame(spark.sparkContext.parallelize(rows, max(1, len(rows))), _DESCRIPTOR)
     return descriptors.mapInArrow(score, schema)

@@ -9,8 +9,8 @@
 Both read the model from the worker's :data:`udfs.model_cache.CACHE` (loaded once per Python
 worker, not per task or batch; the closure captures only the picklable :class:`ModelRef`), turn
 each Arrow batch into one float32 matrix (``udfs.arrow_input``), re-cut the rows into batches of
-exactly ``batch_size`` across Arrow batches, and, with ``prefetch`` > 0, convert the next batch
-in a second thread while the model runs on the current one.
+exactly ``batch_size`` across Arrow batches, and, when the model runs on a GPU (``prefetch``),
+convert the next batch in a second thread while the model runs on the current one.
 """
 
 from __future__ import annotations
@@ -87,11 +87,21 @@ def _prefetched(pieces: Iterator[Piece], depth: int) -> Iterator[Piece]:
 
 
 def score_pieces(
-    ref: ModelRef, pieces: Iterator[Piece], *, n_outputs: int, batch_size: int, loads: Any = None, prefetch: int = 2
+    ref: ModelRef, pieces: Iterator[Piece], *, n_outputs: int, batch_size: int, loads: Any = None, prefetch: int | None = None
 ) -> Iterator[tuple[Any, np.ndarray]]:
-    """``(carried, scores)`` per model batch of ``batch_size`` rows; scores float32 (rows, n_outputs)."""
+    """``(carried, scores)`` per model batch of ``batch_size`` rows; scores float32 (rows, n_outputs).
+
+    ``prefetch``: pieces read and converted ahead in a second thread; ``None`` (the default) means
+    2 when the model runs on a GPU (the device would otherwise wait on the CPU work) and 0 on CPU,
+    where the model already keeps the task's cores busy and the thread only adds hand-offs
+    (measured: +4-8 % CPU per row on the heavy benchmark model, ``benchmarks/README.md``).
+    """
     backend = _model(ref, loads)
-    for carried, x in _prefetched(assemble(pieces, batch_size), prefetch):
+    if prefetch is None:
+        prefetch = 2 if getattr(backend, "on_gpu", False) else 0
+    # The thread reads and converts whole pieces (Arrow batches, file slices) ahead; cutting them
+    # into model batches is cheap slicing, done here: one hand-off per piece, not per model batch.
+    for carried, x in assemble(_prefetched(pieces, prefetch), batch_size):
         out = backend.predict(x)
         if out.shape != (len(x), n_outputs):
             raise ModelError(
@@ -105,6 +115,40 @@ def _arrays(out: np.ndarray) -> list[pa.Array]:
     return [pa.array(out[:, j], type=pa.float32()) for j in range(out.shape[1])]
 
 
+OUTPUT_ROWS = 65536  # rows per Arrow batch handed back to the JVM (at least one model batch)
+
+
+def scored_batches(
+    ref: ModelRef, pieces: Iterator[Piece], *, names: list[str], batch_size: int, loads: Any = None,
+    prefetch: int | None = None, min_rows: int = OUTPUT_ROWS,
+) -> Iterator[pa.RecordBatch]:
+    """Key + score RecordBatches of ``names`` for ``(keys, matrix)`` pieces.
+
+    The model runs on ``batch_size`` rows at a time, but a small model batch is not worth one Arrow
+    batch to the JVM each (per-batch cost on both sides): outputs are gathered into batches of at
+    least ``min_rows`` rows (the last one shorter).
+    """
+    keys: list[Any] = []
+    outs: list[np.ndarray] = []
+    have = 0
+
+    def flush() -> pa.RecordBatch:
+        k = keys[0] if len(keys) == 1 else pa.concat_arrays(keys)
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        keys.clear(), outs.clear()
+        return pa.RecordBatch.from_arrays([k, *_arrays(out)], names=names)
+
+    for k, out in score_pieces(ref, pieces, n_outputs=len(names) - 1, batch_size=batch_size, loads=loads, prefetch=prefetch):
+        keys.append(k)
+        outs.append(out)
+        have += len(out)
+        if have >= min_rows:
+            yield flush()
+            have = 0
+    if keys:
+        yield flush()
+
+
 def with_predictions(
     df: DataFrame,
     ref: ModelRef,
@@ -115,7 +159,7 @@ def with_predictions(
     columns: list[str],
     batch_size: int,
     loads: Any = None,
-    prefetch: int = 2,
+    prefetch: int | None = None,
 ) -> DataFrame:
     """``df``'s ``key`` and the model's outputs, one float column per name in ``columns``."""
     width = len(features) if features else (ref.n_features or 0)
@@ -125,8 +169,7 @@ def with_predictions(
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         pieces = ((b.column(0), features_matrix(b, features, feature_array, width)) for b in batches)
-        for keys, out in score_pieces(ref, pieces, n_outputs=len(columns), batch_size=batch_size, loads=loads, prefetch=prefetch):
-            yield pa.RecordBatch.from_arrays([keys, *_arrays(out)], names=names)
+        yield from scored_batches(ref, pieces, names=names, batch_size=batch_size, loads=loads, prefetch=prefetch)
 
     return df.select(key, *inputs).mapInArrow(score, schema)
 
@@ -139,7 +182,7 @@ def predict_column(
     columns: list[str],
     batch_size: int,
     loads: Any = None,
-    prefetch: int = 2,
+    prefetch: int | None = None,
 ) -> Column:
     """A struct column of the model's outputs (one float field per output column).
 

@@ -82,11 +82,25 @@ def test_fragments_cover_every_row_group_once(tmp_path: Path) -> None:
     files = sorted(str(p) for p in table.glob("*.parquet"))
     for parallelism, min_bytes in ((1, 1), (4, 1), (64, 1), (2, 4 << 20)):
         frags = plan_fragments(files, parallelism=parallelism, min_bytes=min_bytes)
-        seen = [(f.path, g) for f in frags for g in f.row_groups]
-        assert sorted(seen) == sorted((p, g) for p in files for g in range(10))
+        seen = [(path, g) for f in frags for path, ids in f.parts for g in ids]
+        assert seen == [(p, g) for p in files for g in range(10)]  # each once, in file order
         assert sum(f.rows for f in frags) == 2000
-    assert len(plan_fragments(files, parallelism=4, min_bytes=1)) >= 4
-    assert len(plan_fragments(files, parallelism=2, min_bytes=4 << 20)) == 2  # one per file at least
+    assert len(plan_fragments(files, parallelism=4, min_bytes=1)) == 4
+    assert len(plan_fragments(files, parallelism=2, min_bytes=4 << 20)) == 2  # small, but two files: both cores
+    assert len(plan_fragments(files, parallelism=64, min_bytes=1)) == 20  # never below one row group
+    assert len(plan_fragments(files[:1], parallelism=2, min_bytes=4 << 20)) == 1  # too small to split
+
+
+def test_fragments_span_files_one_per_core_and_balanced(tmp_path: Path) -> None:
+    table = tmp_path / "features"
+    write_table(table, files=8, rows=1000, row_group=100)  # 80 row groups of about equal size
+    files = sorted(str(p) for p in table.glob("*.parquet"))
+    frags = plan_fragments(files, parallelism=2, min_bytes=1)
+    assert [f.rows for f in frags] == [4000, 4000]  # one task per core, not one per file
+    assert [len(f.parts) for f in frags] == [4, 4] and frags[0].parts[-1][0] != frags[1].parts[0][0]
+    size = sum(pq.ParquetFile(p).metadata.row_group(0).total_byte_size for p in files)
+    capped = plan_fragments(files, parallelism=2, min_bytes=1, max_bytes=size)  # 8 row groups' bytes each
+    assert len(capped) >= 10 and all(f.rows <= 1100 for f in capped)
 
 
 def test_int_keys_and_delta_input_read_directly(spark: Any, tmp_path: Path, make_config: Any) -> None:

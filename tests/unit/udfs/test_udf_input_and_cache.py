@@ -13,6 +13,7 @@ from jobs.demo import feature_matrix, mlp_forward, mlp_weights, write_onnx_mlp
 from udfs.arrow_input import assemble, features_matrix, matrix_from_columns, matrix_from_list
 from udfs.model_cache import LoadStatsParam, ModelCache
 from udfs.model_ref import model_ref
+from udfs.predict_udf import scored_batches
 
 
 def test_columns_become_one_float32_matrix_with_casts_and_nan_for_nulls() -> None:
@@ -67,6 +68,19 @@ def test_assemble_cuts_exact_batches_across_arrow_batches_in_order() -> None:
 
 def _model(tmp_path: Path, name: str, seed: int = 7) -> str:
     return str(write_onnx_mlp(tmp_path / name, (8, 16, 1), seed=seed))
+
+
+def test_scored_batches_run_model_batches_but_hand_back_large_arrow_batches(tmp_path: Path) -> None:
+    ref = model_ref(_model(tmp_path, "m.onnx"), "onnx", "cpu", n_features=8)
+    x = feature_matrix(1000, 8)
+    pieces = [(pa.array(np.arange(i, min(i + 37, 1000))), x[i : i + 37]) for i in range(0, 1000, 37)]
+    out = list(scored_batches(ref, iter(pieces), names=["id", "score"], batch_size=16, min_rows=300))
+    # model batches of 16 gathered until >= 300 rows: 304, 304, 304, then the 88 left
+    assert [b.num_rows for b in out] == [304, 304, 304, 88]
+    table = pa.Table.from_batches(out)
+    assert table.schema.names == ["id", "score"] and table.schema.field("score").type == pa.float32()
+    np.testing.assert_array_equal(table.column("id").to_numpy(), np.arange(1000))
+    np.testing.assert_allclose(table.column("score").to_numpy(), mlp_forward(mlp_weights((8, 16, 1)), x)[:, 0], atol=1e-5)
 
 
 def test_cache_is_keyed_by_content_and_counts_every_load(tmp_path: Path) -> None:
