@@ -62,7 +62,7 @@ def main() -> int:
         def batchscore() -> np.ndarray:
             pieces = ((None, x[i : i + 65536]) for i in range(0, len(x), 65536))  # Arrow-sized slices
             return np.concatenate([out for _, out in score_pieces(ref, pieces, n_outputs=1, batch_size=args.batch)])
-        how = "udfs.predict_udf.score_pieces (prefetch thread, exact batches)"
+        how = "udfs.predict_udf.score_pieces (exact batches; next batch prepared in a thread on GPU)"
     except ImportError as exc:  # no pyspark/pyarrow here: the backend alone
         def batchscore() -> np.ndarray:
             return np.concatenate([backend.predict(x[i : i + args.batch]) for i in range(0, len(x), args.batch)])
@@ -111,4 +111,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from batchscore.errors import ModelError
+
+    try:
+        sys.exit(main())
+    except ModelError as exc:  # e.g. --device cuda where no GPU is visible
+        print(f"gpu_check: {exc}", file=sys.stderr)
+        sys.exit(2)
