@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from batchscore.exit import exit_now
 from batchscore import redis_layout as layout
@@ -33,19 +32,24 @@ from batchscore.sinks.redis_gc import collect
 from batchscore.sinks.redis_load import make_loader
 from jobs import entry, state
 from jobs.session import build_session
+from udfs.file_scan import fragment_frame, plan_fragments, read_fragments
 
 
 def load_version(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: str, store: RedisVersions,
                  version: Version) -> dict[int, int]:
-    """Load the Parquet ``paths`` into Redis ``version`` from the executors; return bucket counts."""
-    cols = cfg.outputs.columns
-    df = spark.read.parquet(*paths).select(F.col(cfg.input.key).cast("string").alias("k"), *cols)
-    df = df.withColumn("b", F.pmod(F.crc32(F.col("k")), F.lit(version.buckets)))
-    parts = max(1, min(version.buckets, spark.sparkContext.defaultParallelism * 2))
-    loader = make_loader(url, store.ns, version.number, cols, cluster=cfg.outputs.redis.cluster)
+    """Load the Parquet ``paths`` (files or directories) into Redis ``version`` from the executors;
+    return bucket counts. Each task reads its share of the files with pyarrow (one fragment per
+    core, :mod:`udfs.file_scan`) and hashes keys to buckets in numpy: no rows through the JVM,
+    no shuffle (the staged files are on storage every node mounts, as for the Delta commit)."""
+    key, cols = cfg.input.key, list(cfg.outputs.columns)
+    loader = make_loader(url, store.ns, version.number, version.buckets, cols, cluster=cfg.outputs.redis.cluster)
+
+    def load(descriptors: Iterator[Any]) -> Iterator[Any]:
+        yield from loader(read_fragments(descriptors, [key, *cols]))
+
+    frags = plan_fragments(parquet_files(paths), parallelism=spark.sparkContext.defaultParallelism)
     try:
-        # Whole buckets per task, contiguous within it: one HSET per bucket.
-        rows = df.repartition(parts, "b").sortWithinPartitions("b").mapInPandas(loader, "b long, n long").collect()
+        rows = fragment_frame(spark, frags).mapInArrow(load, "b long, n long").collect()
     except Exception as exc:
         known = entry.executor_error(exc)
         if known is not None:
@@ -55,6 +59,23 @@ def load_version(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: s
     for r in rows:
         counts[int(r["b"])] = counts.get(int(r["b"]), 0) + int(r["n"])
     return counts
+
+
+def parquet_files(paths: list[str]) -> list[str]:
+    """The Parquet files of ``paths``: files as given, directories searched recursively (skipping
+    ``_``/``.``-prefixed names, like Spark)."""
+    out: list[str] = []
+    for p in paths:
+        path = Path(p.removeprefix("file://"))
+        if path.is_file():
+            out.append(str(path))
+            continue
+        found = sorted(f for f in path.rglob("*.parquet")
+                       if not any(part.startswith(("_", ".")) for part in f.relative_to(path).parts))
+        if not found:
+            raise PublishRefusedError(f"no Parquet files under {path}; nothing to load into Redis")
+        out.extend(str(f) for f in found)
+    return out
 
 
 def used_memory(client: Any) -> int:

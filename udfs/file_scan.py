@@ -114,24 +114,33 @@ def with_predictions_from_files(
     key_arrow = to_arrow_type(key_type)
     names = [key, *columns]
     schema = StructType([StructField(key, key_type, True), *output_schema(columns).fields])
-    # Read in large slices (per-batch costs of pyarrow and of the float32 matrix add up at 1k rows);
-    # the model still sees exactly batch_size rows at a time after re-cutting (views, no copy).
-    read_rows = OUTPUT_ROWS
 
     def pieces(batches: Iterator[pa.RecordBatch]) -> Iterator[Piece]:
-        for b in batches:
-            for part in (p for parts in b.column(0).to_pylist() for p in parts):
-                parquet = pq.ParquetFile(part["path"])
-                for rb in parquet.iter_batches(batch_size=read_rows, row_groups=part["row_groups"], columns=read,
-                                               use_threads=False):
-                    keys = rb.column(0)
-                    if keys.type != key_arrow:
-                        keys = keys.cast(key_arrow)
-                    yield keys, features_matrix(rb, features, feature_array, width)
+        for rb in read_fragments(batches, read):
+            keys = rb.column(0)
+            if keys.type != key_arrow:
+                keys = keys.cast(key_arrow)
+            yield keys, features_matrix(rb, features, feature_array, width)
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         yield from scored_batches(ref, pieces(batches), names=names, batch_size=batch_size, loads=loads, prefetch=prefetch)
 
+    return fragment_frame(spark, fragments).mapInArrow(score, schema)
+
+
+def fragment_frame(spark: SparkSession, fragments: Sequence[Fragment]) -> DataFrame:
+    """One row per fragment (its paths and row-group ids), one fragment per partition: map it with
+    ``mapInArrow`` and :func:`read_fragments` so each task reads its own fragment."""
     rows = [([(path, list(ids)) for path, ids in f.parts],) for f in fragments]
-    descriptors = spark.createDataFrame(spark.sparkContext.parallelize(rows, max(1, len(rows))), _DESCRIPTOR)
-    return descriptors.mapInArrow(score, schema)
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, max(1, len(rows))), _DESCRIPTOR)
+
+
+def read_fragments(descriptors: Iterator[pa.RecordBatch], columns: list[str], *,
+                   rows: int = OUTPUT_ROWS) -> Iterator[pa.RecordBatch]:
+    """Inside a task of :func:`fragment_frame`: ``columns`` of every row group its descriptors
+    name, in order, ``rows`` at a time (pyarrow, one thread: the task's CPU budget is one core).
+    Large slices: per-batch costs of pyarrow and of what follows add up at 1k rows."""
+    for b in descriptors:
+        for part in (p for parts in b.column(0).to_pylist() for p in parts):
+            parquet = pq.ParquetFile(part["path"])
+            yield from parquet.iter_batches(batch_size=rows, row_groups=part["row_groups"], columns=columns, use_threads=False)
