@@ -3,13 +3,13 @@
 ``batchscore score`` normally hands Spark's scan to ``mapInArrow`` (Parquet -> JVM rows -> Arrow
 -> Python). For a plain Parquet or Delta table whose files every executor can open, this path
 skips the JVM side of the data entirely: the driver lists the files' row groups and cuts them into
-fragments of about equal bytes, at most about ``maxPartitionBytes`` each (:func:`plan_fragments`);
-each Spark task gets one fragment's descriptor (paths + row-group ids) and its Python worker reads
-them with pyarrow
-(one thread: the task's CPU budget goes to the model), builds the float32 matrix with
+fragments of about equal bytes, one per core (more when they would exceed ≈ 128 MB, Spark's default
+``maxPartitionBytes``; :func:`plan_fragments`); each Spark task gets one fragment's descriptor (paths + row-group ids)
+and its Python worker reads them with pyarrow (one thread: the task's CPU budget goes to the
+model, :func:`read_fragments`), builds the float32 matrix with
 :mod:`udfs.arrow_input`, scores it with the cached model and returns key + scores. Same rows, same
 values as the Spark scan path; on a 2-core box it leaves the cores to the model (see
-``benchmarks/README.md``).
+``benchmarks/README.md``). ``batchscore publish`` reads the staged scores the same way.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Loading one Redis version from Spark executors (``mapInArrow`` over the staged rows).
 
-Each task takes its share of the staged Parquet files as Spark splits them (no shuffle), gathers
-its rows into chunks of :data:`LOAD_CHUNK_ROWS` (bounded memory), sorts each chunk by bucket and
+Each task reads its fragment of the staged Parquet files (one per core, no shuffle; the caller
+feeds the loader Arrow batches of key + score columns), gathers its rows into chunks of :data:`LOAD_CHUNK_ROWS` (bounded memory), sorts each chunk by bucket and
 writes each bucket's rows of the chunk as one ``HSET``, pipelined in rounds of
 :data:`PIPELINE_ENTITIES`; it yields ``(bucket, entities)`` counts for the driver's verification.
 A bucket is filled by a few ``HSET``s (one per chunk that holds some of its entities) rather than
@@ -132,6 +132,9 @@ def _chunks(batches: Iterator[Any], rows: int) -> Iterator[Any]:
     """Arrow batches gathered into batches of at least ``rows`` rows (the last one shorter)."""
     import pyarrow as pa
 
+    def joined(buf: list[Any]) -> Any:
+        return buf[0] if len(buf) == 1 else pa.Table.from_batches(buf).combine_chunks().to_batches()[0]
+
     buf: list[Any] = []
     have = 0
     for batch in batches:
@@ -140,10 +143,10 @@ def _chunks(batches: Iterator[Any], rows: int) -> Iterator[Any]:
         buf.append(batch)
         have += batch.num_rows
         if have >= rows:
-            yield buf[0] if len(buf) == 1 else pa.Table.from_batches(buf).combine_chunks().to_batches()[0]
+            yield joined(buf)
             buf, have = [], 0
     if buf:
-        yield buf[0] if len(buf) == 1 else pa.Table.from_batches(buf).combine_chunks().to_batches()[0]
+        yield joined(buf)
 
 
 def make_loader(url: str, ns: str, version: int, buckets_total: int, columns: list[str], *,
