@@ -4,12 +4,12 @@ Light model: ONNX MLP 32 -> 64 -> 1 over 1M rows of 32 float32 features (generat
 ``.batchscore/bench/validation``). Each run is a fresh process, as ``batchscore run`` would be
 (JVM start, GX and matplotlib imports included in the step that pays them):
 
-1. run ``a``: score, then validate (first run: absolute rules, bins frozen from its quantiles:
-   two passes), then commit ``a`` to Delta with its profile, exactly as ``publish`` stores it
+1. run ``a``: score, then validate (first run: absolute rules, bins frozen from its quantiles and
+   counted from the same pass's sketches: one pass), then commit ``a`` to Delta with its profile, exactly as ``publish`` stores it
    (Redis loading is not what is measured here, so it is skipped).
 2. run ``b``: score, then validate against ``a`` (PSI, KL, mean shift...: one pass).
 
-Prints both runs' times and ratios; exits 1 when run ``b``'s validate/score ratio is above 0.15.
+Prints both runs' times and ratios; exits 1 when either run's validate/score ratio is above 0.15.
 ``python benchmarks/bench_validation.py [--rows N] [--bar 0.15]``
 """
 
@@ -116,18 +116,18 @@ def main() -> int:
     print(f"\nvalidation cost, light model (ONNX 32->64->1), {args.rows:,} rows, local[2], {os.cpu_count()} CPUs")
     print(f"{'run':<28} {'score s':>8} {'validate s':>11} {'profile s':>10} {'import wait s':>14} {'gx s':>6} "
           f"{'plot s':>7} {'ratio':>7}")
-    for run_id, label in (("a", "a: first run (2 passes)"), ("b", "b: vs reference (1 pass)")):
+    for run_id, label in (("a", "a: first run (1 pass)"), ("b", "b: vs reference (1 pass)")):
         r = results[run_id]
         print(f"{label:<28} {r['score']:>8.2f} {r['validate']:>11.2f} {r['validate_profile']:>10.2f} "
               f"{r['validate_import_wait']:>14.2f} {r['validate_gx']:>6.2f} {r['validate_plot']:>7.2f} "
               f"{r['validate'] / r['score']:>7.3f}")
     print(f"GX + matplotlib import, in the background during scoring: {results['b']['imports']:.2f} s "
           f"(a standalone `batchscore validate` overlaps it with the JVM start instead)")
-    ratio = results["b"]["validate"] / results["b"]["score"]
+    ratio = max(r["validate"] / r["score"] for r in results.values())
     cold = (results["b"]["validate"] + results["b"]["imports"]) / results["b"]["score"]
     print(f"run b if the import were paid inside validate (no overlap): ratio {cold:.3f} (for reference, not the bar)")
-    ok = ratio <= args.bar and results["b"]["mode"] == "drift" and results["b"]["passes"] == 1
-    print(f"validate/score ratio {ratio:.3f} (bar {args.bar}): {'OK' if ok else 'MISSED'}")
+    ok = ratio <= args.bar and results["b"]["mode"] == "drift" and all(r["passes"] == 1 for r in results.values())
+    print(f"validate/score ratio, worse of the two runs {ratio:.3f} (bar {args.bar}): {'OK' if ok else 'MISSED'}")
     return 0 if ok else 1
 
 

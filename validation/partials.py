@@ -5,7 +5,8 @@ A partial of one column over one partition holds: rows, nulls, NaNs, min, max, c
 intervals, counts of class values, and a quantile sketch: the partition's sorted non-NaN values
 taken at ``SKETCH_POINTS`` evenly spaced ranks, each standing for ``m / SKETCH_POINTS`` values.
 Merged, a quantile's rank is off by at most ``rows / SKETCH_POINTS`` (0.05%), the same
-guarantee as ``percentile_approx(accuracy=2000)``. Everything else is exact.
+guarantee as ``percentile_approx(accuracy=2000)``; so are the bin counts of a first run, whose
+bins are cut at its own quantiles (:func:`sketch_bin_counts`). Everything else is exact.
 """
 
 from __future__ import annotations
@@ -85,6 +86,20 @@ def quantiles(parts: list[dict[str, Any]], qs: Sequence[float]) -> list[float | 
     values, cum = values[order], np.cumsum(weights[order])
     picks = np.searchsorted(cum, np.asarray(qs) * cum[-1], side="left")
     return [float(values[min(i, len(values) - 1)]) for i in picks]
+
+
+def sketch_bin_counts(parts: list[dict[str, Any]], cuts: Sequence[float]) -> list[int]:
+    """Counts over the bins ``(-inf, c0), [c0, c1), ..., [ck-1, +inf)`` from the partitions'
+    sketches: each count is off by at most ``2 * n / SKETCH_POINTS`` (the rank error at its two
+    edges) and exact where every partition held at most ``SKETCH_POINTS`` values; they sum to n."""
+    values = np.concatenate([np.asarray(p["sketch"], float) for p in parts] or [np.zeros(0)])
+    weights = np.concatenate([np.full(len(p["sketch"]), p["weight"]) for p in parts] or [np.zeros(0)])
+    order = np.argsort(values, kind="stable")
+    cum = np.concatenate([[0.0], np.cumsum(weights[order])])
+    below = cum[np.searchsorted(values[order], np.asarray(cuts, float), side="left")]  # weight < each cut
+    n = sum(int(p["n"]) for p in parts)
+    edges = np.rint(np.concatenate([[0.0], below, [cum[-1]]]) * (n / cum[-1] if cum[-1] else 0.0)).astype(np.int64)
+    return np.diff(edges).tolist()
 
 
 def finish(merged: dict[str, Any]) -> dict[str, Any]:

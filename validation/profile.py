@@ -10,8 +10,9 @@ them: counts and moments exactly, quantiles from mergeable rank sketches (rank e
 This replaced a single ``df.agg`` with ``percentile_approx``: in a fresh JVM (every run is one)
 that aggregate cost 10 s of wall and 8.7 s of JVM CPU at 1M rows, mostly JIT and codegen of the
 ObjectHashAggregate path, against 1.5 s for this pass (0.75 s warm), measured on the 2-core box.
-Without a reference for a column its bins are frozen from this run's quantiles, which costs one
-more pass on that (first) run only.
+Without a reference for a column its bins are frozen from this run's quantiles and counted from
+the same pass's sketches (each count within 0.1 % of the rows); a second pass over the scores for
+exact counts made a first run's validation ≈ 1.7x slower (``benchmarks/README.md``).
 
 Bins are given by their inner cut points ``c0 < c1 < ... < ck-1`` and are ``(-inf, c0)``,
 ``[c0, c1)``, ..., ``[ck-1, +inf)``; they are stored with the profile so that the next run, which
@@ -28,7 +29,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame
 
-from validation.partials import Interval, finish, merge, partial
+from validation.partials import Interval, finish, merge, partial, sketch_bin_counts
 from validation.partials import quantiles as sketch_quantiles
 
 STANDARD_QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
@@ -106,7 +107,7 @@ def _partials(df: DataFrame, intervals: dict[str, list[Interval]], classes: dict
 
 def compute_profile(df: DataFrame, plans: dict[str, ColumnPlan], *, quantiles: Sequence[float] = (),
                     bins: int = 20) -> dict[str, Any]:
-    """``{"rows": n, "columns": {col: {...}}, "passes": 1 or 2}``; see the module docstring."""
+    """``{"rows": n, "columns": {col: {...}}, "passes": 1}``; see the module docstring."""
     freeze = [c for c, p in plans.items() if p.cuts is None]
     qs = sorted(set(STANDARD_QUANTILES) | set(quantiles) | (set(bin_quantiles(bins)) if freeze else set()))
     ivs = {c: _intervals(p) for c, p in plans.items()}
@@ -128,18 +129,15 @@ def compute_profile(df: DataFrame, plans: dict[str, ColumnPlan], *, quantiles: S
             s["hist"] = {"cuts": list(plan.cuts), "counts": counts}
         out["columns"][c] = s
     if freeze:
-        _freeze_bins(df, out, freeze, bins)
-        out["passes"] = 2
+        _freeze_bins(parts, out, freeze, bins)
     return out
 
 
-def _freeze_bins(df: DataFrame, profile: dict[str, Any], columns: list[str], bins: int) -> None:
-    """First run for these columns: cut points = this run's quantiles, counted in one more pass."""
-    cuts: dict[str, list[float]] = {}
+def _freeze_bins(parts: list[dict[str, Any]], profile: dict[str, Any], columns: list[str], bins: int) -> None:
+    """First run for these columns: cut points = this run's quantiles, and the counts over them
+    from the same pass's sketches (each within 0.1 % of the rows: a reference histogram needs no
+    more, and a second pass over the scores cost ≈ 40 % of a first run's validation)."""
     for c in columns:
         q = profile["columns"][c]["quantiles"]
-        cuts[c] = sorted({q[qkey(b)] for b in bin_quantiles(bins) if q[qkey(b)] is not None})
-    parts = _partials(df, {c: cut_intervals(cuts[c]) for c in columns}, dict.fromkeys(columns, ()))
-    for c in columns:
-        merged = merge([p[c] for p in parts], len(cut_intervals(cuts[c])), 0)
-        profile["columns"][c]["hist"] = {"cuts": cuts[c], "counts": merged["bins"]}
+        cuts = sorted({q[qkey(b)] for b in bin_quantiles(bins) if q[qkey(b)] is not None})
+        profile["columns"][c]["hist"] = {"cuts": cuts, "counts": sketch_bin_counts([p[c] for p in parts], cuts)}
