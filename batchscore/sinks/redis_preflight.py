@@ -54,10 +54,11 @@ def check(client: Any, *, ns: str, rows: int, est: Estimate, fraction: float,
         mem = memory_of(node)
         where = _where(node, len(nodes))
         if mem["policy"] != "noeviction":
-            warn(f"{where}maxmemory-policy is {mem['policy']}: Redis may evict live scores to "
-                            "make room; set it to noeviction")
+            warn(f"{where or 'Redis '}maxmemory-policy is {mem['policy']}: Redis may evict live scores to "
+                 "make room; set it to noeviction")
         if mem["max"] == 0:
-            warn(f"{where}has no maxmemory: the load of ~{_mb(need)} cannot be checked")
+            warn(f"{where or 'Redis '}has no maxmemory: cannot check that the new version (~{_mb(need)}) fits; "
+                 "set maxmemory (and maxmemory-policy noeviction) to have publish refuse a version that would not")
             continue
         limit = int(mem["max"] * fraction)
         if mem["used"] + share > limit:
