@@ -54,8 +54,6 @@ def main() -> int:
           + (f" ({torch.cuda.get_device_name(torch.device(device))})" if device.startswith("cuda") else
              " -- no GPU: these are CPU figures, not the GPU check"))
     x = feature_matrix(args.rows, LAYERS[0])
-    backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=ref.uri, device=device, precision=args.precision)
-
     try:
         from udfs.predict_udf import score_pieces
 
@@ -64,6 +62,8 @@ def main() -> int:
             return np.concatenate([out for _, out in score_pieces(ref, pieces, n_outputs=1, batch_size=args.batch)])
         how = "udfs.predict_udf.score_pieces (exact batches; next batch prepared in a thread on GPU)"
     except ImportError as exc:  # no pyspark/pyarrow here: the backend alone
+        backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=ref.uri, device=device, precision=args.precision)
+
         def batchscore() -> np.ndarray:
             return np.concatenate([backend.predict(x[i : i + args.batch]) for i in range(0, len(x), args.batch)])
         how = f"backend.predict loop ({exc.name} not installed)"
@@ -81,10 +81,6 @@ def main() -> int:
                 torch.cuda.synchronize(dev)
         return torch.cat(outs)
 
-    if device.startswith("cuda"):  # the cached backend is what score_pieces uses: same device
-        from udfs import model_cache
-
-        model_cache.CACHE.get(ref)
     times: dict[str, list[float]] = {"raw torch (tensors on device)": [], "batchscore": []}
     results: dict[str, object] = {}
     for rep in range(args.reps + 1):  # round 0 warms up (CUDA context, kernels, allocator)

@@ -3,10 +3,10 @@
 ``batchscore score`` normally hands Spark's scan to ``mapInArrow`` (Parquet -> JVM rows -> Arrow
 -> Python). For a plain Parquet or Delta table whose files every executor can open, this path
 skips the JVM side of the data entirely: the driver lists the files' row groups and cuts them into
-fragments of about equal bytes, one per core (more when they would exceed ≈ 128 MB, Spark's default
-``maxPartitionBytes``; :func:`plan_fragments`); each Spark task gets one fragment's descriptor (paths + row-group ids)
-and its Python worker reads them with pyarrow (one thread: the task's CPU budget goes to the
-model, :func:`read_fragments`), builds the float32 matrix with
+fragments of about equal bytes, one per core (more when they would exceed ≈ 128 MB, Spark's
+default ``maxPartitionBytes``; :func:`plan_fragments`); each Spark task gets one fragment's
+descriptor (paths + row-group ids) and its Python worker reads them with pyarrow (one thread: the
+task's CPU budget goes to the model, :func:`read_fragments`), builds the float32 matrix with
 :mod:`udfs.arrow_input`, scores it with the cached model and returns key + scores. Same rows, same
 values as the Spark scan path; on a 2-core box it leaves the cores to the model (see
 ``benchmarks/README.md``). ``batchscore publish`` reads the staged scores the same way.
@@ -50,7 +50,7 @@ def plan_fragments(files: Sequence[str], *, parallelism: int = 1, max_bytes: int
     at least one per core (``parallelism``) unless that would cut fragments below ``min_bytes``
     (a table of several files still gets ``min(parallelism, files)``). Each task costs the JVM and
     the Python worker a fixed set-up, so a task per core beats a task per file: 8 files on
-    ``local[2]`` score ≈ 5 % faster as 2 fragments than as 8 (``benchmarks/README.md``).
+    ``local[2]`` score ≈ 10 % faster as 2 fragments than as 8 (``benchmarks/README.md``).
     """
     groups: list[tuple[str, int, int, int]] = []  # path, row group, bytes, rows
     for path in files:

@@ -76,15 +76,21 @@ def merge(parts: list[dict[str, Any]], n_bins: int, n_classes: int) -> dict[str,
     return out
 
 
+def _merged_sketch(parts: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """The partitions' sketch points sorted, and their cumulative weights (``cum[i]`` = weight of
+    the first ``i`` points; ``cum[-1]`` = non-NaN values in all)."""
+    values = np.concatenate([np.asarray(p["sketch"], float) for p in parts] or [np.zeros(0)])
+    weights = np.concatenate([np.full(len(p["sketch"]), p["weight"]) for p in parts] or [np.zeros(0)])
+    order = np.argsort(values, kind="stable")
+    return values[order], np.concatenate([[0.0], np.cumsum(weights[order])])
+
+
 def quantiles(parts: list[dict[str, Any]], qs: Sequence[float]) -> list[float | None]:
     """Quantiles from the partitions' sketches (the smallest value whose rank reaches ``q * n``)."""
-    values = np.concatenate([np.asarray(p["sketch"], float) for p in parts] or [np.zeros(0)])
+    values, cum = _merged_sketch(parts)
     if not len(values):
         return [None] * len(qs)
-    weights = np.concatenate([np.full(len(p["sketch"]), p["weight"]) for p in parts])
-    order = np.argsort(values, kind="stable")
-    values, cum = values[order], np.cumsum(weights[order])
-    picks = np.searchsorted(cum, np.asarray(qs) * cum[-1], side="left")
+    picks = np.searchsorted(cum[1:], np.asarray(qs) * cum[-1], side="left")
     return [float(values[min(i, len(values) - 1)]) for i in picks]
 
 
@@ -92,11 +98,8 @@ def sketch_bin_counts(parts: list[dict[str, Any]], cuts: Sequence[float]) -> lis
     """Counts over the bins ``(-inf, c0), [c0, c1), ..., [ck-1, +inf)`` from the partitions'
     sketches: each count is off by at most ``2 * n / SKETCH_POINTS`` (the rank error at its two
     edges) and exact where every partition held at most ``SKETCH_POINTS`` values; they sum to n."""
-    values = np.concatenate([np.asarray(p["sketch"], float) for p in parts] or [np.zeros(0)])
-    weights = np.concatenate([np.full(len(p["sketch"]), p["weight"]) for p in parts] or [np.zeros(0)])
-    order = np.argsort(values, kind="stable")
-    cum = np.concatenate([[0.0], np.cumsum(weights[order])])
-    below = cum[np.searchsorted(values[order], np.asarray(cuts, float), side="left")]  # weight < each cut
+    values, cum = _merged_sketch(parts)
+    below = cum[np.searchsorted(values, np.asarray(cuts, float), side="left")]  # weight < each cut
     n = sum(int(p["n"]) for p in parts)
     edges = np.rint(np.concatenate([[0.0], below, [cum[-1]]]) * (n / cum[-1] if cum[-1] else 0.0)).astype(np.int64)
     return np.diff(edges).tolist()
