@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from batchscore.errors import ConfigError
 
-_NAME = r"^[A-Za-z0-9_.-]+$"
+# Names that become path segments and Redis keys: never "." or "..", never a leading dot or dash.
+_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 
 
 class _Strict(BaseModel):
@@ -69,6 +70,8 @@ class RedisOutput(_Strict):
     max_memory_fraction: float = Field(default=0.9, gt=0, le=1, description="refuse a publish that would "
                                        "take Redis past this share of maxmemory")
     lock_ttl_seconds: int = Field(default=120, ge=5, description="publish lock lifetime, renewed while running")
+    allow_evicting_policy: bool = Field(default=False, description="publish even when maxmemory-policy is "
+                                        "allkeys-* (Redis may then evict published scores to make room)")
 
 
 class Outputs(_Strict):

@@ -65,6 +65,16 @@ class InfrastructureError(BatchscoreError):
     exit_code = EXIT_INFRA
 
 
+class FencedError(InfrastructureError):
+    """This publisher's lock (its fencing token) is no longer current: it stopped before its next
+    side effect. Retrying is safe; the retry takes the lock anew and resumes or is refused."""
+
+
+class SupersededError(PublishRefusedError):
+    """The run was published before and a later publication (a newer run or a rollback) replaced
+    it: republishing it would move readers backwards. Exit 2: do not retry."""
+
+
 def missing_extra(package: str, extra: str) -> BatchscoreError:
     """Error for an optional dependency that is not installed, naming the extra to install."""
     return BatchscoreError(

@@ -4,15 +4,23 @@ Stdlib only (the reader is part of the light base install).
 
 Per model namespace ``ns = f"{prefix}:{model}"``:
 
-* data: ``ns:v{N}:b{bucket}`` hashes, field = entity key (UTF-8), value = the scores packed as
+A version's **identity** is ``"{N}.{epoch}"``: its number (for people) and a random epoch drawn
+when it is allocated. Numbers can repeat (a server restarted without persistence, FLUSHALL, a
+restore, a lagging failover); identities never do, so every key of a version carries the whole
+identity and nothing left over from an earlier life of a number is ever taken for live data.
+
+* data: ``ns:v{N}.{epoch}:b{bucket}`` hashes, field = entity key (UTF-8), value = the scores packed as
   little-endian float32 (4 bytes per output column). ``bucket = crc32(key) % buckets``. Data keys
   carry no hash tag, so one version spreads over every slot of a Redis Cluster.
 * control (all share the ``{ns}`` hash tag, so one Lua script can touch them on a Cluster):
-  ``{ns}:current`` (the published version number), ``{ns}:meta:v{N}`` (hash: state, count,
-  buckets, columns, model_version, run_id, delta_version, created_at), ``{ns}:seq`` (version
-  counter), ``{ns}:run:{run_id}`` (the version a run loaded into, for idempotent retries),
-  ``{ns}:versions`` (sorted set of versions, for garbage collection), ``{ns}:changed`` (pub/sub
-  channel announcing a flip).
+  ``{ns}:current`` (the published version's identity), ``{ns}:meta:v{N}.{epoch}`` (hash: number,
+  epoch, state, count, buckets, columns, model_version, run_id, digest, delta_version,
+  created_at), ``{ns}:publication`` (JSON: the publication readers are served, see
+  :mod:`batchscore.sinks.publication`), ``{ns}:seq`` (version counter), ``{ns}:run:{run_id}``
+  (the identity a run loaded into, for idempotent retries), ``{ns}:versions`` (sorted set:
+  identity -> number, for garbage collection), ``{ns}:lock`` (the publish lock: its fencing
+  token), ``{ns}:fence`` (the fencing-token counter), ``{ns}:changed`` (pub/sub channel: a flip
+  happened; readers re-read the pointer, the message carries nothing they trust).
 """
 
 from __future__ import annotations
@@ -43,16 +51,43 @@ def bucket_of(key: str, buckets: int) -> int:
     return zlib.crc32(key.encode("utf-8")) % buckets
 
 
-def data_key(ns: str, version: int, bucket: int) -> str:
-    return f"{ns}:v{version}:b{bucket}"
+def version_id(number: int, epoch: str) -> str:
+    """A version's identity, ``"{number}.{epoch}"``."""
+    return f"{number}.{epoch}"
+
+
+def parse_version_id(raw: bytes | str) -> tuple[int, str]:
+    """``"12.9f3a01bc"`` -> ``(12, "9f3a01bc")``; raises ValueError on anything else."""
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    number, sep, epoch = text.partition(".")
+    if not sep or not number.isdigit() or not epoch or not epoch.isalnum():
+        raise ValueError(f"not a version identity: {text[:40]!r}")
+    return int(number), epoch
+
+
+def data_key(ns: str, vid: str, bucket: int) -> str:
+    return f"{ns}:v{vid}:b{bucket}"
+
+
+def data_pattern(ns: str) -> str:
+    """``SCAN MATCH`` pattern of every data key of ``ns`` (for ``gc --orphans``)."""
+    return f"{ns}:v*:b*"
 
 
 def pointer_key(ns: str) -> str:
     return f"{{{ns}}}:current"
 
 
-def meta_key(ns: str, version: int) -> str:
-    return f"{{{ns}}}:meta:v{version}"
+def meta_key(ns: str, vid: str) -> str:
+    return f"{{{ns}}}:meta:v{vid}"
+
+
+def publication_key(ns: str) -> str:
+    return f"{{{ns}}}:publication"
+
+
+def fence_key(ns: str) -> str:
+    return f"{{{ns}}}:fence"
 
 
 def seq_key(ns: str) -> str:

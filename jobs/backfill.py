@@ -14,7 +14,6 @@ date: score, validate, publish). Also runnable as ``spark-submit jobs/backfill.p
 from __future__ import annotations
 
 import argparse
-import re
 import secrets
 import sys
 import time
@@ -29,10 +28,9 @@ if __package__ in (None, ""):  # spark-submit jobs/backfill.py: make the repo im
 from pyspark.sql import SparkSession
 
 from batchscore.exit import exit_now
-from batchscore import redis_layout as layout
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError
-from batchscore.sinks import history
+from batchscore.sinks import crashpoint, history, publication
 from jobs import entry, state
 from jobs.inputs import check_input, check_keys, read_input
 from jobs.score import check_artifact, scored_frame
@@ -87,6 +85,7 @@ def backfill_date(spark: SparkSession, cfg: ModelConfig, ref: ModelRef, *, day: 
         if known is not None:
             raise known from None
         raise
+    crashpoint.reached("backfill_after_write")
     staged = history.stage(table, day, attempt)
     version = history.replace_partition(table, staged, model=cfg.name, day=day, txn_version=(done or 0) + 1, metadata={
         "model": cfg.name, "model_version": cfg.model.version, "run_id": run_id, "rows": str(staged.total_rows),
@@ -96,25 +95,11 @@ def backfill_date(spark: SparkSession, cfg: ModelConfig, ref: ModelRef, *, day: 
 
 
 def published_run_date(cfg: ModelConfig, redis_url: str) -> str | None:
-    """The run_date of the run the online pointer serves now (None when nothing is published)."""
-    from batchscore.redis_conn import connect
-    from batchscore.sinks.redis import RedisVersions
-
-    rc = cfg.outputs.redis
-    store = RedisVersions(connect(redis_url, cluster=rc.cluster), layout.namespace(rc.key_prefix, cfg.name))
-    current = store.current()
-    if current is None:
-        return None
-    run_id = store.meta(current).get("run_id", "")
-    for step in ("run", "score"):
-        rep = state.read_report(cfg, run_id, step) if run_id else None
-        if rep and rep.get("run_date"):
-            return str(rep["run_date"])
-    m = re.match(r"^(\d{4}-\d{2}-\d{2})", run_id)
-    if m:
-        return m.group(1)
-    raise ConfigError(f"cannot tell the run date of the published run {run_id!r} (no run report under "
-                      f"{cfg.runtime.report_dir}); publish the newest date with `batchscore run --run-date` instead")
+    """The run_date of the latest publication (the Delta log's record; None when nothing is
+    published). ``redis_url`` is unused: the record, not Redis, says what was published."""
+    del redis_url
+    head = publication.head(cfg.outputs.delta.path)
+    return head.run_date if head else None
 
 
 def maybe_publish(spark: SparkSession, cfg: ModelConfig, day: str, redis_url: str) -> str:

@@ -18,28 +18,33 @@ from batchscore import redis_layout as layout
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import BatchscoreError
 from batchscore.redis_conn import connect
-from batchscore.sinks import delta
+from batchscore.sinks import delta, publication
 from batchscore.sinks.redis import RedisVersions
 from jobs import entry
 
 
 def rows(cfg: ModelConfig, store: RedisVersions | None) -> list[dict[str, Any]]:
-    """One row per Delta commit, newest first."""
-    current = store.current() if store else None
+    """One row per Delta commit, newest first. A commit's Redis state is matched by its
+    publication's identity and content digest, never by a version number alone: ``current``
+    (Redis serves this publication), ``kept`` (its version is still in Redis with the same
+    content), ``collected``."""
+    now = publication.served(store) if store else None
     out = []
     for h in delta.history(cfg.outputs.delta.path):
-        rv = h.get("batchscore.redis_version")
+        pub = publication.Publication.of(json.loads(h["batchscore.publication"])) if h.get("batchscore.publication") else None
         redis_state = None
-        if store is not None and rv:
-            meta = store.meta(int(rv))
-            redis_state = "current" if int(rv) == current else ("kept" if meta else "collected")
+        if store is not None and pub is not None:
+            meta = store.meta(pub.redis_version)
+            redis_state = ("current" if now is not None and now.seq == pub.seq else
+                           "kept" if meta.get("digest") == pub.digest else "collected")
         ts = h.get("timestamp")
         out.append({
             "delta_version": int(h["version"]), "operation": h.get("operation"),
             "time": datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="seconds") if ts else None,
+            "publication": pub.seq if pub else None, "kind": pub.kind if pub else None,
             "run_id": h.get("batchscore.run_id"), "model_version": h.get("batchscore.model_version"),
             "rows": int(h["batchscore.rows"]) if h.get("batchscore.rows") else None,
-            "redis_version": int(rv) if rv else None, "redis": redis_state,
+            "redis_version": pub.redis_version if pub else None, "redis": redis_state,
             "rollback_to": int(h["batchscore.rollback_to"]) if h.get("batchscore.rollback_to") else None,
         })
     return out
@@ -66,14 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif not found:
             print(f"no published versions of '{cfg.name}' at {cfg.outputs.delta.path}")
         else:
-            print(f"{'delta':>5}  {'time (UTC)':<25} {'run id':<34} {'model':<10} {'rows':>10}  redis")
+            print(f"{'delta':>5}  {'pub':>4}  {'time (UTC)':<25} {'run id':<34} {'model':<10} {'rows':>10}  redis")
             for r in found:
                 what = f"v{r['redis_version']} {r['redis'] or ''}" if r["redis_version"] else "-"
                 run = r["run_id"] or "-"
                 if r["rollback_to"] is not None:
                     run = f"rollback to {r['rollback_to']} ({run})"
                 rows_txt = f"{r['rows']:,}" if r["rows"] is not None else "-"
-                print(f"{r['delta_version']:>5}  {r['time'] or '-':<25} {run:<34} {r['model_version'] or '-':<10} "
+                print(f"{r['delta_version']:>5}  {r['publication'] or '-':>4}  {r['time'] or '-':<25} {run:<34} {r['model_version'] or '-':<10} "
                       f"{rows_txt:>10}  {what}")
         return {"versions": found}
 

@@ -1,10 +1,9 @@
-"""``batchscore publish``: pre-flight -> load Redis version (invisible) -> verify -> Delta commit -> flip.
+"""``batchscore publish``: publish a validated run (load Redis -> verify -> Delta commit -> flip).
 
-Any crash leaves readers on the previous version; rerunning the same run id resumes and converges:
-the Redis version of the run is reused (reloaded if it was not verified), the Delta commit is
-skipped when its app transaction is recorded, and the pointer flip is a compare-and-set that only
-moves forward. One publish per model at a time (a Redis lock with a TTL, renewed while running).
-Also runnable as ``spark-submit jobs/publish.py ...``.
+The protocol (fencing, content binding, forward-only publications, reconcile) is
+:mod:`batchscore.sinks.publication`; this job checks the run's reports, builds the Spark loader
+and calls it. Rerunning the same run id resumes and converges; a run that was superseded is
+refused (exit 2). Also runnable as ``spark-submit jobs/publish.py ...``.
 """
 
 from __future__ import annotations
@@ -25,24 +24,25 @@ from batchscore.exit import exit_now
 from batchscore import redis_layout as layout
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
-from batchscore.redis_conn import connect, memory_of, primaries
-from batchscore.sinks import crashpoint, delta, redis_preflight
+from batchscore.redis_conn import connect
+from batchscore.sinks import delta, publication, redis_preflight
 from batchscore.sinks.redis import RedisVersions, Version
-from batchscore.sinks.redis_gc import collect
 from batchscore.sinks.redis_load import make_loader
 from jobs import entry, state
 from jobs.session import build_session
 from udfs.file_scan import fragment_frame, plan_fragments, read_fragments
 
 
-def load_version(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: str, store: RedisVersions,
-                 version: Version) -> dict[int, int]:
+def load_version(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: str, version: Version,
+                 fence: tuple[str, str]) -> dict[int, int]:
     """Load the Parquet ``paths`` (files or directories) into Redis ``version`` from the executors;
     return bucket counts. Each task reads its share of the files with pyarrow (one fragment per
     core, :mod:`udfs.file_scan`) and hashes keys to buckets in numpy: no rows through the JVM,
-    no shuffle (the staged files are on storage every node mounts, as for the Delta commit)."""
+    no shuffle (the staged files are on storage every node mounts, as for the Delta commit).
+    Every task checks the publish lock's token (``fence``) before each pipelined round."""
     key, cols = cfg.input.key, list(cfg.outputs.columns)
-    loader = make_loader(url, store.ns, version.number, version.buckets, cols, cluster=cfg.outputs.redis.cluster)
+    loader = make_loader(url, layout.namespace(cfg.outputs.redis.key_prefix, cfg.name), version.vid,
+                         version.buckets, cols, cluster=cfg.outputs.redis.cluster, fence=fence)
 
     def load(descriptors: Iterator[Any]) -> Iterator[Any]:
         yield from loader(read_fragments(descriptors, [key, *cols]))
@@ -59,6 +59,24 @@ def load_version(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: s
     for r in rows:
         counts[int(r["b"])] = counts.get(int(r["b"]), 0) + int(r["n"])
     return counts
+
+
+def spark_loader(spark: SparkSession, cfg: ModelConfig, url: str) -> publication.Loader:
+    """The protocol's loader: :func:`load_version` on ``spark``'s executors."""
+    return lambda paths, version, fence: load_version(spark, cfg, paths, url, version, fence)
+
+
+def lazy_loader(cfg: ModelConfig, url: str, master: str | None = None) -> publication.Loader:
+    """A Spark loader that starts its session only when a load is needed (a rollback to a kept
+    version, a reconcile or a gc need no Spark)."""
+
+    def load(paths: list[str], version: Version, fence: tuple[str, str]) -> dict[int, int]:
+        from jobs.session import build_session
+
+        spark = build_session(f"batchscore-load-{cfg.name}", master=master or cfg.spark.master, conf=cfg.spark.conf)
+        return load_version(spark, cfg, paths, url, version, fence)
+
+    return load
 
 
 def parquet_files(paths: list[str]) -> list[str]:
@@ -78,30 +96,25 @@ def parquet_files(paths: list[str]) -> list[str]:
     return out
 
 
-def used_memory(client: Any) -> int:
-    return sum(memory_of(node)["used"] for node in primaries(client))
+def target_of(cfg: ModelConfig) -> publication.Target:
+    rc = cfg.outputs.redis
+    return publication.Target(model=cfg.name, table=cfg.outputs.delta.path, columns=list(cfg.outputs.columns),
+                              model_version=cfg.model.version, keep_versions=rc.keep_versions,
+                              gc_grace_seconds=rc.gc_grace_seconds, lock_ttl_seconds=rc.lock_ttl_seconds)
 
 
-def load_and_verify(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: str, store: RedisVersions,
-                    version: Version, rows: int) -> None:
-    """Load, verify every bucket against ``rows``, and record the measured bytes per entity."""
-    entry.log(f"{store.ns}: loading {rows:,} entities into Redis version {version.number} ({version.buckets} buckets)")
-    before = used_memory(store.r)
-    counts = load_version(spark, cfg, paths, url, store, version)
-    store.verify(version, counts, rows=rows)
-    grown = used_memory(store.r) - before
-    if rows and grown > 0:
-        store.annotate(version.number, bytes_per_entity=round(grown / rows, 1))
+def store_of(cfg: ModelConfig, url: str) -> RedisVersions:
+    rc = cfg.outputs.redis
+    return RedisVersions(connect(url, cluster=rc.cluster), layout.namespace(rc.key_prefix, cfg.name))
 
 
 def preflight(cfg: ModelConfig, store: RedisVersions, staged: delta.StagedRun) -> None:
     """Refuse before writing anything when the new version would not fit; log warnings."""
-    current = store.current()
-    measured = store.meta(current).get("bytes_per_entity") if current is not None else None
-    est = redis_preflight.estimate(float(measured) if measured else None, _avg_key_len(cfg, staged),
-                                   len(cfg.outputs.columns))
-    redis_preflight.check(store.r, ns=store.ns, rows=staged.total_rows, est=est,
-                          fraction=cfg.outputs.redis.max_memory_fraction, warn=lambda w: entry.log(f"warning: {w}"))
+    rc = cfg.outputs.redis
+    est = redis_preflight.estimate(store.r, rows=staged.total_rows, avg_key_len=_avg_key_len(cfg, staged),
+                                   columns=len(cfg.outputs.columns))
+    redis_preflight.check(store.r, ns=store.ns, rows=staged.total_rows, est=est, fraction=rc.max_memory_fraction,
+                          allow_evicting_policy=rc.allow_evicting_policy, warn=lambda w: entry.log(f"warning: {w}"))
 
 
 def _avg_key_len(cfg: ModelConfig, staged: delta.StagedRun) -> float:
@@ -118,8 +131,9 @@ def _avg_key_len(cfg: ModelConfig, staged: delta.StagedRun) -> float:
 def _require_validated(cfg: ModelConfig, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     scored = state.read_report(cfg, run_id, "score")
     validated = state.read_report(cfg, run_id, "validation")
-    if scored is None or validated is None or not validated.get("passed"):
-        why = "was not scored" if scored is None else "was not validated" if validated is None else "failed validation"
+    if scored is None or validated is None or not validated.get("passed") or not validated.get("digest"):
+        why = ("was not scored" if scored is None else "was not validated since it was scored" if validated is None
+               else "failed validation" if not validated.get("passed") else "was validated without a content digest")
         raise PublishRefusedError(
             f"run {run_id} of '{cfg.name}' {why}; run `batchscore validate --run-id {run_id}` and fix what it "
             "reports; nothing was published"
@@ -127,71 +141,42 @@ def _require_validated(cfg: ModelConfig, run_id: str) -> tuple[dict[str, Any], d
     return scored, validated
 
 
-def publish(spark: SparkSession, cfg: ModelConfig, *, run_id: str, redis_url: str) -> dict[str, Any]:
+def publish(spark: SparkSession, cfg: ModelConfig, *, run_id: str, redis_url: str,
+            allow_older: bool = False) -> dict[str, Any]:
+    """Publish a scored and validated run through :func:`publication.publish`; write the report."""
     started = time.perf_counter()
+    run_id = state.check_run_id(run_id)
     scored, validated = _require_validated(cfg, run_id)
-    table = cfg.outputs.delta.path
-    staged = delta.stage(table, run_id)
+    staged = delta.stage(cfg.outputs.delta.path, run_id)
     if staged.total_rows != int(scored["input_rows"]):
         raise PublishRefusedError(f"{staged.run_path}: {staged.total_rows} staged rows but {scored['input_rows']} scored; re-score the run")
-    rc = cfg.outputs.redis
-    store = RedisVersions(connect(redis_url, cluster=rc.cluster), layout.namespace(rc.key_prefix, cfg.name))
-    store.lock(run_id=run_id, ttl_s=rc.lock_ttl_seconds)
-    try:
-        version = store.resume(run_id=run_id, rows=staged.total_rows, columns=cfg.outputs.columns)
-        if version is not None and version.state in ("published", "retired"):
-            return _already_published(cfg, store, version, run_id, started)
-        if version is None:
-            preflight(cfg, store, staged)
-            version = store.allocate(run_id=run_id, rows=staged.total_rows, columns=cfg.outputs.columns,
-                                     model_version=cfg.model.version)
-        if version.state == "loading":
-            load_and_verify(spark, cfg, [staged.run_path], redis_url, store, version, staged.total_rows)
-        else:
-            entry.log(f"{store.ns}: Redis version {version.number} already loaded by an earlier try; reusing it")
-        crashpoint.reached("after_redis_load")
-        dv = delta.committed_version(table, cfg.name, run_id)
-        if dv is None:
-            dv = delta.commit(table, staged, model=cfg.name, run_id=run_id, metadata={
-                "model": cfg.name, "model_version": cfg.model.version, "redis_version": str(version.number),
-                "rows": str(staged.total_rows),
-                # the validated profile travels with the version: the next run's drift reference
-                "profile": json.dumps(validated.get("profile", {}), sort_keys=True)})
-            entry.log(f"{store.ns}: committed Delta version {dv} at {table}")
-        store.annotate(version.number, delta_version=dv)
-        crashpoint.reached("after_delta_commit")
-        store.flip(version)
-        dropped = collect(store, keep=rc.keep_versions, grace_s=rc.gc_grace_seconds)
-    finally:
-        store.unlock()
+    store = store_of(cfg, redis_url)
+    out = publication.publish(
+        store, target_of(cfg), staged, run_id=run_id, run_date=scored.get("run_date"),
+        validated_digest=str(validated["digest"]), loader=spark_loader(spark, cfg, redis_url),
+        preflight=lambda: preflight(cfg, store, staged), allow_older=allow_older, log=entry.log,
+        metadata={"model": cfg.name, "model_version": cfg.model.version,
+                  # the validated profile travels with the version: the next run's drift reference
+                  "profile": json.dumps(validated.get("profile", {}), sort_keys=True)})
+    pub = out.publication
+    assert pub is not None
     report = {
-        "model": cfg.name, "run_id": run_id, "rows": staged.total_rows, "delta_version": dv,
-        "redis_version": version.number, "previous_redis_version": version.previous,
-        "gc_versions": dropped, "seconds": round(time.perf_counter() - started, 2),
+        "model": cfg.name, "run_id": run_id, "rows": staged.total_rows, "delta_version": pub.delta_version,
+        "publication": pub.seq, "digest": staged.digest, "redis_version": pub.redis_version,
+        "previous_redis_version": out.previous_redis_version, "gc_versions": out.collected,
+        "already_published": out.action == "already-published", "seconds": round(time.perf_counter() - started, 2),
     }
     state.write_report(cfg, run_id, "publish", report)
-    entry.log(f"{store.ns}: pointer -> version {version.number} (was {version.previous})")
+    entry.log(f"{store.ns}: serving publication {pub.seq}: Redis version {pub.redis_version} "
+              f"(was {out.previous_redis_version})")
     return report
 
 
-def _already_published(cfg: ModelConfig, store: RedisVersions, version: Version, run_id: str,
-                       started: float) -> dict[str, Any]:
-    """A rerun of a run that was published already: change nothing (never move the pointer back)."""
-    meta = store.meta(version.number)
-    current = store.current()
-    if current == version.number:
-        entry.log(f"{store.ns}: run {run_id} is already published as Redis version {version.number}; nothing to do")
-    else:
-        entry.log(f"{store.ns}: run {run_id} was published as version {version.number} and since replaced by "
-                  f"{current}; not republishing it (use `batchscore rollback` to go back)")
-    return {"model": cfg.name, "run_id": run_id, "rows": int(meta["count"]),
-            "delta_version": int(meta["delta_version"]) if meta.get("delta_version") else None,
-            "redis_version": version.number, "previous_redis_version": current, "gc_versions": [],
-            "already_published": True, "seconds": round(time.perf_counter() - started, 2)}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = entry.parser("publish", __doc__.splitlines()[0]).parse_args(entry.argv_or_sys(argv))
+    p = entry.parser("publish", __doc__.splitlines()[0])
+    p.add_argument("--allow-older", action="store_true",
+                   help="publish even when the run's date is older than the published run's")
+    args = p.parse_args(entry.argv_or_sys(argv))
 
     def body() -> dict[str, Any]:
         cfg = load_model_config(args.model_config)
@@ -200,9 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _require_validated(cfg, run_id)  # fail fast, before starting Spark
         connect(url, cluster=cfg.outputs.redis.cluster).close()
         spark = build_session(f"batchscore-publish-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf)
-        rep = publish(spark, cfg, run_id=run_id, redis_url=url)
+        rep = publish(spark, cfg, run_id=run_id, redis_url=url, allow_older=args.allow_older)
         entry.summary(f"publish {cfg.name}", {"run id": run_id, "rows": f"{rep['rows']:,}", "delta version": rep["delta_version"],
-                      "redis version": rep["redis_version"], "time": f"{rep['seconds']} s"})
+                      "publication": rep["publication"], "redis version": rep["redis_version"], "time": f"{rep['seconds']} s"})
         return rep
 
     return entry.guarded(body)

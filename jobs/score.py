@@ -72,8 +72,11 @@ def scored_frame(df: DataFrame, cfg: ModelConfig, ref: ModelRef, *, run_id: str,
 def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) -> dict[str, Any]:
     """Score ``cfg``'s input into ``<delta>/runs/<run_id>/`` and write the score report."""
     started = time.perf_counter()
-    if delta.committed_version(cfg.outputs.delta.path, cfg.name, run_id) is not None:
+    target = state.staged_path(cfg, run_id)  # refuses a run id that could leave its directory
+    if any(p.get("run_id") == run_id for p in delta.publications(cfg.outputs.delta.path)) \
+            or delta.committed_version(cfg.outputs.delta.path, cfg.name, run_id) is not None:
         raise PublishRefusedError(f"run {run_id} of '{cfg.name}' is already published; use a new --run-id")
+    state.invalidate(cfg, run_id, "validation", "publish", "run")  # whatever judged earlier files is void
     ref = check_artifact(cfg)
     entry.log(f"score {cfg.name}: model {Path(ref.uri).name} sha256 {ref.sha256[:12]} ({cfg.model.format}, device {cfg.scoring.device}, {cfg.scoring.precision})")
     df = read_input(spark, cfg.input)
@@ -83,7 +86,6 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
     loads = load_accumulator(spark.sparkContext)
     scored_at = datetime.now(UTC).replace(microsecond=0)
     out = scored_frame(df, cfg, ref, run_id=run_id, scored_at=scored_at, loads=loads)
-    target = state.staged_path(cfg, run_id)
     try:
         out.write.mode("overwrite").parquet(target)
     except Exception as exc:
@@ -91,9 +93,11 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
         if known is not None:
             raise known from None
         raise
+    staged = delta.stage(cfg.outputs.delta.path, run_id)
     report = {
         "model": cfg.name, "run_id": run_id, "run_date": run_date, "model_version": cfg.model.version,
-        "model_sha256": ref.sha256, "input_rows": input_rows, "staged_path": target,
+        "model_sha256": ref.sha256, "input_rows": input_rows, "staged_path": target, "digest": staged.digest,
+        "staged_rows": staged.total_rows,
         "model_loads": int(loads.value[0]), "model_load_seconds": round(float(loads.value[1]), 3),
         "seconds": round(time.perf_counter() - started, 2), "scored_at": scored_at.isoformat(),
     }

@@ -17,7 +17,8 @@ from typing import Any
 from batchscore.config import ModelConfig
 from batchscore.errors import ConfigError, PublishRefusedError
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+# A run id is a path segment and part of Redis keys: no "." or "..", no leading dot or dash.
+_RUN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 def new_run_id(run_date: str) -> str:
@@ -27,17 +28,24 @@ def new_run_id(run_date: str) -> str:
 
 def check_run_id(run_id: str) -> str:
     if not _RUN_ID.match(run_id):
-        raise ConfigError(f"--run-id {run_id!r}: use 1-128 characters from [A-Za-z0-9_.-]")
+        raise ConfigError(f"--run-id {run_id!r}: use 1-128 characters from [A-Za-z0-9_.-], starting with a "
+                          "letter, digit or underscore")
     return run_id
 
 
 def run_dir(cfg: ModelConfig, run_id: str) -> Path:
-    return Path(cfg.runtime.report_dir) / cfg.name / run_id
+    return Path(cfg.runtime.report_dir) / cfg.name / check_run_id(run_id)
 
 
 def staged_path(cfg: ModelConfig, run_id: str) -> str:
     """Where the score step writes a run's Parquet: under the Delta root, invisible until committed."""
-    return f"{cfg.outputs.delta.path.rstrip('/')}/runs/{run_id}"
+    return f"{cfg.outputs.delta.path.rstrip('/')}/runs/{check_run_id(run_id)}"
+
+
+def invalidate(cfg: ModelConfig, run_id: str, *steps: str) -> None:
+    """Remove the reports of ``steps`` for ``run_id`` (a re-score voids its earlier judgement)."""
+    for step in steps:
+        (run_dir(cfg, run_id) / f"{step}.json").unlink(missing_ok=True)
 
 
 def write_report(cfg: ModelConfig, run_id: str, step: str, report: dict[str, Any]) -> Path:

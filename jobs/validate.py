@@ -27,7 +27,8 @@ from pyspark.sql import SparkSession
 from batchscore.exit import exit_now
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError, PublishRefusedError, ValidationRejectedError
-from batchscore.sinks import delta
+from batchscore import redis_layout as layout
+from batchscore.sinks import delta, publication
 from jobs import entry, state
 from jobs.session import build_session
 from validation import rules as R
@@ -68,16 +69,19 @@ def rules_for(cfg: ModelConfig, *, input_rows: int) -> R.Rules:
 
 
 def load_reference(cfg: ModelConfig) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:
-    """(reference profile, where it came from, why there is none): the current Delta version's profile."""
+    """(reference profile, where it came from, why there is none): the profile of the last
+    *completed* publication (committed to Delta and served by Redis); a commit whose flip never
+    happened is not a reference (:func:`batchscore.sinks.publication.reference`)."""
     table = cfg.outputs.delta.path
-    version = delta.table_version(table)
-    if version is None:
+    pub = publication.reference(table, _served(cfg))
+    if pub is None or pub.delta_version is None:
         return None, None, f"first run: nothing published yet at {table}"
+    version = pub.delta_version
     commit = delta.commit_info(table, version) or {}
-    source = {"delta_version": version, "run_id": commit.get("batchscore.run_id"),
+    source = {"delta_version": version, "publication": pub.seq, "run_id": pub.run_id,
               "model_version": commit.get("batchscore.model_version")}
-    if commit.get("batchscore.rollback_to"):  # a rollback's commit carries the restored version's profile
-        source["rollback_to"] = int(commit["batchscore.rollback_to"])
+    if pub.rollback_to is not None:  # a rollback's commit carries the restored version's profile
+        source["rollback_to"] = pub.rollback_to
     raw = commit.get("batchscore.profile")
     if not raw:
         return None, source, f"published version {version} carries no profile"
@@ -88,6 +92,26 @@ def load_reference(cfg: ModelConfig) -> tuple[dict[str, Any] | None, dict[str, A
     if not profile.get("columns"):
         return None, source, f"published version {version} carries an empty profile"
     return profile, source, ""
+
+
+def _served(cfg: ModelConfig) -> publication.Publication | None:
+    """The publication Redis serves (None when Redis is not configured, unreachable or empty)."""
+    import os
+
+    from batchscore.errors import BatchscoreError
+    from batchscore.redis_conn import connect
+    from batchscore.sinks.redis import RedisVersions
+
+    rc = cfg.outputs.redis
+    url = os.environ.get(rc.url_env)
+    if not url:
+        return None
+    try:
+        store = RedisVersions(connect(url, cluster=rc.cluster), layout.namespace(rc.key_prefix, cfg.name))
+        return publication.served(store)
+    except BatchscoreError as exc:
+        entry.log(f"validate {cfg.name}: cannot read the served publication ({exc}); the reference is the Delta head")
+        return None
 
 
 def plans_for(cfg: ModelConfig, rules: R.Rules, reference: dict[str, Any] | None) -> dict[str, ColumnPlan]:
@@ -140,14 +164,21 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str,
     scored = state.read_report(cfg, run_id, "score")
     if scored is None:
         raise PublishRefusedError(f"run {run_id} of '{cfg.name}' has no score report; run `batchscore score` first")
+    staged = delta.stage(cfg.outputs.delta.path, run_id)
+    if scored.get("digest") and scored["digest"] != staged.digest:
+        raise PublishRefusedError(f"{staged.run_path}: the staged files changed since `score` wrote them (digest "
+                                  f"{staged.digest[:12]}, scored {str(scored['digest'])[:12]}); re-score run {run_id}")
     rules = rules_for(cfg, input_rows=int(scored["input_rows"]))
     reference, source, no_ref = load_reference(cfg)
     if rules.drift is None:
         reference, no_ref = None, "validation.drift.enabled is false"
-    df = spark.read.parquet(scored["staged_path"])
+    df = spark.read.parquet(*[f"{staged.run_path}/{Path(r).name}" for r in staged.relative_files])
     t0 = time.perf_counter()
     bins = rules.drift.bins if rules.drift else cfg.validation.drift.bins
     profile = compute_profile(df, plans_for(cfg, rules, reference), quantiles=rules.quantiles_needed(), bins=bins)
+    if delta.stage(cfg.outputs.delta.path, run_id).digest != staged.digest:
+        raise PublishRefusedError(f"{staged.run_path}: the staged files changed while they were validated; "
+                                  f"re-score run {run_id} and validate it again")
     t1 = time.perf_counter()
     imports.join()
     t_imp = time.perf_counter()
@@ -162,6 +193,7 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str,
                           thresholds=f"warn > {d.psi.warn}, block > {d.psi.block}")
     report = {
         "model": cfg.name, "run_id": run_id, "model_version": cfg.model.version, "passed": passed,
+        "digest": staged.digest, "rows_judged": staged.total_rows,
         "mode": "drift" if reference else "absolute-only", "mode_reason": no_ref or None,
         "reference": source if reference else None, "profile": profile,
         "rules": [r.as_dict() for r in results], "warnings": [r.describe() for r in warns],

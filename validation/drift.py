@@ -24,7 +24,8 @@ SAMPLE_CAP = 200_000  # largest KL sample; larger candidates are scaled down (er
 
 
 def finite_rows(col: dict[str, Any], rows: int) -> int:
-    return int(rows) - int(col.get("nulls", 0)) - int(col.get("nans", 0))
+    """Rows with a finite value: not null, NaN or ±inf (profiles older than the ±inf counts have none)."""
+    return int(rows) - sum(int(col.get(k, 0)) for k in ("nulls", "nans", "posinf", "neginf"))
 
 
 def kl_edges(ref_col: dict[str, Any]) -> tuple[float, ...] | None:

@@ -27,9 +27,13 @@ class Check:
     observed: float | None
     min: float | None = None
     max: float | None = None
+    expect: str | None = None  # the expectation in words, instead of the bounds
+    detail: str | None = None  # the observation in words (:attr:`RuleResult.detail`)
 
     @property
     def expected(self) -> str:
+        if self.expect is not None:
+            return self.expect
         if self.min is not None and self.max is not None:
             return f"between {_fmt(self.min)} and {_fmt(self.max)}"
         return f">= {_fmt(self.min)}" if self.max is None else f"<= {_fmt(self.max)}"
@@ -47,6 +51,7 @@ def absolute_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
     nr = rules.null_rate
     out += [Check("null_rate", c, nr.level, (cols[c]["nulls"] + cols[c]["nans"]) / rows if rows else 0.0, 0.0, nr.max)
             for c in nr.columns]
+    out += finite_checks(profile, rules)
     if (rg := rules.range) is not None:
         for c in rg.columns:
             if rg.min is not None:
@@ -65,6 +70,23 @@ def absolute_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
             n = D.finite_rows(cols[c], rows)
             out += [Check(f"class_share_{qkey(v)}", c, cs.level, cols[c]["classes"][qkey(v)] / n if n else None, lo, hi)
                     for v, lo, hi in cs.shares]
+    return out
+
+
+def finite_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
+    """One ``finite`` check per output column: the number of ±inf scores, which must be 0.
+
+    The profile's statistics leave ±inf out (so they stay finite and JSON), which would let such
+    scores through every other rule: this one blocks them. Profiles without the counts have none.
+    """
+    rows, cols, fin = profile["rows"], profile["columns"], rules.finite
+    out = []
+    for c in fin.columns if fin.columns is not None else tuple(cols):
+        pos, neg = int(cols[c].get("posinf", 0)), int(cols[c].get("neginf", 0))
+        n = pos + neg
+        share = f" ({n / rows:.2%}: {pos:,} +inf, {neg:,} -inf)" if n and rows else ""
+        out.append(Check("finite", c, fin.level, n, 0, 0, expect="0",
+                         detail=f"{n:,} of {rows:,} scores are ±inf{share}"))
     return out
 
 
@@ -150,7 +172,7 @@ def evaluate(profile: dict[str, Any], rules: Rules, reference: dict[str, Any] | 
         r = by_column[f"m{i}"]
         # A missing metric (every score NaN: no min, no PSI) is a failure, never a pass.
         ok = k.observed is not None and not math.isnan(k.observed) and bool(r.success)
-        results.append(RuleResult(k.rule, k.column, k.level, ok, _plain(k.observed), k.expected))
+        results.append(RuleResult(k.rule, k.column, k.level, ok, _plain(k.observed), k.expected, detail=k.detail))
     results += _kl_results(profile, rules, reference, run, gxe)
     return results + skipped
 

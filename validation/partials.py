@@ -1,9 +1,12 @@
 """Per-partition profile partials (numpy, executor side) and their exact merge (driver side).
 
-A partial of one column over one partition holds: rows, nulls, NaNs, min, max, count/mean/M2
-(merged with Chan's parallel formula, so the std is numerically stable), counts over the given
-intervals, counts of class values, and a quantile sketch: the partition's sorted non-NaN values
-taken at ``SKETCH_POINTS`` evenly spaced ranks, each standing for ``m / SKETCH_POINTS`` values.
+A partial of one column over one partition holds: rows, nulls, NaNs, +inf and -inf counts, then
+over the *finite* values only (``n`` of them): min, max, count/mean/M2 (merged with Chan's
+parallel formula, so the std is numerically stable), counts over the given intervals, counts of
+class values, and a quantile sketch: the partition's sorted finite values taken at
+``SKETCH_POINTS`` evenly spaced ranks, each standing for ``m / SKETCH_POINTS`` values. A ±inf
+score is counted (the ``finite`` rule blocks on it) but never enters a statistic, so none becomes
+inf or NaN and the profile stays plain JSON.
 Merged, a quantile's rank is off by at most ``rows / SKETCH_POINTS`` (0.05%), the same
 guarantee as ``percentile_approx(accuracy=2000)``; so are the bin counts of a first run, whose
 bins are cut at its own quantiles (:func:`sketch_bin_counts`). Everything else is exact.
@@ -35,19 +38,22 @@ def in_interval(x: np.ndarray, iv: Interval) -> np.ndarray:
 
 def partial(values: np.ndarray, nulls: int, intervals: Sequence[Interval], classes: Sequence[float]) -> dict[str, Any]:
     """The partial of one column's values (float64, nulls already removed) over one partition."""
-    nan = np.isnan(values)
-    x = np.sort(values[~nan])
+    nan, posinf, neginf = np.isnan(values), np.isposinf(values), np.isneginf(values)
+    x = np.sort(values[~(nan | posinf | neginf)])
     m = len(x)
     if m > SKETCH_POINTS:
         idx = ((np.arange(SKETCH_POINTS) + 0.5) * (m / SKETCH_POINTS)).astype(np.int64)
         sketch, weight = x[idx], m / SKETCH_POINTS
     else:
         sketch, weight = x, 1.0
-    mean = float(x.mean()) if m else 0.0
+    with np.errstate(over="ignore", invalid="ignore"):  # finite scores near 1e308: finish() reports no moment
+        mean = float(x.mean()) if m else 0.0
+        m2 = float(((x - mean) ** 2).sum()) if m else 0.0
     return {
-        "rows": int(len(values) + nulls), "nulls": int(nulls), "nans": int(nan.sum()), "n": m,
+        "rows": int(len(values) + nulls), "nulls": int(nulls), "nans": int(nan.sum()),
+        "posinf": int(posinf.sum()), "neginf": int(neginf.sum()), "n": m,
         "min": float(x[0]) if m else None, "max": float(x[-1]) if m else None,
-        "mean": mean, "m2": float(((x - mean) ** 2).sum()) if m else 0.0,
+        "mean": mean, "m2": m2,
         "bins": [int(in_interval(x, iv).sum()) for iv in intervals],
         "classes": [int((x == v).sum()) for v in classes],
         "sketch": sketch.tolist(), "weight": weight,
@@ -56,12 +62,11 @@ def partial(values: np.ndarray, nulls: int, intervals: Sequence[Interval], class
 
 def merge(parts: list[dict[str, Any]], n_bins: int, n_classes: int) -> dict[str, Any]:
     """Merge one column's partials: exact counts and moments, approximate quantile sketch."""
-    out: dict[str, Any] = {"rows": 0, "nulls": 0, "nans": 0, "n": 0, "min": None, "max": None, "mean": 0.0, "m2": 0.0,
-                           "bins": [0] * n_bins, "classes": [0] * n_classes}
+    out: dict[str, Any] = {"rows": 0, "nulls": 0, "nans": 0, "posinf": 0, "neginf": 0, "n": 0, "min": None, "max": None,
+                           "mean": 0.0, "m2": 0.0, "bins": [0] * n_bins, "classes": [0] * n_classes}
     for p in parts:
-        out["rows"] += p["rows"]
-        out["nulls"] += p["nulls"]
-        out["nans"] += p["nans"]
+        for k in ("rows", "nulls", "nans", "posinf", "neginf"):
+            out[k] += p.get(k, 0)
         out["bins"] = [a + b for a, b in zip(out["bins"], p["bins"], strict=True)]
         out["classes"] = [a + b for a, b in zip(out["classes"], p["classes"], strict=True)]
         if not p["n"]:
@@ -78,7 +83,7 @@ def merge(parts: list[dict[str, Any]], n_bins: int, n_classes: int) -> dict[str,
 
 def _merged_sketch(parts: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """The partitions' sketch points sorted, and their cumulative weights (``cum[i]`` = weight of
-    the first ``i`` points; ``cum[-1]`` = non-NaN values in all)."""
+    the first ``i`` points; ``cum[-1]`` = finite values in all)."""
     values = np.concatenate([np.asarray(p["sketch"], float) for p in parts] or [np.zeros(0)])
     weights = np.concatenate([np.full(len(p["sketch"]), p["weight"]) for p in parts] or [np.zeros(0)])
     order = np.argsort(values, kind="stable")
@@ -109,5 +114,11 @@ def finish(merged: dict[str, Any]) -> dict[str, Any]:
     """The column's statistics as the profile stores them (None where undefined)."""
     n = merged["n"]
     std = math.sqrt(merged["m2"] / (n - 1)) if n > 1 else None
-    return {"nulls": merged["nulls"], "nans": merged["nans"], "min": merged["min"], "max": merged["max"],
-            "mean": merged["mean"] if n else None, "std": std}
+    return {"nulls": merged["nulls"], "nans": merged["nans"], "posinf": merged["posinf"], "neginf": merged["neginf"],
+            "min": merged["min"], "max": merged["max"], "mean": _finite(merged["mean"]) if n else None, "std": _finite(std)}
+
+
+def _finite(v: float | None) -> float | None:
+    """None for a moment that overflowed (finite scores near 1e308 squared): undefined, so it fails
+    its rule as a missing metric, and JSON has no inf."""
+    return v if v is None or math.isfinite(v) else None

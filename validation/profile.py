@@ -1,8 +1,10 @@
 """The candidate's profile in one pass over the scores: everything the rules and drift checks need.
 
-Per output column: nulls, NaNs, min, max, mean, std (NaN excluded), approximate quantiles,
-counts of configured class values, and a histogram over the reference's frozen bins (plus, for
-the KL check, over the reference's range). Nothing exact-distinct, nothing collected but a few KB.
+Per output column: nulls, NaNs, +inf and -inf counts (``posinf``, ``neginf``), then over the
+finite values only: min, max, mean, std, approximate quantiles, counts of configured class values,
+and a histogram over the reference's frozen bins (plus, for the KL check, over the reference's
+range). So a ±inf score is counted (and blocked by the ``finite`` rule) without making a statistic
+inf or NaN. Nothing exact-distinct, nothing collected but a few KB.
 
 One Spark job reads only the output columns: ``mapInArrow`` computes a partial per partition with
 numpy in the (already warm) Python workers (:mod:`validation.partials`) and the driver merges

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,13 @@ def format_table(results: list[RuleResult]) -> str:
     return "\n".join(lines)
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def _display_edges(cuts: list[float], *cols: dict[str, Any] | None) -> list[float]:
-    lows = [c["min"] for c in cols if c and c.get("min") is not None]
-    highs = [c["max"] for c in cols if c and c.get("max") is not None]
+    lows = [c["min"] for c in cols if c and _finite(c.get("min"))]
+    highs = [c["max"] for c in cols if c and _finite(c.get("max"))]
     pad = max(abs(cuts[-1] - cuts[0]) / max(len(cuts), 1), abs(cuts[0]) * 1e-3, 1e-3)
     lo = min(lows) if lows and min(lows) < cuts[0] else cuts[0] - pad
     hi = max(highs) if highs and max(highs) > cuts[-1] else cuts[-1] + pad
@@ -45,7 +50,9 @@ def plot_histograms(path: Path, profile: dict[str, Any], reference: dict[str, An
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = [c for c, s in profile["columns"].items() if s.get("hist", {}).get("cuts")][:MAX_PLOTTED_COLUMNS]
+    # a column is drawn over finite cuts only (a profile's are; this keeps odd ones from crashing the plot)
+    cols = [c for c, s in profile["columns"].items()
+            if (cuts := s.get("hist", {}).get("cuts")) and all(map(_finite, cuts))][:MAX_PLOTTED_COLUMNS]
     n = max(len(cols), 1)
     fig, axes = plt.subplots(n, 1, figsize=(8, 3.2 * n), squeeze=False)
     for ax, c in zip(axes[:, 0], cols, strict=False):

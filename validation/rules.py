@@ -75,6 +75,16 @@ class Drift:
 
 
 @dataclass(frozen=True)
+class Finite:
+    """No score may be +inf or -inf. Always on and ``block``: a ±inf score is never a valid score,
+    and statistics are computed without them. ``columns=None``: every output column (the profile
+    holds exactly those)."""
+
+    level: LevelName = "block"
+    columns: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class Rules:
     row_count: RowCount
     null_rate: NullRate
@@ -84,6 +94,7 @@ class Rules:
     quantiles: QuantileBands | None = None
     class_share: ClassShares | None = None
     drift: Drift | None = None
+    finite: Finite = field(default_factory=Finite)
 
     def quantiles_needed(self) -> tuple[float, ...]:
         return tuple(q for q, _, _ in self.quantiles.bands) if self.quantiles else ()
@@ -102,9 +113,12 @@ class RuleResult:
     observed: Any
     expected: str
     skipped: str | None = field(default=None)
+    detail: str | None = field(default=None)  # what was observed, in words, where the number alone is terse
 
     def describe(self) -> str:
         where = f"{self.column}: " if self.column else ""
+        if self.detail:
+            return f"{self.rule} {where}{self.detail}; expected {self.expected} ({self.level})"
         return f"{self.rule} {where}observed {_short(self.observed)}, expected {self.expected}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -118,6 +132,8 @@ class RuleResult:
         }
         if self.skipped:
             out["skipped"] = self.skipped
+        if self.detail:
+            out["detail"] = self.detail
         return out
 
 

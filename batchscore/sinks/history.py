@@ -85,6 +85,7 @@ def replace_partition(table_path: str, staged: StagedRun, *, model: str, day: st
     props = CommitProperties(
         custom_metadata={f"batchscore.{k}": v for k, v in {**metadata, PARTITION: day}.items()},
         app_transactions=[Transaction(app_id=app_id(model, day), version=txn_version)],
+        max_commit_retries=0,  # a racing commit of the same date must fail, not leave both attempts' files
     )
     arrow_schema = _table_schema(staged)
     schema = Schema.from_arrow(arrow_schema)

@@ -1,56 +1,42 @@
-"""Blue/green versions of a model's scores in Redis (driver side): allocate, verify, flip, lock.
+"""Blue/green versions of a model's scores in Redis (driver side): the fenced primitives.
 
-A run loads a new immutable version under its own namespace, verifies every bucket's count, and
-only then a Lua compare-and-set moves the model's pointer to it: readers see the old version or
-the new one, never a mix. A publish flip only ever moves the pointer *forward* to a fully loaded
-version it expected to replace, under the publish lock it still holds, so a stale retry can never
-move it back; only :meth:`RedisVersions.flip` with ``rollback=True`` moves it to an older one.
-Works on a standalone server and on a Cluster (``redis.cluster.RedisCluster``): every key a script
-touches carries the ``{ns}`` hash tag. See :mod:`batchscore.redis_layout` for the keys.
+Every side effect here is fenced by the publish lock's token: :meth:`RedisVersions.lock` draws a
+fencing token from an ever-growing counter and stores it in the lock; each Lua script below
+checks ``GET lock == token`` in the same atomic step as its write, so a publisher that lost its
+lock (paused past the TTL, or the server restarted) is refused at its next side effect with
+:class:`~batchscore.errors.FencedError`. Bulk deletes (GC, orphans) and executor loads check the
+token before each batch; what a stale holder could still write lands only in its own version,
+which nothing will ever flip to.
+
+The step order of a publication (load, verify, commit, flip, collect) lives in
+:mod:`batchscore.sinks.publication`; this module only knows Redis. Works on a standalone server
+and on a Cluster: every key a script touches carries the ``{ns}`` hash tag. Keys:
+:mod:`batchscore.redis_layout`.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
 import threading
 import time
-import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from batchscore import redis_layout as layout
-from batchscore.errors import InfrastructureError, PublishRefusedError
+from batchscore.errors import FencedError, InfrastructureError
 
-# KEYS: meta, run key, versions zset. ARGV: version, then field/value pairs of the meta.
-_CREATE = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('SET', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[1], ARGV[1])
-return 1
-"""
-
-# KEYS: pointer, new meta, lock, meta of the expected current version.
-# ARGV: expected current ('' = none), new, now, lock token, mode ('publish' | 'rollback').
-_FLIP = """
-if redis.call('GET', KEYS[3]) ~= ARGV[4] then return -2 end
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[2] then return 1 end
-if not ((cur == false and ARGV[1] == '') or cur == ARGV[1]) then return 0 end
-local state = redis.call('HGET', KEYS[2], 'state')
-if ARGV[5] == 'publish' then
-  if state ~= 'loaded' then return -1 end
-  if cur and tonumber(cur) >= tonumber(ARGV[2]) then return 0 end
-elseif state ~= 'loaded' and state ~= 'published' and state ~= 'retired' then
-  return -1
-end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], 'state', 'published', 'published_at', ARGV[3])
-if cur then redis.call('HSET', KEYS[4], 'state', 'retired', 'retired_at', ARGV[3]) end
-return 1
-"""
-
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# KEYS: lock, fence counter. ARGV: owner, ttl ms. The lock is free, expired, or held by an
+# earlier try of the same owner (orchestrators retry a task only after its attempt died; the old
+# attempt, if it is merely paused, is fenced out by the new token).
+_LOCK = """
+local holder = redis.call('GET', KEYS[1])
+if holder and string.sub(holder, 1, string.len(ARGV[1]) + 1) ~= ARGV[1] .. '|' then return false end
+local token = ARGV[1] .. '|' .. redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+return token
 """
 
 _RENEW = """
@@ -58,18 +44,88 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: lock, meta, run key, versions zset. ARGV: token, identity, number, then meta field/value pairs.
+_CREATE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('SET', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+return 1
+"""
+
+# KEYS: lock, key. ARGV: token, then field/value pairs.
+_HSET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+return 1
+"""
+
+# KEYS: lock, pointer, publication record, new meta, meta of the version the pointer names now.
+# ARGV: token, expected record seq ('' = no record), new seq, new identity, new record JSON, now,
+# mode ('forward': the new seq must be higher; 'repair': the leader's record, any seq),
+# digest the new version must hold, the identity the pointer is expected to hold ('' = none).
+_FLIP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
+local rec = redis.call('GET', KEYS[3])
+local cur = rec and tonumber(cjson.decode(rec)['seq']) or nil
+if ARGV[2] == '' then
+  if rec then return 0 end
+elseif cur ~= tonumber(ARGV[2]) then
+  return 0
+end
+if ARGV[7] == 'forward' and cur and tonumber(ARGV[3]) <= cur then return 0 end
+local pointer = redis.call('GET', KEYS[2])
+if (pointer or '') ~= ARGV[9] then return 0 end
+local m = redis.call('HMGET', KEYS[4], 'state', 'digest')
+if m[1] ~= 'loaded' and m[1] ~= 'published' and m[1] ~= 'retired' then return -1 end
+if m[2] ~= ARGV[8] then return -3 end
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('SET', KEYS[3], ARGV[5])
+redis.call('HSET', KEYS[4], 'state', 'published', 'published_at', ARGV[6])
+if pointer and pointer ~= ARGV[4] and redis.call('EXISTS', KEYS[5]) == 1 then
+  redis.call('HSET', KEYS[5], 'state', 'retired', 'retired_at', ARGV[6])
+end
+return 1
+"""
+
+# KEYS: lock, then keys to UNLINK. ARGV: token.
+_UNLINK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
+for i = 2, #KEYS do redis.call('UNLINK', KEYS[i]) end
+return #KEYS - 1
+"""
+
 
 @dataclass(frozen=True)
 class Version:
+    """One Redis version: its identity (``number.epoch``), buckets, state and content digest."""
+
     number: int
+    epoch: str
     buckets: int
     state: str  # loading | loaded | published | retired
-    previous: int | None  # the pointer when this publish began (the CAS's expected value)
+    digest: str
+    count: int
+
+    @property
+    def vid(self) -> str:
+        return layout.version_id(self.number, self.epoch)
 
 
 def _text(raw: dict[Any, Any]) -> dict[str, str]:
     return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else str(v))
             for k, v in raw.items()}
+
+
+def _s(raw: Any) -> str | None:
+    return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 class RedisVersions:
@@ -78,131 +134,212 @@ class RedisVersions:
     def __init__(self, client: Any, ns: str) -> None:
         self.r = client
         self.ns = ns
-        self._token: str | None = None
+        self.token: str | None = None
+        self.lost = threading.Event()
         self._stop = threading.Event()
 
-    def current(self) -> int | None:
-        raw = self.r.get(layout.pointer_key(self.ns))
-        return int(raw) if raw is not None else None
+    # -- reading -------------------------------------------------------------------------------
 
-    def meta(self, number: int) -> dict[str, str]:
+    def current(self) -> str | None:
+        """The identity the pointer names (None when nothing is served)."""
+        return _s(self.r.get(layout.pointer_key(self.ns)))
+
+    def served_record(self) -> dict[str, Any] | None:
+        """The publication record readers are served (the JSON the last flip wrote), or None."""
+        raw = _s(self.r.get(layout.publication_key(self.ns)))
+        return json.loads(raw) if raw else None
+
+    def meta(self, vid: str) -> dict[str, str]:
         """A version's metadata ({} when it does not exist, e.g. collected)."""
-        return _text(self.r.hgetall(layout.meta_key(self.ns, number)))
+        return _text(self.r.hgetall(layout.meta_key(self.ns, vid)))
 
-    def version_of_run(self, run_id: str) -> int | None:
-        raw = self.r.get(layout.run_key(self.ns, run_id))
-        return int(raw) if raw is not None else None
-
-    def known_versions(self) -> list[int]:
-        return sorted(int(v) for v in self.r.zrange(layout.versions_key(self.ns), 0, -1))
-
-    def resume(self, *, run_id: str, rows: int, columns: list[str]) -> Version | None:
-        """The version an earlier try of this run began (same rows and columns), if it still exists."""
-        existing = self.version_of_run(run_id)
-        if existing is None:
+    def version(self, vid: str | None) -> Version | None:
+        """``vid`` as a :class:`Version`, or None when Redis does not hold its metadata."""
+        meta = self.meta(vid) if vid else {}
+        if not meta or "epoch" not in meta:
             return None
-        meta = self.meta(existing)
-        if meta and int(meta["count"]) == rows and meta["columns"] == ",".join(columns):
-            return Version(existing, int(meta["buckets"]), meta["state"], self.current())
-        return None
+        return Version(int(meta["number"]), meta["epoch"], int(meta["buckets"]), meta["state"],
+                       meta.get("digest", ""), int(meta["count"]))
 
-    def allocate(self, *, run_id: str, rows: int, columns: list[str], model_version: str,
-                 extra: dict[str, str] | None = None) -> Version:
-        """A fresh version number (above every known one) in state ``loading``."""
-        previous = self.current()
-        floor = max([previous or 0, *self.known_versions()])
-        n = int(self.r.incr(layout.seq_key(self.ns)))
-        while n <= floor or self.r.exists(layout.meta_key(self.ns, n)):
-            n = int(self.r.incr(layout.seq_key(self.ns)))  # the counter was lost (restored server)
-        buckets = layout.bucket_count(rows)
-        fields = {"state": "loading", "count": rows, "buckets": buckets, "columns": ",".join(columns),
-                  "model_version": model_version, "run_id": run_id, "created_at": time.time(), **(extra or {})}
-        flat = [str(x) for kv in fields.items() for x in kv]
-        self.r.eval(_CREATE, 3, layout.meta_key(self.ns, n), layout.run_key(self.ns, run_id),
-                    layout.versions_key(self.ns), str(n), *flat)
-        return Version(n, buckets, "loading", previous)
+    def version_of_run(self, run_id: str) -> str | None:
+        return _s(self.r.get(layout.run_key(self.ns, run_id)))
 
-    def bucket_sizes(self, number: int, buckets: int) -> list[int]:
+    def known_versions(self) -> list[str]:
+        """Identities in the versions set, oldest first."""
+        return [_s(v) or "" for v in self.r.zrange(layout.versions_key(self.ns), 0, -1)]
+
+    def bucket_sizes(self, vid: str, buckets: int) -> list[int]:
         """``HLEN`` of every bucket of a version, pipelined."""
         pipe = self.r.pipeline(transaction=False)
         for b in range(buckets):
-            pipe.hlen(layout.data_key(self.ns, number, b))
+            pipe.hlen(layout.data_key(self.ns, vid, b))
         return [int(n) for n in pipe.execute()]
 
-    def verify(self, version: Version, expected: dict[int, int], *, rows: int) -> None:
+    def complete(self, vid: str | None, digest: str) -> Version | None:
+        """``vid`` when Redis holds all of it (loaded or served, every bucket full) with content
+        ``digest``, else None: the only versions a flip may (re)use."""
+        v = self.version(vid)
+        if v is None or v.state not in ("loaded", "published", "retired") or v.digest != digest:
+            return None
+        return v if sum(self.bucket_sizes(v.vid, v.buckets)) == v.count else None
+
+    # -- fenced writes -------------------------------------------------------------------------
+
+    def _fenced(self, result: Any, what: str) -> Any:
+        if result == -2:
+            self.lost.set()
+            raise FencedError(f"{self.ns}: this publisher lost the publish lock (it expired or another try took "
+                              f"it over) before it could {what}; nothing more was changed, rerun the command")
+        return result
+
+    def check_fence(self, what: str) -> None:
+        """Raise :class:`FencedError` unless this publisher still holds the lock."""
+        if self.token is None or _s(self.r.get(layout.lock_key(self.ns))) != self.token:
+            self._fenced(-2, what)
+
+    def fence(self) -> tuple[str, str]:
+        """What executor loads check before each write: (lock key, token)."""
+        assert self.token is not None, "take the lock first"
+        return layout.lock_key(self.ns), self.token
+
+    def allocate(self, *, run_id: str, rows: int, columns: list[str], model_version: str, digest: str,
+                 extra: dict[str, str] | None = None) -> Version:
+        """A fresh version (a new number and epoch) in state ``loading``."""
+        known = [int(v.partition(".")[0]) for v in self.known_versions() if v.partition(".")[0].isdigit()]
+        n = int(self.r.incr(layout.seq_key(self.ns)))
+        while n <= max(known, default=0):  # the counter was lost (restored server)
+            n = int(self.r.incr(layout.seq_key(self.ns)))
+        epoch = secrets.token_hex(4)
+        vid = layout.version_id(n, epoch)
+        buckets = layout.bucket_count(rows)
+        fields = {"number": n, "epoch": epoch, "state": "loading", "count": rows, "buckets": buckets,
+                  "columns": ",".join(columns), "model_version": model_version, "run_id": run_id,
+                  "digest": digest, "created_at": time.time(), **(extra or {})}
+        flat = [str(x) for kv in fields.items() for x in kv]
+        created = self._fenced(self.r.eval(
+            _CREATE, 4, layout.lock_key(self.ns), layout.meta_key(self.ns, vid), layout.run_key(self.ns, run_id),
+            layout.versions_key(self.ns), self.token or "", vid, str(n), *flat), "allocate a Redis version")
+        if created != 1:
+            raise InfrastructureError(f"{self.ns}: version identity {vid} already exists; rerun the publish")
+        return Version(n, epoch, buckets, "loading", digest, rows)
+
+    def resume(self, *, run_id: str, digest: str, columns: list[str]) -> Version | None:
+        """The version an earlier try of this run began, when it holds the same content (digest)
+        and columns; a version of other content is never reused."""
+        vid = self.version_of_run(run_id)
+        meta = self.meta(vid) if vid else {}
+        if not meta or meta.get("digest") != digest or meta.get("columns") != ",".join(columns):
+            return None
+        if meta.get("state") not in ("loading", "loaded"):
+            return None
+        return self.version(vid)
+
+    def annotate(self, vid: str, **fields: Any) -> None:
+        flat = [str(x) for kv in fields.items() for x in (kv[0], kv[1])]
+        self._fenced(self.r.eval(_HSET, 2, layout.lock_key(self.ns), layout.meta_key(self.ns, vid),
+                                 self.token or "", *flat), f"annotate version {vid}")
+
+    def verify(self, version: Version, expected: dict[int, int]) -> Version:
         """Every bucket holds exactly the expected number of entities (absent = 0), and the
-        expected counts add up to ``rows`` (the Delta version's row count); then mark it loaded."""
-        where = f"Redis version {version.number} of {self.ns}"
-        if sum(expected.values()) != rows:
+        expected counts add up to the version's row count; then mark it loaded."""
+        where = f"Redis version {version.vid} of {self.ns}"
+        if sum(expected.values()) != version.count:
             raise InfrastructureError(f"{where}: the load wrote {sum(expected.values())} entities but the "
-                                      f"Delta version has {rows}; rerun the publish to reload it")
-        got = self.bucket_sizes(version.number, version.buckets)
+                                      f"staged run has {version.count}; rerun the publish to reload it")
+        got = self.bucket_sizes(version.vid, version.buckets)
         bad = [(b, n, expected.get(b, 0)) for b, n in enumerate(got) if n != expected.get(b, 0)]
         if bad:
             b, n, want = bad[0]
             raise InfrastructureError(f"{where}: bucket {b} holds {n} entities, expected {want} "
                                       f"({len(bad)} bucket(s) differ); rerun the publish to reload it")
-        self.r.hset(layout.meta_key(self.ns, version.number), "state", "loaded")
+        self.annotate(version.vid, state="loaded")
+        return Version(version.number, version.epoch, version.buckets, "loaded", version.digest, version.count)
 
-    def annotate(self, number: int, **fields: Any) -> None:
-        self.r.hset(layout.meta_key(self.ns, number), mapping={k: str(v) for k, v in fields.items()})
-
-    def flip(self, version: Version, *, rollback: bool = False) -> None:
-        """Compare-and-set the pointer from ``version.previous`` to ``version.number``."""
-        if self._token is None:
-            raise InfrastructureError(f"{self.ns}: flip without holding the publish lock")
-        expected = "" if version.previous is None else str(version.previous)
+    def flip(self, version: Version, *, expected_seq: int | None, expected_pointer: str | None,
+             record: dict[str, Any], mode: str = "forward") -> None:
+        """Compare-and-set the pointer and the publication record: from the record whose seq is
+        ``expected_seq`` (None: no record) and the pointer ``expected_pointer``, to ``version``
+        and ``record``. ``forward`` only ever moves to a higher seq; ``repair`` writes the Delta
+        leader's record whatever Redis holds (after a restore of the table)."""
         ok = self.r.eval(
-            _FLIP, 4, layout.pointer_key(self.ns), layout.meta_key(self.ns, version.number),
-            layout.lock_key(self.ns), layout.meta_key(self.ns, version.previous or 0),
-            expected, str(version.number), str(time.time()), self._token, "rollback" if rollback else "publish",
+            _FLIP, 5, layout.lock_key(self.ns), layout.pointer_key(self.ns), layout.publication_key(self.ns),
+            layout.meta_key(self.ns, version.vid), layout.meta_key(self.ns, expected_pointer or "none"),
+            self.token or "", "" if expected_seq is None else str(expected_seq), str(record["seq"]), version.vid,
+            json.dumps(record, sort_keys=True), str(time.time()), mode, version.digest, expected_pointer or "",
         )
-        if ok == -2:
-            raise InfrastructureError(f"{self.ns}: this run lost the publish lock (it expired or another try "
-                                      "took it over); not flipping, rerun the publish")
+        self._fenced(ok, f"flip the pointer to {version.vid}")
         if ok == -1:
-            raise InfrastructureError(f"{self.ns}: version {version.number} is not fully loaded; rerun the publish")
+            raise InfrastructureError(f"{self.ns}: version {version.vid} is not fully loaded; rerun the publish")
+        if ok == -3:
+            raise InfrastructureError(f"{self.ns}: version {version.vid} does not hold the content of publication "
+                                      f"{record['seq']}; rerun `batchscore reconcile`")
         if ok != 1:
-            raise PublishRefusedError(
-                f"{self.ns}: the pointer is at {self.current()} (this run expected {version.previous}) and "
-                f"version {version.number} may not replace it; a newer publish or a rollback happened"
-            )
-        self.r.publish(layout.channel(self.ns), str(version.number))
+            raise FencedError(f"{self.ns}: the served publication changed while this one ran (expected seq "
+                              f"{expected_seq}, pointer {expected_pointer}); not flipping, rerun the command")
+        self.r.publish(layout.channel(self.ns), "flip")
 
-    def delete(self, number: int, meta: dict[str, str]) -> None:
+    def unlink(self, keys: list[str], *, what: str) -> int:
+        """``UNLINK`` ``keys`` in fenced batches of 500: one Lua script per batch on a standalone
+        server; on a Cluster (data keys span slots) a token check, then a pipeline per batch."""
+        from redis.cluster import RedisCluster
+
+        done = 0
+        for i in range(0, len(keys), 500):
+            batch = keys[i : i + 500]
+            if isinstance(self.r, RedisCluster):
+                self.check_fence(what)
+                pipe = self.r.pipeline(transaction=False)
+                for k in batch:
+                    pipe.unlink(k)
+                done += sum(int(n) for n in pipe.execute())
+            else:
+                done += int(self._fenced(self.r.eval(_UNLINK, 1 + len(batch), layout.lock_key(self.ns), *batch,
+                                                     self.token or ""), what))
+        return done
+
+    def delete(self, vid: str, meta: dict[str, str]) -> None:
         """UNLINK one version's buckets (listed from its metadata, no SCAN), then its control keys."""
-        keys = [layout.data_key(self.ns, number, b) for b in range(int(meta.get("buckets", 0)))]
-        for i in range(0, len(keys), 1000):
-            pipe = self.r.pipeline(transaction=False)
-            for k in keys[i : i + 1000]:
-                pipe.unlink(k)
-            pipe.execute()
-        if meta.get("run_id") and self.version_of_run(meta["run_id"]) == number:
-            self.r.unlink(layout.run_key(self.ns, meta["run_id"]))
-        self.r.zrem(layout.versions_key(self.ns), str(number))
-        self.r.unlink(layout.meta_key(self.ns, number))
+        keys = [layout.data_key(self.ns, vid, b) for b in range(int(meta.get("buckets", 0)))]
+        self.unlink(keys, what=f"delete version {vid}")
+        from batchscore.sinks import crashpoint
 
-    # -- the publish lock ---------------------------------------------------------------------
+        crashpoint.reached("during_gc")
+        control = [layout.meta_key(self.ns, vid)]
+        if meta.get("run_id") and self.version_of_run(meta["run_id"]) == vid:
+            control.append(layout.run_key(self.ns, meta["run_id"]))
+        self.check_fence(f"delete version {vid}")
+        self.r.zrem(layout.versions_key(self.ns), vid)
+        self.unlink(control, what=f"delete version {vid}")
 
-    def lock(self, *, run_id: str, ttl_s: int = 120) -> str:
-        """Take the model's publish lock (one publish at a time) or refuse clearly.
+    # -- the publish lock ----------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self, owner: str, *, ttl_s: int) -> Iterator[str]:
+        """Hold the model's publish lock (and its fencing token) for the block."""
+        token = self.lock(owner=owner, ttl_s=ttl_s)
+        try:
+            yield token
+        finally:
+            self.unlock()
+
+    def lock(self, *, owner: str, ttl_s: int = 120) -> str:
+        """Take the model's publish lock or refuse clearly (exit 4: retry later).
 
         The lock expires after ``ttl_s`` unless renewed (a background thread renews it every third
-        of that), so a crashed holder blocks others for at most ``ttl_s``. A retry of the *same*
-        run id takes over its own lock at once: orchestrators retry a run only after its earlier
-        attempt died. The flip checks the token, so a superseded attempt can never flip.
+        of that); a crashed holder blocks others for at most ``ttl_s``. A retry of the same owner
+        (run id) takes it over at once; the old attempt's token is then stale and every side effect
+        it still tries is refused.
         """
         key = layout.lock_key(self.ns)
-        token = f"{run_id}:{uuid.uuid4().hex}"
         ms = ttl_s * 1000
-        if not self.r.set(key, token, nx=True, px=ms):
-            holder = (self.r.get(key) or b"").decode()
-            if not (holder.startswith(f"{run_id}:") and self.r.set(key, token, xx=True, px=ms)):
-                raise InfrastructureError(
-                    f"{self.ns}: run {holder.split(':')[0] or '?'} is publishing this model (lock expires in "
-                    f"{self.r.ttl(key)}s); wait for it to finish, one publish per model at a time"
-                )
-        self._token = token
+        token = _s(self.r.eval(_LOCK, 2, key, layout.fence_key(self.ns), owner, str(ms)))
+        if token is None:
+            holder = _s(self.r.get(key)) or "?|"
+            raise InfrastructureError(
+                f"{self.ns}: {holder.split('|')[0]} holds the publish lock (expires in {self.r.ttl(key)} s); wait "
+                "for it to finish: one publish, rollback, gc or reconcile per model at a time")
+        self.token = token
+        self.lost.clear()
         self._stop.clear()
         threading.Thread(target=self._renew, args=(token, ms), daemon=True, name="batchscore-lock").start()
         return token
@@ -211,14 +348,17 @@ class RedisVersions:
         while not self._stop.wait(ms / 3000):
             try:
                 if not self.r.eval(_RENEW, 1, layout.lock_key(self.ns), token, str(ms)):
+                    self.lost.set()
                     return
-            except Exception:  # a transient error: the next beat retries; the flip checks the token
+            except Exception:  # noqa: BLE001 - a transient error: the next beat retries; writes check the token
                 continue
 
     def unlock(self) -> None:
         self._stop.set()
-        if self._token is not None:
+        if self.token is not None:
             try:
-                self.r.eval(_UNLOCK, 1, layout.lock_key(self.ns), self._token)
+                self.r.eval(_UNLOCK, 1, layout.lock_key(self.ns), self.token)
+            except Exception:  # noqa: BLE001 - the lock expires by itself
+                pass
             finally:
-                self._token = None
+                self.token = None

@@ -149,10 +149,17 @@ def _chunks(batches: Iterator[Any], rows: int) -> Iterator[Any]:
         yield joined(buf)
 
 
-def make_loader(url: str, ns: str, version: int, buckets_total: int, columns: list[str], *,
-                cluster: bool = False, chunk_rows: int = LOAD_CHUNK_ROWS) -> Callable[[Iterator[Any]], Iterator[Any]]:
+def make_loader(url: str, ns: str, vid: str, buckets_total: int, columns: list[str], *,
+                cluster: bool = False, fence: tuple[str, str] | None = None,
+                chunk_rows: int = LOAD_CHUNK_ROWS) -> Callable[[Iterator[Any]], Iterator[Any]]:
     """The function a task runs over Arrow batches of the key (column 0, string or integer) and
-    ``columns``; yields one batch of ``(b, n)``: entities written per bucket."""
+    ``columns``; yields one batch of ``(b, n)``: entities written per bucket into version ``vid``.
+
+    ``fence``: ``(lock key, token)``. Before its first write and before every pipelined round the
+    task checks that the publish lock still holds ``token`` and stops with
+    :class:`~batchscore.errors.FencedError` when it does not, so a publisher that lost its lock
+    (paused past the TTL, or a Redis restarted without persistence) writes at most one more round,
+    into its own never-flipped version."""
 
     def load(batches: Iterator[Any]) -> Iterator[Any]:
         import numpy as np
@@ -162,6 +169,7 @@ def make_loader(url: str, ns: str, version: int, buckets_total: int, columns: li
 
         client = client_for(url, cluster=cluster)
         pipe: Any = _ClusterPipe(client) if cluster else _RawPipe(client)
+        check_fence(client, fence)
         counts: dict[int, int] = {}
         pending = 0
         width = 4 * len(columns)
@@ -180,7 +188,7 @@ def make_loader(url: str, ns: str, version: int, buckets_total: int, columns: li
                 data, offsets = resp_fields(batch.column("k"), packed, width)
             for s, e in zip(starts, ends, strict=True):
                 b = int(buckets[s])
-                key = layout.data_key(ns, version, b)
+                key = layout.data_key(ns, vid, b)
                 if cluster:
                     pipe.hset(key, keys[s:e], [bytes(packed[i * width : (i + 1) * width]) for i in range(s, e)])
                 else:
@@ -192,6 +200,7 @@ def make_loader(url: str, ns: str, version: int, buckets_total: int, columns: li
                 if pending >= PIPELINE_ENTITIES:
                     _flush(pipe)
                     pending = 0
+                    check_fence(client, fence)
         if pending:
             _flush(pipe)
         client.close()
@@ -199,6 +208,18 @@ def make_loader(url: str, ns: str, version: int, buckets_total: int, columns: li
                                          names=["b", "n"])
 
     return load
+
+
+def check_fence(client: Any, fence: tuple[str, str] | None) -> None:
+    """Raise :class:`FencedError` unless the lock key ``fence[0]`` still holds token ``fence[1]``."""
+    if fence is None:
+        return
+    from batchscore.errors import FencedError
+
+    held = client.get(fence[0])
+    if held is None or (held.decode() if isinstance(held, bytes) else str(held)) != fence[1]:
+        raise FencedError(f"the publish lock {fence[0]} no longer holds this run's token (it expired or another "
+                          "publisher took it over); this load stopped before its next write")
 
 
 def _flush(pipe: Any) -> None:

@@ -31,9 +31,21 @@ def test_bucket_count_keeps_buckets_in_listpack_range() -> None:
 
 def test_control_keys_share_one_hash_tag_and_data_keys_have_none() -> None:
     ns = layout.namespace("bs", "demo")
-    for key in (layout.pointer_key(ns), layout.meta_key(ns, 3), layout.seq_key(ns), layout.lock_key(ns)):
+    vid = layout.version_id(3, "ab12cd34")
+    for key in (layout.pointer_key(ns), layout.meta_key(ns, vid), layout.seq_key(ns), layout.lock_key(ns),
+                layout.publication_key(ns), layout.fence_key(ns)):
         assert key.startswith("{bs:demo}:")
-    assert "{" not in layout.data_key(ns, 3, 7)
+    assert "{" not in layout.data_key(ns, vid, 7)
+
+
+def test_version_identities_round_trip_and_reject_bare_numbers() -> None:
+    assert layout.parse_version_id(layout.version_id(12, "9f3a01bc")) == (12, "9f3a01bc")
+    assert layout.parse_version_id(b"3.x") == (3, "x")
+    for bad in ("3", "3.", ".ab", "x.ab", "3.a-b"):
+        with pytest.raises(ValueError):
+            layout.parse_version_id(bad)
+    # the same number with another epoch is another key: a reused number never reads old data
+    assert layout.data_key("bs:m", "3.aa", 0) != layout.data_key("bs:m", "3.bb", 0)
 
 
 def test_redact_hides_password() -> None:

@@ -28,7 +28,8 @@ from batchscore.local_redis import LocalRedis, free_port
 REPO = Path(__file__).resolve().parents[3]
 
 
-def stage_run(cfg: Any, run_id: str, keys: np.ndarray, scores: np.ndarray, *, passed: bool = True) -> None:
+def stage_run(cfg: Any, run_id: str, keys: np.ndarray, scores: np.ndarray, *, passed: bool = True,
+              run_date: str = "2026-11-22", profile: dict[str, Any] | None = None) -> None:
     """Write run ``run_id`` as the score and validate steps would: Parquet + reports."""
     from jobs import state
 
@@ -42,8 +43,27 @@ def stage_run(cfg: Any, run_id: str, keys: np.ndarray, scores: np.ndarray, *, pa
         "run_id": pa.array([run_id] * len(keys)),
     })
     pq.write_table(table, d / "part-00000.parquet")
-    state.write_report(cfg, run_id, "score", {"input_rows": len(keys)})
-    state.write_report(cfg, run_id, "validation", {"passed": passed, "profile": {"columns": {}}})
+    from batchscore.sinks import delta
+
+    digest = delta.stage(cfg.outputs.delta.path, run_id).digest
+    state.write_report(cfg, run_id, "score", {"input_rows": len(keys), "run_date": run_date, "digest": digest})
+    state.write_report(cfg, run_id, "validation", {"passed": passed, "profile": profile or {"columns": {}},
+                                                   "digest": digest})
+
+
+def served_number(r: Any, ns: str = "t:m") -> int | None:
+    """The number of the version the pointer names (None when nothing is served)."""
+    from batchscore import redis_layout as layout
+
+    raw = r.get(layout.pointer_key(ns))
+    return None if raw is None else layout.parse_version_id(raw)[0]
+
+
+def numbers(r: Any, ns: str = "t:m") -> list[int]:
+    """The numbers of the versions in the versions set, ascending."""
+    from batchscore import redis_layout as layout
+
+    return sorted(layout.parse_version_id(v)[0] for v in r.zrange(layout.versions_key(ns), 0, -1))
 
 
 def job_env(url: str, **extra: str) -> dict[str, str]:

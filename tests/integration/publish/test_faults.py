@@ -20,7 +20,7 @@ from batchscore.reader import ScoreReader
 from jobs import publish as publish_job
 from jobs.publish import publish
 
-from .conftest import restart, stage_run, start_publish, wait_for
+from .conftest import restart, served_number, stage_run, start_publish, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 ROWS = 3000
@@ -41,13 +41,14 @@ def _setup(spark: Any, make_config: Any, url: str) -> tuple[Path, Any]:
 def _assert_serves(url: str, expected: np.ndarray, version: int) -> None:
     found = ScoreReader(url, prefix="t", pointer_ttl=0).get_many("m", KEYS.tolist())
     assert all(s is not None and s.version == version for s in found.values())
+    assert served_number(redis.Redis.from_url(url)) == version
     got = np.array([found[str(k)].value for k in KEYS], dtype=np.float32)  # type: ignore[union-attr]
     assert np.array_equal(got, expected)
 
 
 def _assert_converged(url: str, cfg: Any, delta_commits: int) -> None:
     r = redis.Redis.from_url(url)
-    cur = int(r.get(layout.pointer_key("t:m")))
+    cur = r.get(layout.pointer_key("t:m")).decode()
     meta = {k.decode(): v.decode() for k, v in r.hgetall(layout.meta_key("t:m", cur)).items()}
     assert meta["run_id"] == "r1" and meta["state"] == "published" and int(meta["count"]) == ROWS
     held = sum(r.hlen(layout.data_key("t:m", cur, b)) for b in range(int(meta["buckets"])))
@@ -57,7 +58,7 @@ def _assert_converged(url: str, cfg: Any, delta_commits: int) -> None:
     live = dt.to_pyarrow_table()
     assert live.num_rows == ROWS and set(live["run_id"].to_pylist()) == {"r1"}
     assert int(meta["delta_version"]) == dt.version()
-    _assert_serves(url, NEW, cur)
+    _assert_serves(url, NEW, layout.parse_version_id(cur)[0])
 
 
 def _finish(proc: Any) -> tuple[int, str]:
@@ -70,9 +71,10 @@ def test_sigkill_during_redis_load_then_rerun_converges(spark: Any, make_config:
     rc, out = _finish(start_publish(cfg_path, "r1", redis_url, BATCHSCORE_CRASH_AT="during_redis_load"))
     assert rc == -signal.SIGKILL, out
     r = redis.Redis.from_url(redis_url)
-    loading = int(r.get(layout.run_key("t:m", "r1")))
+    loading = r.get(layout.run_key("t:m", "r1")).decode()
     assert r.hget(layout.meta_key("t:m", loading), "state") == b"loading"  # killed mid-load
-    assert int(r.get(layout.pointer_key("t:m"))) == 1
+    written = sum(r.hlen(k) for k in r.keys(f"t:m:v{loading}:b*"))
+    assert 0 < written < ROWS  # really mid-load: one task's share written, not all
     _assert_serves(redis_url, OLD, 1)
     assert len(DeltaTable(cfg.outputs.delta.path).history()) == 1
 
@@ -86,9 +88,7 @@ def test_sigkill_between_delta_commit_and_flip_then_rerun_flips(spark: Any, make
     rc, out = _finish(start_publish(cfg_path, "r1", redis_url, BATCHSCORE_CRASH_AT="after_delta_commit"))
     assert rc == -signal.SIGKILL, out
     assert DeltaTable(cfg.outputs.delta.path).version() == 1  # committed ...
-    r = redis.Redis.from_url(redis_url)
-    assert int(r.get(layout.pointer_key("t:m"))) == 1  # ... but not flipped: readers still on r0
-    _assert_serves(redis_url, OLD, 1)
+    _assert_serves(redis_url, OLD, 1)  # ... but not flipped: readers still on r0
 
     rep = publish(spark, cfg, run_id="r1", redis_url=redis_url)
     assert rep["delta_version"] == 1  # the recorded app transaction: no second commit
@@ -107,12 +107,13 @@ def test_redis_restarted_mid_load_and_a_concurrent_publish_is_refused(
     proc = start_publish(cfg_path, "r1", url, BATCHSCORE_PAUSE_AT="during_redis_load:6")
     try:
         r = redis.Redis.from_url(url)
-        wait_for(lambda: r.get(layout.run_key("t:m", "r1")), 90, "the load to start")
-        wait_for(lambda: r.dbsize() > 8, 30, "some buckets written")
+        vid = wait_for(lambda: r.get(layout.run_key("t:m", "r1")), 90, "the load to start").decode()
+        wait_for(lambda: r.keys(f"t:m:v{vid}:b*"), 30, "some of r1's buckets written")
+        assert r.hget(layout.meta_key("t:m", vid), "state") == b"loading"
         # A second publish of the model meanwhile is refused clearly and changes nothing.
         assert publish_job.main(["--model-config", str(cfg_path), "--run-id", "other"]) == 4
         line = capsys.readouterr().err.splitlines()[-1]
-        assert "run r1 is publishing this model" in line and "one publish per model at a time" in line
+        assert "r1 holds the publish lock" in line and "one publish, rollback, gc or reconcile per model" in line
         assert r.get(layout.run_key("t:m", "other")) is None
         restart(aof_redis)
         _assert_serves(url, OLD, 1)  # the live version survived the restart
@@ -121,7 +122,6 @@ def test_redis_restarted_mid_load_and_a_concurrent_publish_is_refused(
     finally:
         if proc.poll() is None:
             proc.kill()
-    if rc != 0:  # the job may give up on a long outage; a rerun must converge then
-        assert "rerun" in out, out
-        publish(spark, cfg, run_id="r1", redis_url=url)
+    # The restart took well under the loader's retry budget and the AOF kept the lock: the job rides it out.
+    assert rc == 0, out
     _assert_converged(url, cfg, delta_commits=2)

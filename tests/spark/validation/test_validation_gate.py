@@ -101,7 +101,7 @@ def test_stable_passes_shifted_is_blocked_and_the_reference_stays_the_last_publi
     # the next good run is compared with run a (the last published), not with the rejected one
     stage(cfg, "c", scores(4))
     rep_c = validate(spark, cfg, run_id="c")
-    assert rep_c["passed"] and rep_c["reference"] == {"delta_version": 0, "run_id": "a", "model_version": "v1"}
+    assert rep_c["passed"] and rep_c["reference"] == {"delta_version": 0, "publication": 1, "run_id": "a", "model_version": "v1"}
     publish(spark, cfg, run_id="c", redis_url=redis_url)
     assert DeltaTable(table).version() == 1
     assert json.loads(DeltaTable(table).history()[0]["batchscore.profile"]) == rep_c["profile"]
@@ -124,7 +124,7 @@ def test_constant_scores_are_blocked_with_default_thresholds_and_the_png_shows_b
     kl = _rule(rej, "kl", "block")
     assert kl["observed"] is not None and kl["observed"] > 0.125 and not kl["passed"]  # finite: tail holdout
     assert DeltaTable(cfg.outputs.delta.path).version() == 0
-    assert int(redis.Redis.from_url(redis_url).get(pointer)) == live  # readers still see run a
+    assert redis.Redis.from_url(redis_url).get(pointer).decode() == live  # readers still see run a
 
     png = rej["histogram_png"]
     assert Path(png).parent == state.run_dir(cfg, "zeros")
@@ -165,3 +165,70 @@ def test_band_rules_and_a_warn_level_failure_do_not_block(spark: Any, vconfig: A
     assert not _rule(rep, "mean", "warn")["passed"]
     assert {r["rule"] for r in rep["rules"] if r["passed"] and not r.get("skipped")} >= {
         "std", "quantile_0.5", "quantile_0.99", "class_share_0"}
+
+
+def _no_nonfinite_json(path: Path) -> dict[str, Any]:
+    """The report parsed strictly: Infinity / NaN tokens are not JSON and are refused."""
+    def refuse(token: str) -> Any:
+        raise AssertionError(f"{path} holds the non-JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_inf_scores_are_rejected_by_the_gate_with_exit_3_not_a_crash(
+        spark: Any, vconfig: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs import validate as validate_job
+
+    cfg = vconfig(TIGHT)
+    x = scores(7)
+    x[3::1000] = np.inf  # 20 of 20,000
+    x[7::2000] = -np.inf  # 10 of 20,000
+    stage(cfg, "infs", x)
+    # behind the CLI: exit 3 (rejected, not retried), not 1 (an unexpected error, which orchestrators retry)
+    assert validate_job.main(["--model-config", cfg.source, "--run-id", "infs"]) == EXIT_REJECTED
+    out, err = capsys.readouterr()
+    assert "finite" in out and "FAIL" in out and "Traceback" not in err
+    assert "batchscore: error: run infs of 'vm' rejected: finite score: 30 of 20,000 scores are ±inf" in err
+    rej = _rejected(spark, cfg, "infs")  # and jobs.validate.validate raises ValidationRejectedError
+    fin = _rule(rej, "finite", "block")
+    assert fin["column"] == "score" and fin["passed"] is False and fin["observed"] == 30
+    assert any(b.startswith("finite score: 30 of 20,000 scores are ±inf") for b in rej["blocking"]), rej["blocking"]
+    strict = _no_nonfinite_json(state.run_dir(cfg, "infs") / "validation.json")
+    col = strict["profile"]["columns"]["score"]
+    finite = x[np.isfinite(x)].astype(np.float64)
+    assert (col["posinf"], col["neginf"], col["nans"]) == (20, 10, 0)
+    assert col["min"] == pytest.approx(finite.min()) and col["max"] == pytest.approx(finite.max())
+    assert col["mean"] == pytest.approx(finite.mean(), rel=1e-6) and col["std"] == pytest.approx(finite.std(ddof=1), rel=1e-6)
+    assert all(np.isfinite(col["hist"]["cuts"])) and sum(col["hist"]["counts"]) == len(finite)
+    assert _png_size(rej["histogram_png"])[0] > 300
+
+
+def test_spark_profile_counts_inf_per_column_and_computes_every_statistic_over_finite_values(spark: Any) -> None:
+    from validation.drift import kl_edges
+    from validation.gate import decision, evaluate
+    from validation.profile import ColumnPlan, compute_profile
+    from validation.rules import NullRate, RowCount, Rules, ValueRange
+
+    n = 4000
+    bad, good = scores(8, n).astype(np.float64), scores(9, n).astype(np.float64)
+    bad[::400], bad[5::1000], bad[9::500] = np.inf, -np.inf, np.nan  # 10 +inf, 4 -inf, 8 NaN
+    df = spark.createDataFrame([(float(a), float(b)) for a, b in zip(bad, good, strict=True)], "bad double, good double")
+    df = df.repartition(3)
+    ref_col = {"min": 0.0, "max": 1.0, "hist": {"cuts": [0.2, 0.4], "counts": [1, 1, 1]}}
+    plans = {"bad": ColumnPlan(), "good": ColumnPlan(cuts=(0.2, 0.4), kl_edges=kl_edges(ref_col))}
+    prof = compute_profile(df, plans, bins=10)
+    json.dumps(prof, allow_nan=False)  # plain JSON: no inf or NaN anywhere
+    b, g = prof["columns"]["bad"], prof["columns"]["good"]
+    fin = bad[np.isfinite(bad)]
+    assert prof["rows"] == n and (b["posinf"], b["neginf"], b["nans"]) == (10, 4, 8)
+    assert (g["posinf"], g["neginf"], g["nans"]) == (0, 0, 0)
+    assert b["min"] == pytest.approx(fin.min()) and b["max"] == pytest.approx(fin.max())
+    assert b["mean"] == pytest.approx(fin.mean()) and b["std"] == pytest.approx(fin.std(ddof=1))
+    assert all(np.isfinite(list(b["quantiles"].values()))) and len(b["hist"]["cuts"]) == 9
+    assert sum(b["hist"]["counts"]) == len(fin) and sum(g["hist"]["counts"]) == n
+
+    rules = Rules(RowCount(n), NullRate(0.01, columns=("bad", "good")), ValueRange(0.0, 1.0, columns=("bad", "good")))
+    results = evaluate(prof, rules, None)
+    passed, blocks, _ = decision(results)
+    assert not passed and [(r.rule, r.column, r.observed) for r in blocks] == [("finite", "bad", 14)]
+    assert blocks[0].describe().startswith("finite bad: 14 of 4,000 scores are ±inf")

@@ -1,0 +1,296 @@
+"""The publication protocol: one record per model, fenced side effects, Delta leads, Redis follows.
+
+A **publication** is one Delta commit that carries its record (``batchscore.publication``):
+``seq`` (one more than the previous publication's), run id, run date, the content digest of the
+staged run, the Redis version identity loaded for it and its kind (``publish`` or ``rollback``).
+The Delta log is the durable source of truth: a publication *happens* when its commit lands.
+Redis follows: ``{ns}:publication`` holds the record readers are served, and it and the pointer
+move together in one compare-and-set (:meth:`RedisVersions.flip`) that only ever goes to a higher
+seq. Between the commit and the flip Delta readers already see the new batch and Redis readers the
+previous one; :func:`reconcile` (run at the start of every publish, rollback and gc, and by
+``batchscore reconcile``) finishes such a half-done publication deterministically, reloading
+Redis from Delta when the version it named is gone (a Redis restarted without persistence).
+
+Every step below runs under the model's publish lock and is fenced by its token: a publisher
+that lost its lock stops before its next side effect. The steps of :func:`publish`, in order:
+
+1. **fence**   take the lock (a fresh fencing token);
+2. **repair**  reconcile a half-finished publication;
+3. **decide**  refuse a run that was published and superseded, or older than the served run date;
+4. **load**    reuse this run's Redis version only when it holds the same digest, else allocate a
+               fresh identity, pre-flight its memory, load it from the executors (token-checked);
+5. **verify**  every bucket's count, then mark it loaded;
+6. **commit**  one Delta commit, compare-and-set on the version read in step 3, token checked first;
+7. **flip**    pointer + record, compare-and-set on the served record;
+8. **collect** old versions past ``keep_versions`` and their grace period.
+
+The loader is a parameter (the jobs pass a Spark one; tests and the fault campaign can load
+in-process), so this module needs neither Spark nor a JVM.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from batchscore.errors import InfrastructureError, PublishRefusedError, SupersededError
+from batchscore.sinks import crashpoint, delta
+from batchscore.sinks.redis import RedisVersions, Version
+from batchscore.sinks.redis_gc import collect
+
+#: ``loader(paths, version, fence) -> {bucket: entities}``: load Parquet ``paths`` into ``version``.
+Loader = Callable[[list[str], Version, tuple[str, str]], dict[int, int]]
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One publication record (the Delta commit's ``batchscore.publication`` and Redis's copy)."""
+
+    seq: int
+    run_id: str
+    run_date: str | None
+    digest: str
+    redis_version: str
+    kind: str = "publish"  # publish | rollback
+    rows: int = 0
+    rollback_to: int | None = None
+    delta_version: int | None = None  # known once committed
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, raw: dict[str, Any] | None) -> Publication | None:
+        if not raw:
+            return None
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and what a model publishes (from its config)."""
+
+    model: str
+    table: str
+    columns: list[str]
+    model_version: str
+    keep_versions: int
+    gc_grace_seconds: float
+    lock_ttl_seconds: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a publish, rollback or reconcile did."""
+
+    publication: Publication | None
+    action: str  # published | already-published | rolled-back | in-sync | repaired | nothing-published
+    previous_redis_version: str | None = None
+    reloaded: bool = False
+    collected: list[str] = field(default_factory=list)
+
+
+# -- reading the record --------------------------------------------------------------------------
+
+def head(table: str) -> Publication | None:
+    """The newest publication in the Delta log (the leader's record)."""
+    pubs = delta.publications(table)
+    return Publication.of(pubs[0]) if pubs else None
+
+
+def served(store: RedisVersions) -> Publication | None:
+    """The publication Redis readers are served, when the pointer agrees with the record."""
+    rec = Publication.of(store.served_record())
+    return rec if rec is not None and store.current() == rec.redis_version else None
+
+
+def reference(table: str, served_pub: Publication | None) -> Publication | None:
+    """The validation reference: the last *completed* publication (committed and served). When
+    Redis serves nothing (a fresh or wiped server), the Delta head (reconcile restores it)."""
+    pubs = [Publication.of(p) for p in delta.publications(table)]
+    if served_pub is None:
+        return pubs[0] if pubs else None
+    return next((p for p in pubs if p is not None and p.seq <= served_pub.seq), None)
+
+
+# -- the protocol --------------------------------------------------------------------------------
+
+def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, run_id: str, run_date: str | None,
+            validated_digest: str, metadata: dict[str, str], loader: Loader,
+            preflight: Callable[[], None] = lambda: None, allow_older: bool = False,
+            log: Log = lambda _m: None) -> Outcome:
+    """Publish the staged run ``run_id`` (validated as ``validated_digest``): steps 1-8 above."""
+    if staged.digest != validated_digest:
+        raise PublishRefusedError(
+            f"run {run_id} of '{target.model}': the staged files (digest {staged.digest[:12]}) are not the ones "
+            f"validation judged ({validated_digest[:12]}); run `batchscore validate --run-id {run_id}` again")
+    with store.locked(run_id, ttl_s=target.lock_ttl_seconds):                      # 1. fence
+        _reconcile(store, target, loader, log)                                     # 2. repair
+        current = head(target.table)                                               # 3. decide
+        before, pointer = Publication.of(store.served_record()), store.current()
+        done = _already(target, run_id, current)
+        if done is not None:
+            log(f"{store.ns}: run {run_id} is already the served publication {done.seq}; nothing to do")
+            return Outcome(served(store) or done, "already-published")
+        if (not allow_older and current is not None and current.run_date and run_date
+                and run_date < current.run_date):
+            raise PublishRefusedError(
+                f"run {run_id} is for {run_date}, older than the published run {current.run_id} ({current.run_date}); "
+                "pass --allow-older to replace newer scores with older ones, or backfill it into the history table")
+        expected_dv = delta.table_version(target.table)
+        version = store.resume(run_id=run_id, digest=staged.digest, columns=target.columns)   # 4. load
+        if version is None:
+            preflight()
+            version = store.allocate(run_id=run_id, rows=staged.total_rows, columns=target.columns,
+                                     model_version=target.model_version, digest=staged.digest)
+        if version.state == "loading":
+            log(f"{store.ns}: loading {staged.total_rows:,} entities into Redis version {version.vid}")
+            version = store.verify(version, _load(store, loader, [staged.run_path], version))  # 5. verify
+        else:
+            log(f"{store.ns}: Redis version {version.vid} already holds this content; reusing it")
+        crashpoint.reached("after_redis_load")
+        pub = Publication(seq=(current.seq if current else 0) + 1, run_id=run_id, run_date=run_date,
+                          digest=staged.digest, redis_version=version.vid, rows=staged.total_rows)
+        dv = _commit(target, staged, pub, metadata, expected_dv, store)            # 6. commit
+        log(f"{store.ns}: committed publication {pub.seq} as Delta version {dv} at {target.table}")
+        pub = replace(pub, delta_version=dv)
+        crashpoint.reached("after_delta_commit")
+        store.flip(version, expected_seq=before.seq if before else None,          # 7. flip
+                   expected_pointer=pointer, record=pub.record())
+        crashpoint.reached("after_flip")
+        dropped = collect(store, keep=target.keep_versions, grace_s=target.gc_grace_seconds)  # 8. collect
+    return Outcome(pub, "published", before.redis_version if before else None, collected=dropped)
+
+
+def rollback(store: RedisVersions, target: Target, *, to_version: int, loader: Loader,
+             log: Log = lambda _m: None) -> Outcome:
+    """A new publication whose content is Delta version ``to_version``'s: Redis ready (the kept
+    version with the same digest, else reloaded from Delta) -> one restore commit -> flip."""
+    with store.locked(f"rollback-to-{to_version}", ttl_s=target.lock_ttl_seconds):
+        pubs = {p["delta_version"]: Publication.of(p) for p in delta.publications(target.table)}
+        old = pubs.get(to_version)
+        if old is None:
+            raise PublishRefusedError(
+                f"{target.table}: Delta version {to_version} is not a publication; `batchscore history` lists them")
+        current = head(target.table)
+        before, pointer = Publication.of(store.served_record()), store.current()
+        assert current is not None
+        expected_dv = delta.table_version(target.table)
+        assert expected_dv is not None
+        version, reloaded = _ready(store, target, old, to_version, loader, owner=f"rollback-to-{to_version}")
+        pub = Publication(seq=current.seq + 1, run_id=old.run_id, run_date=old.run_date, digest=old.digest,
+                          redis_version=version.vid, kind="rollback", rows=old.rows, rollback_to=to_version)
+        store.check_fence("restore the Delta table")
+        try:
+            dv = delta.restore(target.table, to_version, expected=expected_dv, check=lambda: store.check_fence("restore"),
+                               metadata={"publication": json.dumps(pub.record(), sort_keys=True),
+                                         "redis_version": version.vid})
+        except delta.CommitConflict as exc:
+            raise InfrastructureError(f"{exc}; rerun the rollback") from exc
+        pub = replace(pub, delta_version=dv)
+        crashpoint.reached("rollback_after_restore")
+        store.flip(version, expected_seq=before.seq if before else None, expected_pointer=pointer,
+                   record=pub.record())
+        log(f"{store.ns}: rolled back to Delta version {to_version} as publication {pub.seq} (Delta version {dv}); "
+            f"Redis version {version.vid} ({'reloaded from Delta' if reloaded else 'kept'})")
+    return Outcome(pub, "rolled-back", before.redis_version if before else None, reloaded)
+
+
+def reconcile(store: RedisVersions, target: Target, *, loader: Loader, log: Log = lambda _m: None) -> Outcome:
+    """Make Redis serve the Delta head's publication (under the lock): ``batchscore reconcile``."""
+    with store.locked("reconcile", ttl_s=target.lock_ttl_seconds):
+        return _reconcile(store, target, loader, log)
+
+
+def gc(store: RedisVersions, target: Target, *, keep: int, grace_s: float, loader: Loader,
+       log: Log = lambda _m: None) -> list[str]:
+    """Reconcile, then collect old versions (under the lock)."""
+    with store.locked("gc", ttl_s=target.lock_ttl_seconds):
+        _reconcile(store, target, loader, log)
+        return collect(store, keep=keep, grace_s=grace_s)
+
+
+# -- the steps -----------------------------------------------------------------------------------
+
+def _reconcile(store: RedisVersions, target: Target, loader: Loader, log: Log) -> Outcome:
+    leader = head(target.table)
+    rec, pointer = Publication.of(store.served_record()), store.current()
+    now = rec if rec is not None and pointer == rec.redis_version else None
+    if leader is None:
+        return Outcome(None, "nothing-published")
+    if now is not None and now.seq == leader.seq and now.digest == leader.digest \
+            and store.complete(now.redis_version, now.digest) is not None:
+        return Outcome(now, "in-sync")
+    mode = "repair" if rec is not None and rec.seq >= leader.seq else "forward"
+    assert leader.delta_version is not None
+    version, reloaded = _ready(store, target, leader, leader.delta_version, loader, owner=f"reconcile-{leader.seq}")
+    pub = replace(leader, redis_version=version.vid)
+    store.flip(version, expected_seq=rec.seq if rec else None, expected_pointer=pointer, record=pub.record(),
+               mode=mode)
+    log(f"{store.ns}: reconciled Redis to publication {leader.seq} (run {leader.run_id}, Delta version "
+        f"{leader.delta_version}); Redis version {version.vid} ({'reloaded from Delta' if reloaded else 'kept'}; "
+        f"Redis served {f'publication {rec.seq}' if rec else 'nothing'})")
+    return Outcome(pub, "repaired", rec.redis_version if rec else None, reloaded)
+
+
+def _ready(store: RedisVersions, target: Target, pub: Publication, delta_version: int, loader: Loader,
+           *, owner: str) -> tuple[Version, bool]:
+    """A complete Redis version holding ``pub``'s content: its own when Redis still has all of it
+    (same identity and digest), else a fresh one loaded from Delta ``delta_version``'s files."""
+    kept = store.complete(pub.redis_version, pub.digest)
+    if kept is not None:
+        return kept, False
+    manifest = delta.manifest_at(target.table, delta_version)
+    if manifest.digest != pub.digest:
+        raise PublishRefusedError(f"{target.table}: Delta version {delta_version}'s files do not match its "
+                                  "publication record (digest); the table was changed outside batchscore")
+    version = store.resume(run_id=owner, digest=pub.digest, columns=target.columns)
+    if version is None or version.state != "loaded":
+        version = store.allocate(run_id=owner, rows=manifest.total_rows, columns=target.columns,
+                                 model_version=target.model_version, digest=pub.digest,
+                                 extra={"restored_from_delta": str(delta_version)})
+        paths = [f"{manifest.run_path}/{rel}" for rel in manifest.relative_files]
+        version = store.verify(version, _load(store, loader, paths, version))
+    return version, True
+
+
+def _load(store: RedisVersions, loader: Loader, paths: list[str], version: Version) -> dict[int, int]:
+    """Run the loader; a load refused as bad input (Redis full) removes its partial version."""
+    try:
+        return loader(paths, version, store.fence())
+    except PublishRefusedError:
+        store.delete(version.vid, store.meta(version.vid))
+        raise
+
+
+def _already(target: Target, run_id: str, current: Publication | None) -> Publication | None:
+    """The served publication of ``run_id`` when it is the current one; refuse a superseded one."""
+    mine = [Publication.of(p) for p in delta.publications(target.table)]
+    mine = [p for p in mine if p is not None and p.run_id == run_id and p.kind == "publish"]
+    if not mine:
+        return None
+    if current is not None and current.seq == mine[0].seq:
+        return current
+    assert current is not None
+    by = f"rollback to Delta version {current.rollback_to}" if current.kind == "rollback" else f"run {current.run_id}"
+    raise SupersededError(
+        f"run {run_id} of '{target.model}' was published as publication {mine[0].seq} (Delta version "
+        f"{mine[0].delta_version}) and since superseded by publication {current.seq} ({by}); not publishing it "
+        f"again. To serve its scores again run `batchscore rollback --to-version {mine[0].delta_version}`; "
+        "to publish new scores, score a new --run-id")
+
+
+def _commit(target: Target, staged: delta.StagedRun, pub: Publication, metadata: dict[str, str],
+            expected: int | None, store: RedisVersions) -> int:
+    meta = {**metadata, "publication": json.dumps(pub.record(), sort_keys=True), "redis_version": pub.redis_version,
+            "rows": str(staged.total_rows), "digest": staged.digest}
+    try:
+        return delta.commit(target.table, staged, model=target.model, run_id=pub.run_id, metadata=meta,
+                            expected=expected, check=lambda: store.check_fence("commit to Delta"))
+    except delta.CommitConflict as exc:
+        raise InfrastructureError(f"{exc}; nothing was served from this try, rerun the publish") from exc
+

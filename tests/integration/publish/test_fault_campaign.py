@@ -1,0 +1,236 @@
+"""A seeded, time-bounded fault campaign over the publication protocol.
+
+Random steps (publish a new run, retry an earlier one, publish one the gate rejected, roll back,
+gc, reconcile, a Redis restart without persistence, a crash at any point between two side
+effects, a lock taken over by another try) drive :mod:`batchscore.sinks.publication` directly,
+with the executor-side loader run in-process. Redis (a real redis-server) and Delta (a real table,
+read back with deltalake) are real. After every step:
+
+* Redis serves the Delta head's publication (same seq, run, digest), or it is behind and a
+  reconcile brings it there;
+* a reader polling all the time never saw a mix of versions, a missing key of the served version,
+  or a value other than that content's scores;
+* only validated content is ever served, and no version identity is ever reused for other content.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+from deltalake import DeltaTable
+
+from batchscore import redis_layout as layout
+from batchscore.errors import BatchscoreError
+from batchscore.local_redis import LocalRedis
+from batchscore.reader import ScoreReader
+from batchscore.sinks import crashpoint, delta, publication
+from batchscore.sinks.redis import RedisVersions
+from batchscore.sinks.redis_load import make_loader
+
+pytestmark = [pytest.mark.integration]
+NS, KEY, COLS = "c:m", "user_id", ["score"]
+KEYS = np.arange(400, dtype=np.int64) * 11
+POINTS = ["after_redis_load", "after_delta_commit", "after_flip", "during_gc", "rollback_after_restore", "mid_load"]
+SEEDS = [1, 2, 3]
+STEPS = 140
+BUDGET_S = 80.0  # per seed; the whole campaign stays well under 5 minutes
+GRACE_S = 0.5  # > the polling reader's longest read, so GC never deletes a version under it
+
+
+class Crash(BaseException):
+    """A process death at a crash point (BaseException: nothing in the protocol catches it)."""
+
+
+def loader_for(url: str, crash: dict[str, str | None]) -> publication.Loader:
+    def load(paths: list[str], version: Any, fence: tuple[str, str]) -> dict[int, int]:
+        files = [f for p in paths for f in (sorted(Path(p).glob("*.parquet")) if Path(p).is_dir() else [Path(p)])]
+        batches = [b for f in files for b in pq.read_table(f, columns=[KEY, *COLS]).to_batches(max_chunksize=150)]
+        if crash["at"] == "mid_load":
+            crash["at"] = None
+            list(make_loader(url, NS, version.vid, version.buckets, COLS, fence=fence)(iter(batches[:1])))
+            raise Crash("mid_load")
+        counts: dict[int, int] = {}
+        for out in make_loader(url, NS, version.vid, version.buckets, COLS, fence=fence)(iter(batches)):
+            for b, n in zip(out.column(0).to_pylist(), out.column(1).to_pylist(), strict=True):
+                counts[b] = counts.get(b, 0) + n
+        return counts
+
+    return load
+
+
+class World:
+    def __init__(self, root: Path, server: LocalRedis, rng: random.Random) -> None:
+        self.root, self.server, self.rng = root, server, rng
+        self.table = str(root / "pred")
+        self.target = publication.Target(model="m", table=self.table, columns=COLS, model_version="v1",
+                                         keep_versions=1, gc_grace_seconds=GRACE_S, lock_ttl_seconds=30)
+        self.restarts = 0  # the reader skips a read that a restart cut through
+        self.other: RedisVersions | None = None  # the try that takes a lock over
+        self.crash: dict[str, str | None] = {"at": None}
+        self.expected: dict[str, np.ndarray] = {}  # digest -> scores, for validated content
+        self.identities: dict[str, str] = {}  # version identity -> digest it was served with
+        self.runs: list[str] = []
+        self.n = 0
+
+    def store(self) -> RedisVersions:
+        return RedisVersions(redis.Redis.from_url(self.server.url), NS)
+
+    def stage(self, *, rejected: bool = False) -> tuple[str, delta.StagedRun]:
+        self.n += 1
+        run_id = f"r{self.n}"
+        d = Path(self.table) / "runs" / run_id
+        d.mkdir(parents=True)
+        values = ((KEYS * (self.n + 3)) % 1009 / 1009 + self.n).astype(np.float32)
+        pq.write_table(pa.table({KEY: KEYS, "score": values, "run_id": [run_id] * len(KEYS)}), d / "part-00000.parquet")
+        staged = delta.stage(self.table, run_id)
+        if not rejected:
+            self.expected[staged.digest] = values
+            self.runs.append(run_id)
+        return run_id, staged
+
+    def publish(self, run_id: str, staged: delta.StagedRun, validated: str) -> None:
+        publication.publish(self.store(), self.target, staged, run_id=run_id, run_date="2026-11-22",
+                            validated_digest=validated, metadata={}, loader=loader_for(self.server.url, self.crash))
+
+    def step(self) -> str:
+        roll = self.rng.random()
+        if self.rng.random() < 0.2:
+            self.crash["at"] = self.rng.choice(POINTS)
+        try:
+            if roll < 0.35 or not self.runs:
+                run_id, staged = self.stage()
+                self.publish(run_id, staged, staged.digest)
+                return f"publish {run_id}"
+            if roll < 0.5:
+                run_id = self.rng.choice(self.runs)
+                self.publish(run_id, delta.stage(self.table, run_id), delta.stage(self.table, run_id).digest)
+                return f"retry {run_id}"
+            if roll < 0.55:
+                run_id, staged = self.stage(rejected=True)
+                self.publish(run_id, staged, "a-digest-the-gate-rejected")
+                return f"rejected {run_id}"
+            if roll < 0.7:
+                pubs = delta.publications(self.table)
+                if not pubs:
+                    return "no rollback target"
+                to = self.rng.choice(pubs)["delta_version"]
+                publication.rollback(self.store(), self.target, to_version=to, loader=loader_for(self.server.url, self.crash))
+                return f"rollback to {to}"
+            if roll < 0.8:
+                publication.gc(self.store(), self.target, keep=self.rng.choice([0, 1]), grace_s=GRACE_S,
+                               loader=loader_for(self.server.url, self.crash))
+                return "gc"
+            if roll < 0.88:
+                publication.reconcile(self.store(), self.target, loader=loader_for(self.server.url, self.crash))
+                return "reconcile"
+            if roll < 0.94:
+                self.restarts += 1
+                self.server.proc.terminate()
+                self.server.proc.wait(timeout=10)
+                self.server.start()
+                self.restarts += 1
+                return "redis restarted without persistence"
+            # a lock taken over: another try of the same owner fences this one out mid-publish
+            run_id, staged = self.stage()
+            self.other = self.store()
+            self.crash["at"] = "takeover"
+            try:
+                self.publish(run_id, staged, staged.digest)
+            finally:
+                self.other.unlock()
+            return f"takeover {run_id}"
+        except Crash as c:
+            return f"crash at {c}"
+        except BatchscoreError as exc:
+            return f"refused: {type(exc).__name__}"
+        finally:
+            self.crash["at"] = None
+
+    def check(self, log: list[str]) -> None:
+        head = publication.head(self.table)
+        if head is None:
+            return
+        store = self.store()
+        served = publication.served(store)
+        if served is None or served.seq != head.seq:
+            assert served is None or served.seq < head.seq, (served, head, log[-5:])
+            publication.reconcile(store, self.target, loader=loader_for(self.server.url, {"at": None}))
+            served = publication.served(store)
+        assert served is not None and (served.seq, served.run_id, served.digest) == (head.seq, head.run_id, head.digest)
+        assert served.digest in self.expected, "served content that did not pass validation"
+        assert self.identities.setdefault(served.redis_version, served.digest) == served.digest, "identity reused"
+        live = DeltaTable(self.table).to_pyarrow_table()
+        assert np.array_equal(live.sort_by(KEY)["score"].to_numpy(), self.expected[served.digest])
+
+
+def _reader(url: str, world: World, stop: threading.Event, problems: list[str]) -> None:
+    reader = ScoreReader(url, prefix="c", pointer_ttl=0)
+    while not stop.is_set():
+        restarts = world.restarts
+        try:
+            found = reader.get_many("m", KEYS.tolist())
+        except Exception:  # noqa: BLE001 - Redis restarting
+            time.sleep(0.01)
+            continue
+        if restarts % 2 or world.restarts != restarts:
+            continue  # a restart wiped the server under this read
+        got = [s for s in found.values() if s is not None]
+        if not got:
+            continue  # nothing served (a wiped server before reconcile)
+        ids = {s.version_id for s in got}
+        if len(got) != len(KEYS) or len(ids) != 1:
+            problems.append(f"mixed or missing: {len(got)} keys, versions {ids}")
+            continue
+        values = np.array([found[str(k)].value for k in KEYS], np.float32)  # type: ignore[union-attr]
+        if not any(np.array_equal(values, v) for v in list(world.expected.values())):
+            problems.append(f"version {ids} serves scores of no validated run")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fault_campaign(seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(seed)
+    with LocalRedis() as server:
+        world = World(tmp_path, server, rng)
+
+        def reached(point: str, **_: Any) -> None:
+            if world.crash["at"] == point:
+                world.crash["at"] = None
+                raise Crash(point)
+
+        monkeypatch.setattr(crashpoint, "reached", reached)
+        takeover = RedisVersions.check_fence
+
+        def check_fence(self: RedisVersions, what: str) -> None:
+            if world.crash["at"] == "takeover" and world.other is not None:  # another try takes the lock now
+                world.crash["at"] = None
+                world.other.lock(owner=(self.token or "x|").split("|")[0], ttl_s=30)
+            takeover(self, what)
+
+        monkeypatch.setattr(RedisVersions, "check_fence", check_fence)
+        stop, problems = threading.Event(), []
+        t = threading.Thread(target=_reader, args=(server.url, world, stop, problems), daemon=True)
+        t.start()
+        log: list[str] = []
+        started = time.monotonic()
+        try:
+            for _ in range(STEPS):
+                if time.monotonic() - started > BUDGET_S:
+                    break
+                log.append(world.step())
+                world.check(log)
+        finally:
+            stop.set()
+            t.join(timeout=5)
+        assert not problems, problems[:5]
+        kinds = {entry.split()[0] for entry in log}
+        assert {"publish", "retry", "rollback", "crash", "redis"} <= kinds, log  # the campaign ran its faults
+        assert len(log) >= 40, f"only {len(log)} steps in {BUDGET_S} s"
