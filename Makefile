@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export PYSPARK_PYTHON := $(REPO)/$(VPY)
 export PYSPARK_DRIVER_PYTHON := $(REPO)/$(VPY)
 
-.PHONY: demo test test-unit bench gpu-check check-prereqs env clean
+.PHONY: demo test test-unit bench gpu-check mutants check-prereqs env clean
 
 -include mk/airflow.mk
 -include mk/package.mk
@@ -47,6 +47,10 @@ bench: env
 # The scoring core on a GPU without Spark (benchmarks/README.md, "GPU check"); GPU_CHECK_ARGS=--device auto on CPU.
 gpu-check: env
 	$(VPY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# Deliberate bugs of the publish protocol, each applied alone: the tests must catch every one (mutants/run.sh).
+mutants: env
+	PY=$(REPO)/$(VPY) bash mutants/run.sh
 
 clean:
 	rm -rf .batchscore dist build *.egg-info

@@ -6,7 +6,7 @@ The base install holds only what an online service needs to read published score
 
 from __future__ import annotations
 
-from batchscore.reader import Score, ScoreReader
+from batchscore.reader import PointerError, Score, ScoreReader
 
-__all__ = ["Score", "ScoreReader"]
+__all__ = ["PointerError", "Score", "ScoreReader"]
 __version__ = "0.1.0"

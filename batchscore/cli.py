@@ -47,8 +47,8 @@ def lookup(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_model_config(args.model_config)
-        reader = ScoreReader(client=connect(cfg.redis_url(), cluster=cfg.outputs.redis.cluster),
-                             prefix=cfg.outputs.redis.key_prefix)
+        reader = ScoreReader(client=connect(cfg.redis_url(), cluster=cfg.outputs.redis.cluster, retries=1,
+                                            timeout=1.0), prefix=cfg.outputs.redis.key_prefix)  # online profile
         found = reader.get_many(cfg.name, args.keys)
     except BatchscoreError as exc:
         print(f"batchscore: error: {exc}", file=sys.stderr)
@@ -56,7 +56,7 @@ def lookup(argv: Sequence[str]) -> int:
     for key, score in found.items():
         if args.json:
             print(json.dumps({"key": key, **({"values": score.values, "model_version": score.model_version,
-                                               "version": score.version} if score else {"values": None})}))
+                                               "version": score.version, "version_id": score.version_id} if score else {"values": None})}))
         elif score is None:
             print(f"{key}\t(not found)")
         else:

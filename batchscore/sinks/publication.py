@@ -132,7 +132,7 @@ def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, ru
         _reconcile(store, target, loader, log)                                     # 2. repair
         current = head(target.table)                                               # 3. decide
         before, pointer = Publication.of(store.served_record()), store.current()
-        done = _already(target, run_id, current)
+        done = _already(target, run_id, current, staged.digest)
         if done is not None:
             log(f"{store.ns}: run {run_id} is already the served publication {done.seq}; nothing to do")
             return Outcome(served(store) or done, "already-published")
@@ -177,8 +177,11 @@ def rollback(store: RedisVersions, target: Target, *, to_version: int, loader: L
             raise PublishRefusedError(
                 f"{target.table}: Delta version {to_version} is not a publication; `batchscore history` lists them")
         current = head(target.table)
-        before, pointer = Publication.of(store.served_record()), store.current()
         assert current is not None
+        if old.seq == current.seq:  # already the latest publication: at most finish serving it
+            log(f"{store.ns}: Delta version {to_version} is the latest publication already; nothing to roll back")
+            return _reconcile(store, target, loader, log)
+        before, pointer = Publication.of(store.served_record()), store.current()
         expected_dv = delta.table_version(target.table)
         assert expected_dv is not None
         version, reloaded = _ready(store, target, old, to_version, loader, owner=f"rollback-to-{to_version}")
@@ -267,12 +270,17 @@ def _load(store: RedisVersions, loader: Loader, paths: list[str], version: Versi
         raise
 
 
-def _already(target: Target, run_id: str, current: Publication | None) -> Publication | None:
-    """The served publication of ``run_id`` when it is the current one; refuse a superseded one."""
+def _already(target: Target, run_id: str, current: Publication | None, digest: str) -> Publication | None:
+    """The served publication of ``run_id`` when it is the current one with this content; refuse a
+    superseded one, or the same run id with other content."""
     mine = [Publication.of(p) for p in delta.publications(target.table)]
     mine = [p for p in mine if p is not None and p.run_id == run_id and p.kind == "publish"]
     if not mine:
         return None
+    if mine[0].digest != digest:
+        raise PublishRefusedError(
+            f"run {run_id} of '{target.model}' was published as publication {mine[0].seq} with other content (digest "
+            f"{mine[0].digest[:12]}, staged now {digest[:12]}); a run id is published once: score a new --run-id")
     if current is not None and current.seq == mine[0].seq:
         return current
     assert current is not None

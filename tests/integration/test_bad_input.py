@@ -34,6 +34,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> Iterator[dict
     good = pq.read_table(d / "good.parquet")
     pq.write_table(good.slice(0, 0), d / "empty.parquet")
     pq.write_table(pa.concat_tables([good, good.slice(0, 3)]), d / "dups.parquet")
+    keys = good["user_id"].to_pylist()
+    keys[5] = keys[77] = None
+    pq.write_table(good.set_column(0, "user_id", pa.array(keys, pa.int64())), d / "null_keys.parquet")
     pq.write_table(good.set_column(1, "f0", pa.array([str(v) for v in good["f0"].to_pylist()])), d / "strings.parquet")
     base = {
         "name": "bad",
@@ -75,6 +78,8 @@ CASES = {
     "feature column missing": (lambda w: _variant(w, "nocol", input={"features": [*FEATS[:3], "zz"]}), 2, "feature column 'zz' not found"),
     "feature of wrong type": (lambda w: _variant(w, "str", input={"path": str(w["dir"] / "strings.parquet")}), 2, "feature column 'f0' has type string"),
     "empty input": (lambda w: _variant(w, "empty", input={"path": str(w["dir"] / "empty.parquet")}), 2, "is empty"),
+    "null keys": (lambda w: _variant(w, "nullkeys", input={"path": str(w["dir"] / "null_keys.parquet")}), 2,
+                  "2 row(s) have a null key in 'user_id'"),
     "duplicate keys": (lambda w: _variant(w, "dups", input={"path": str(w["dir"] / "dups.parquet")}), 2, "3 duplicate key(s) in 'user_id'"),
     "wrong output shape": (lambda w: _variant(w, "shape", model={"uri": str(w["dir"] / "two_outputs.onnx")}), 2, "does not match outputs.columns"),
     "missing input table": (lambda w: _variant(w, "noinput", input={"path": str(w["dir"] / "nothing.parquet")}), 2, "not found"),

@@ -154,3 +154,27 @@ def _cluster_ok(port: int) -> bool:
         return str(info.get("cluster_state")) == "ok"
     text = info.decode() if isinstance(info, bytes) else str(info)
     return "cluster_state:ok" in text
+
+
+def inproc_loader(url: str, ns: str, key: str, columns: list[str], *,
+                  interrupt: Callable[[], BaseException | None] = lambda: None) -> Any:
+    """The executor-side loader (:func:`make_loader`) run in this process over the Parquet files of
+    ``paths``: a :data:`publication.Loader` for tests that drive the protocol without Spark.
+    ``interrupt()`` returning an exception makes the load stop after its first batch and raise it
+    (a task dying mid-load)."""
+    from batchscore.sinks.redis_load import make_loader
+
+    def load(paths: list[str], version: Any, fence: tuple[str, str]) -> dict[int, int]:
+        files = [f for p in paths for f in (sorted(Path(p).glob("*.parquet")) if Path(p).is_dir() else [Path(p)])]
+        batches = [b for f in files for b in pq.read_table(f, columns=[key, *columns]).to_batches(max_chunksize=150)]
+        stop = interrupt()
+        run = make_loader(url, ns, version.vid, version.buckets, columns, fence=fence)
+        counts: dict[int, int] = {}
+        for out in run(iter(batches[:1] if stop is not None else batches)):
+            for b, n in zip(out.column(0).to_pylist(), out.column(1).to_pylist(), strict=True):
+                counts[b] = counts.get(b, 0) + n
+        if stop is not None:
+            raise stop
+        return counts
+
+    return load

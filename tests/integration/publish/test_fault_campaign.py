@@ -34,14 +34,15 @@ from batchscore.local_redis import LocalRedis
 from batchscore.reader import ScoreReader
 from batchscore.sinks import crashpoint, delta, publication
 from batchscore.sinks.redis import RedisVersions
-from batchscore.sinks.redis_load import make_loader
+
+from .conftest import inproc_loader
 
 pytestmark = [pytest.mark.integration]
 NS, KEY, COLS = "c:m", "user_id", ["score"]
 KEYS = np.arange(400, dtype=np.int64) * 11
 POINTS = ["after_redis_load", "after_delta_commit", "after_flip", "during_gc", "rollback_after_restore", "mid_load"]
 SEEDS = [1, 2, 3]
-STEPS = 140
+STEPS = 200
 BUDGET_S = 80.0  # per seed; the whole campaign stays well under 5 minutes
 GRACE_S = 0.5  # > the polling reader's longest read, so GC never deletes a version under it
 
@@ -51,20 +52,13 @@ class Crash(BaseException):
 
 
 def loader_for(url: str, crash: dict[str, str | None]) -> publication.Loader:
-    def load(paths: list[str], version: Any, fence: tuple[str, str]) -> dict[int, int]:
-        files = [f for p in paths for f in (sorted(Path(p).glob("*.parquet")) if Path(p).is_dir() else [Path(p)])]
-        batches = [b for f in files for b in pq.read_table(f, columns=[KEY, *COLS]).to_batches(max_chunksize=150)]
-        if crash["at"] == "mid_load":
-            crash["at"] = None
-            list(make_loader(url, NS, version.vid, version.buckets, COLS, fence=fence)(iter(batches[:1])))
-            raise Crash("mid_load")
-        counts: dict[int, int] = {}
-        for out in make_loader(url, NS, version.vid, version.buckets, COLS, fence=fence)(iter(batches)):
-            for b, n in zip(out.column(0).to_pylist(), out.column(1).to_pylist(), strict=True):
-                counts[b] = counts.get(b, 0) + n
-        return counts
+    def interrupt() -> BaseException | None:
+        if crash["at"] != "mid_load":
+            return None
+        crash["at"] = None
+        return Crash("mid_load")
 
-    return load
+    return inproc_loader(url, NS, KEY, COLS, interrupt=interrupt)
 
 
 class World:
@@ -84,11 +78,11 @@ class World:
     def store(self) -> RedisVersions:
         return RedisVersions(redis.Redis.from_url(self.server.url), NS)
 
-    def stage(self, *, rejected: bool = False) -> tuple[str, delta.StagedRun]:
+    def stage(self, *, rejected: bool = False, run_id: str | None = None) -> tuple[str, delta.StagedRun]:
         self.n += 1
-        run_id = f"r{self.n}"
+        run_id = run_id or f"r{self.n}"
         d = Path(self.table) / "runs" / run_id
-        d.mkdir(parents=True)
+        d.mkdir(parents=True, exist_ok=True)
         values = ((KEYS * (self.n + 3)) % 1009 / 1009 + self.n).astype(np.float32)
         pq.write_table(pa.table({KEY: KEYS, "score": values, "run_id": [run_id] * len(KEYS)}), d / "part-00000.parquet")
         staged = delta.stage(self.table, run_id)
@@ -114,6 +108,14 @@ class World:
                 run_id = self.rng.choice(self.runs)
                 self.publish(run_id, delta.stage(self.table, run_id), delta.stage(self.table, run_id).digest)
                 return f"retry {run_id}"
+            if roll < 0.52:  # a run whose publish died, re-scored under the same id with new content
+                done = {p["run_id"] for p in delta.publications(self.table)}
+                pending = [r for r in self.runs if r not in done]
+                if not pending:
+                    return "no run to re-score"
+                run_id, staged = self.stage(run_id=self.rng.choice(pending))
+                self.publish(run_id, staged, staged.digest)
+                return f"rescore {run_id}"
             if roll < 0.55:
                 run_id, staged = self.stage(rejected=True)
                 self.publish(run_id, staged, "a-digest-the-gate-rejected")
@@ -232,5 +234,5 @@ def test_fault_campaign(seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPat
             t.join(timeout=5)
         assert not problems, problems[:5]
         kinds = {entry.split()[0] for entry in log}
-        assert {"publish", "retry", "rollback", "crash", "redis"} <= kinds, log  # the campaign ran its faults
+        assert {"publish", "retry", "rescore", "rollback", "crash", "redis"} <= kinds, log  # the campaign ran its faults
         assert len(log) >= 40, f"only {len(log)} steps in {BUDGET_S} s"

@@ -62,8 +62,15 @@ def assert_converged(url: str, cfg: Any, run_id: str) -> None:
 
 
 def _cfg(make_config: Any, **redis_over: Any) -> tuple[Path, Any]:
-    path = make_config(outputs={"redis": {"keep_versions": 1, "gc_grace_seconds": 0, **redis_over}})
+    over = {"keep_versions": 1, "gc_grace_seconds": 0, "lock_ttl_seconds": 5, **redis_over}
+    path = make_config(outputs={"redis": over})
     return path, load_model_config(path)
+
+
+def wait_lock_expired(url: str) -> None:
+    """A SIGKILLed publisher holds the lock until its TTL (5 s here): others wait, as in production."""
+    r = redis.Redis.from_url(url)
+    wait_for(lambda: r.get(layout.lock_key("t:m")) is None, 15, "the dead publisher's lock to expire")
 
 
 def _finish(proc: Any, timeout: float = 180) -> tuple[int, str]:
@@ -81,7 +88,7 @@ def test_1_run_ids_that_leave_their_directory_are_refused(spark: Any, make_confi
     publish(spark, cfg, run_id="r0", redis_url=redis_url)
     from jobs import score as score_job
 
-    assert score_job.main(["--model-config", str(path), "--run-id", bad, "--master", "local[2]"]) == 2
+    assert score_job.main(["--model-config", str(path), f"--run-id={bad}", "--master", "local[2]"]) == 2
     assert "--run-id" in capsys.readouterr().err
     with pytest.raises(Exception, match="run-id"):
         score_job.score(spark, cfg, run_id=bad, run_date="2026-11-22")
@@ -138,6 +145,7 @@ def test_3_a_retry_after_a_rollback_is_refused_and_never_flips_forward(
     rc, out = _finish(start_publish(path, "r1", redis_url, BATCHSCORE_CRASH_AT="after_delta_commit"))
     assert rc == -signal.SIGKILL, out
     assert DeltaTable(cfg.outputs.delta.path).version() == 1  # committed, not flipped
+    wait_lock_expired(redis_url)
     assert rollback_job.main(["--model-config", str(path), "--to-version", "0"]) == 0
     assert_converged(redis_url, cfg, "r0")
     capsys.readouterr()
@@ -263,7 +271,7 @@ def test_15_two_commits_on_the_same_table_version_cannot_both_land(spark: Any, m
         delta.commit(table, b, model="m", run_id="r1", metadata={}, expected=0)
     with pytest.raises(delta.CommitConflict):
         delta.commit(table, a, model="m", run_id="r0", metadata={}, expected=None)
-    assert DeltaTable(table).version() == 1 and len(DeltaTable(table).files()) == 1
+    assert DeltaTable(table).version() == 1 and len(DeltaTable(table).file_uris()) == 1
 
 
 # 16 -----------------------------------------------------------------------------------------------
@@ -280,6 +288,7 @@ def test_16_a_commit_that_was_never_served_is_not_the_reference_and_reconcile_fi
     assert rc == -signal.SIGKILL, out
     profile, source, _ = load_reference(cfg)
     assert source is not None and source["run_id"] == "r0" and profile["columns"]["score"]["mean"] == 0.5
+    wait_lock_expired(redis_url)
     assert reconcile_job.main(["--model-config", str(path)]) == 0
     assert_converged(redis_url, cfg, "r1")
     profile, source, _ = load_reference(cfg)

@@ -64,13 +64,16 @@ def test_maxmemory_too_small(spark: Any, make_config: Any, redis_url: str, capsy
     r = redis.Redis.from_url(redis_url)
     used = int(r.info("memory")["used_memory"])
     r.config_set("maxmemory", used + 300_000)  # the live version fits, a second copy does not
-    r.config_set("maxmemory-policy", "allkeys-lru")
     before = _snapshot(redis_url, cfg.outputs.delta.path)
-    err = _refused(cfg_path, capsys, 2, "the new version needs ~", "30,000 entities", "measured",
-                   "raise maxmemory", "nothing was written")
-    assert "maxmemory-policy is allkeys-lru" in err  # the eviction policy warning came first
+    _refused(cfg_path, capsys, 2, "the new version needs ~", "30,000 entities x ~", "listpack", "is used and the limit is",
+             "raise maxmemory", "nothing was written")
     assert _snapshot(redis_url, cfg.outputs.delta.path) == before
     r.config_set("maxmemory", 0)
+    r.config_set("maxmemory-policy", "allkeys-lru")  # Redis may evict published scores: refused
+    _refused(cfg_path, capsys, 2, "maxmemory-policy allkeys-lru", "CONFIG SET maxmemory-policy noeviction",
+             "outputs.redis.allow_evicting_policy: true", "nothing was written")
+    assert _snapshot(redis_url, cfg.outputs.delta.path) == before
+    r.config_set("maxmemory-policy", "noeviction")
     assert publish_job.main(["--model-config", str(cfg_path), "--run-id", "next"]) == 0
 
 
