@@ -35,7 +35,7 @@ from batchscore.local_redis import LocalRedis  # noqa: E402
 from batchscore.redis_conn import connect  # noqa: E402
 from batchscore.sinks import delta  # noqa: E402
 from batchscore.sinks.redis import RedisVersions  # noqa: E402
-from jobs.publish import load_and_verify  # noqa: E402
+from jobs.publish import load_version  # noqa: E402
 from jobs.session import build_session  # noqa: E402
 
 FILES = 8
@@ -70,7 +70,7 @@ def pipe_file(path: Path, table: Path, run_id: str, *, per_key: bool, version: i
                 f.write(resp(b"SET", b"pk:m:" + k, v))
             else:
                 b = zlib.crc32(k) % nb
-                f.write(resp(b"HSET", layout.data_key("b:m", version, b).encode(), k, v))
+                f.write(resp(b"HSET", layout.data_key("b:m", layout.version_id(version, "pipe"), b).encode(), k, v))
     return len(keys)
 
 
@@ -84,6 +84,11 @@ def redis_cli_pipe(port: int, path: Path) -> float:
 
 def used(url: str) -> int:
     return int(connect(url).info("memory")["used_memory"])
+
+
+def load_and_verify(spark: object, cfg: object, paths: list[str], url: str, store: RedisVersions, version: object) -> None:
+    """What a publish does to Redis for one version: the fenced executor load, then verify."""
+    store.verify(version, load_version(spark, cfg, paths, url, version, store.fence()))  # type: ignore[arg-type]
 
 
 def bench_load(rows: int, work: Path, reps: int = 5) -> dict[str, float]:
@@ -100,16 +105,19 @@ def bench_load(rows: int, work: Path, reps: int = 5) -> dict[str, float]:
     out: dict[str, float] = {}
     with LocalRedis() as server:
         store = RedisVersions(connect(server.url), "b:m")
-        warm = store.allocate(run_id="warm", rows=rows, columns=["score"], model_version="v1")
-        load_and_verify(spark, cfg, [str(table / "runs" / "r")], server.url, store, warm, rows)  # JIT/JVM warm-up
+        store.lock(owner="bench", ttl_s=600)
+        digest = delta.stage(str(table), "r").digest
+        warm = store.allocate(run_id="warm", rows=rows, columns=["score"], model_version="v1", digest=digest)
+        load_and_verify(spark, cfg, [str(table / "runs" / "r")], server.url, store, warm)  # JIT/JVM warm-up
         pipe_file(work / "hset.resp", table, "r", per_key=False, version=99)
         publish_s, pipe_s = [], []
         for i in range(reps):  # interleaved: drift between rounds hits both sides of the ratio alike
             connect(server.url).flushall()
+            store.lock(owner="bench", ttl_s=600)  # the flush dropped it
             base = used(server.url)
-            v = store.allocate(run_id=f"r{i}", rows=rows, columns=["score"], model_version="v1")
+            v = store.allocate(run_id=f"r{i}", rows=rows, columns=["score"], model_version="v1", digest=digest)
             started = time.perf_counter()
-            load_and_verify(spark, cfg, [str(table / "runs" / "r")], server.url, store, v, rows)
+            load_and_verify(spark, cfg, [str(table / "runs" / "r")], server.url, store, v)
             publish_s.append(time.perf_counter() - started)
             out["bucketed_bpe"] = (used(server.url) - base) / rows
             connect(server.url).flushall()
@@ -122,6 +130,7 @@ def bench_load(rows: int, work: Path, reps: int = 5) -> dict[str, float]:
         pipe_file(work / "set.resp", table, "r", per_key=True, version=0)
         out["set_pipe_s"] = redis_cli_pipe(server.port, work / "set.resp")
         out["per_key_bpe"] = (used(server.url) - base) / rows
+        store.unlock()
     spark.stop()
     return out
 
@@ -134,7 +143,8 @@ def bench_commit(work: Path, rows: int, repeats: int = 5) -> float:
         write_run(table, f"c{i}", rows, seed=i)
         staged = delta.stage(str(table), f"c{i}")
         started = time.perf_counter()
-        delta.commit(str(table), staged, model="m", run_id=f"c{i}", metadata={"rows": str(rows)})
+        delta.commit(str(table), staged, model="m", run_id=f"c{i}", metadata={"rows": str(rows)},
+                     expected=i - 1 if i else None)
         if i:  # the first commit creates the table
             times.append(time.perf_counter() - started)
     return statistics.median(times)

@@ -57,10 +57,6 @@ def executor_error(exc: BaseException) -> BatchscoreError | None:
     from batchscore import errors
 
     text = str(exc)
-    if "OOM command not allowed" in text:
-        return errors.PublishRefusedError(
-            "Redis ran out of memory (maxmemory) while loading the new version; the partial version is removed and "
-            "the served one is untouched: raise maxmemory or lower outputs.redis.keep_versions and run `batchscore gc`")
     for name in ("FencedError", "ModelError", "InputDataError", "InfrastructureError", "PublishRefusedError"):
         m = re.search(rf"{name}: (.+)", text)
         if m:

@@ -7,9 +7,15 @@ Only active when the environment says so; never set these variables in productio
   the process group of the session leader, i.e. the job the test started with
   ``start_new_session=True`` (driver + JVM; the Python workers exit with the JVM).
 * ``BATCHSCORE_PAUSE_AT=<point>:<seconds>``: sleep there (e.g. to restart Redis mid-load).
+* ``BATCHSCORE_KILL_TASK_ONCE=<point>:<marker file>``: SIGKILL only this process (a Python worker
+  of a Spark task) at ``point``, once across processes (the marker file records it), so Spark
+  retries the task and the retry runs through.
 
 Points: ``during_redis_load`` (after a task's first pipelined batch), ``after_redis_load``,
-``after_delta_commit`` (before the pointer flip).
+``after_delta_commit`` (before the pointer flip), ``after_flip`` (before GC), ``during_gc``
+(after a version's buckets are unlinked, before its control keys), ``rollback_after_restore``
+(between a rollback's Delta restore and its flip), ``backfill_after_write`` (a date's Parquet
+written, not committed).
 """
 
 from __future__ import annotations
@@ -23,6 +29,16 @@ _passed: set[str] = set()
 
 def reached(point: str, *, whole_group: bool = False) -> None:
     """Crash or pause here (once per process) when the test hooks ask for ``point``."""
+    once = os.environ.get("BATCHSCORE_KILL_TASK_ONCE", "")
+    if once.partition(":")[0] == point:
+        marker = once.partition(":")[2]
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
     if point in _passed:
         return
     _passed.add(point)

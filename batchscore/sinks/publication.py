@@ -133,9 +133,10 @@ def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, ru
         current = head(target.table)                                               # 3. decide
         before, pointer = Publication.of(store.served_record()), store.current()
         done = _already(target, run_id, current, staged.digest)
-        if done is not None:
-            log(f"{store.ns}: run {run_id} is already the served publication {done.seq}; nothing to do")
-            return Outcome(served(store) or done, "already-published")
+        if done is not None:  # a retry after the flip: only the collection may be left to do
+            log(f"{store.ns}: run {run_id} is already the served publication {done.seq}; nothing to publish")
+            dropped = collect(store, keep=target.keep_versions, grace_s=target.gc_grace_seconds)
+            return Outcome(served(store) or done, "already-published", collected=dropped)
         if (not allow_older and current is not None and current.run_date and run_date
                 and run_date < current.run_date):
             raise PublishRefusedError(
@@ -178,8 +179,10 @@ def rollback(store: RedisVersions, target: Target, *, to_version: int, loader: L
                 f"{target.table}: Delta version {to_version} is not a publication; `batchscore history` lists them")
         current = head(target.table)
         assert current is not None
-        if old.seq == current.seq:  # already the latest publication: at most finish serving it
-            log(f"{store.ns}: Delta version {to_version} is the latest publication already; nothing to roll back")
+        if old.digest == current.digest:  # the latest publication has that content already (a rerun
+            # after a crash between restore and flip, or a rollback to the head): finish serving it
+            log(f"{store.ns}: the latest publication ({current.seq}) holds Delta version {to_version}'s content "
+                "already; making sure Redis serves it")
             return _reconcile(store, target, loader, log)
         before, pointer = Publication.of(store.served_record()), store.current()
         expected_dv = delta.table_version(target.table)

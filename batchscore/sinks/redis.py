@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchscore import redis_layout as layout
-from batchscore.errors import FencedError, InfrastructureError
+from batchscore.errors import FencedError, InfrastructureError, PublishRefusedError
 
 # KEYS: lock, fence counter. ARGV: owner, ttl ms. The lock is free, expired, or held by an
 # earlier try of the same owner (orchestrators retry a task only after its attempt died; the old
@@ -185,6 +185,17 @@ class RedisVersions:
 
     # -- fenced writes -------------------------------------------------------------------------
 
+    def _eval(self, script: str, numkeys: int, *args: Any) -> Any:
+        """Run a Lua script; a server out of memory is bad input (exit 2), never a retry."""
+        import redis
+
+        try:
+            return self.r.eval(script, numkeys, *args)
+        except redis.exceptions.OutOfMemoryError:
+            raise PublishRefusedError(
+                f"{self.ns}: Redis is out of memory (maxmemory); nothing more was written and the served version is "
+                "untouched: raise maxmemory, or lower outputs.redis.keep_versions and run `batchscore gc`") from None
+
     def _fenced(self, result: Any, what: str) -> Any:
         if result == -2:
             self.lost.set()
@@ -216,7 +227,7 @@ class RedisVersions:
                   "columns": ",".join(columns), "model_version": model_version, "run_id": run_id,
                   "digest": digest, "created_at": time.time(), **(extra or {})}
         flat = [str(x) for kv in fields.items() for x in kv]
-        created = self._fenced(self.r.eval(
+        created = self._fenced(self._eval(
             _CREATE, 4, layout.lock_key(self.ns), layout.meta_key(self.ns, vid), layout.run_key(self.ns, run_id),
             layout.versions_key(self.ns), self.token or "", vid, str(n), *flat), "allocate a Redis version")
         if created != 1:
@@ -236,7 +247,7 @@ class RedisVersions:
 
     def annotate(self, vid: str, **fields: Any) -> None:
         flat = [str(x) for kv in fields.items() for x in (kv[0], kv[1])]
-        self._fenced(self.r.eval(_HSET, 2, layout.lock_key(self.ns), layout.meta_key(self.ns, vid),
+        self._fenced(self._eval(_HSET, 2, layout.lock_key(self.ns), layout.meta_key(self.ns, vid),
                                  self.token or "", *flat), f"annotate version {vid}")
 
     def verify(self, version: Version, expected: dict[int, int]) -> Version:
@@ -261,7 +272,7 @@ class RedisVersions:
         ``expected_seq`` (None: no record) and the pointer ``expected_pointer``, to ``version``
         and ``record``. ``forward`` only ever moves to a higher seq; ``repair`` writes the Delta
         leader's record whatever Redis holds (after a restore of the table)."""
-        ok = self.r.eval(
+        ok = self._eval(
             _FLIP, 5, layout.lock_key(self.ns), layout.pointer_key(self.ns), layout.publication_key(self.ns),
             layout.meta_key(self.ns, version.vid), layout.meta_key(self.ns, expected_pointer or "none"),
             self.token or "", "" if expected_seq is None else str(expected_seq), str(record["seq"]), version.vid,
@@ -293,7 +304,7 @@ class RedisVersions:
                     pipe.unlink(k)
                 done += sum(int(n) for n in pipe.execute())
             else:
-                done += int(self._fenced(self.r.eval(_UNLINK, 1 + len(batch), layout.lock_key(self.ns), *batch,
+                done += int(self._fenced(self._eval(_UNLINK, 1 + len(batch), layout.lock_key(self.ns), *batch,
                                                      self.token or ""), what))
         return done
 
@@ -332,7 +343,7 @@ class RedisVersions:
         """
         key = layout.lock_key(self.ns)
         ms = ttl_s * 1000
-        token = _s(self.r.eval(_LOCK, 2, key, layout.fence_key(self.ns), owner, str(ms)))
+        token = _s(self._eval(_LOCK, 2, key, layout.fence_key(self.ns), owner, str(ms)))
         if token is None:
             holder = _s(self.r.get(key)) or "?|"
             raise InfrastructureError(
@@ -347,7 +358,7 @@ class RedisVersions:
     def _renew(self, token: str, ms: int) -> None:
         while not self._stop.wait(ms / 3000):
             try:
-                if not self.r.eval(_RENEW, 1, layout.lock_key(self.ns), token, str(ms)):
+                if not self._eval(_RENEW, 1, layout.lock_key(self.ns), token, str(ms)):
                     self.lost.set()
                     return
             except Exception:  # noqa: BLE001 - a transient error: the next beat retries; writes check the token
@@ -357,7 +368,7 @@ class RedisVersions:
         self._stop.set()
         if self.token is not None:
             try:
-                self.r.eval(_UNLOCK, 1, layout.lock_key(self.ns), self.token)
+                self._eval(_UNLOCK, 1, layout.lock_key(self.ns), self.token)
             except Exception:  # noqa: BLE001 - the lock expires by itself
                 pass
             finally:

@@ -54,6 +54,9 @@ class _RawPipe:
                 for _ in range(n):
                     conn.read_response()
                 break
+            except redis.ResponseError:
+                conn.disconnect()  # replies of the rest of the batch are still on the wire
+                raise
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 conn.disconnect()
                 if attempt == RETRIES:
@@ -223,5 +226,17 @@ def check_fence(client: Any, fence: tuple[str, str] | None) -> None:
 
 
 def _flush(pipe: Any) -> None:
-    pipe.execute()
+    import redis
+
+    try:
+        pipe.execute()
+    except redis.ResponseError as exc:
+        if not isinstance(exc, redis.exceptions.OutOfMemoryError) and "maxmemory" not in str(exc):
+            raise
+        from batchscore.errors import PublishRefusedError
+
+        raise PublishRefusedError(
+            "Redis ran out of memory (maxmemory) while loading the new version; the partial version is removed and "
+            "the served one is untouched: raise maxmemory or lower outputs.redis.keep_versions and run `batchscore gc`"
+        ) from None
     crashpoint.reached("during_redis_load", whole_group=True)  # test hook; no-op unless asked

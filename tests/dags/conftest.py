@@ -67,26 +67,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pong(port: int) -> bool:
+#: The dags tests' Redis password: a real secret would be passed the same way (the URL variable).
+REDIS_PASSWORD = "dag-Secret-7f3c91"
+
+
+def _pong(port: int, password: str = REDIS_PASSWORD) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            s.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+            got = b""
+            while got.count(b"\r\n") < 2:
+                chunk = s.recv(64)
+                if not chunk:
+                    return False
+                got += chunk
+            return got == b"+OK\r\n+PONG\r\n"
     except OSError:
         return False
 
 
 @pytest.fixture
 def redis_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A real redis-server on a free loopback port, exported as BATCHSCORE_REDIS_URL.
+    """A real redis-server on a free loopback port with a password, exported as BATCHSCORE_REDIS_URL.
 
-    The Airflow environment has no Redis client: readiness is a raw PING over the socket.
+    The Airflow environment has no Redis client: readiness is a raw AUTH + PING over the socket.
     """
     port = free_port()
     server = shutil.which("redis-server") or "/usr/bin/redis-server"
     proc = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
+         "--dir", str(tmp_path), "--requirepass", REDIS_PASSWORD],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 15
@@ -95,7 +105,7 @@ def redis_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
             proc.kill()
             pytest.fail(f"redis-server did not start on 127.0.0.1:{port}")
         time.sleep(0.05)
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
     monkeypatch.setenv("BATCHSCORE_REDIS_URL", url)
     try:
         yield url

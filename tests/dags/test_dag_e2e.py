@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from _lib.dag_factory import safe_run_id
-from conftest import REPO, run_job_env, task_states, use_dags
+from conftest import REDIS_PASSWORD, REPO, run_job_env, task_states, use_dags
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 ROWS = 2000
@@ -69,10 +69,10 @@ def test_demo_dag_scores_validates_and_publishes(
     report = json.loads((tmp_path / "runs" / "demo" / run_id / "score.json").read_text())
     assert report["run_id"] == run_id
     assert report["run_date"] == run.run_after.astimezone(UTC).date().isoformat()
-    # The Redis URL (a secret in real deployments) never reaches the task output.
+    # The Redis password never reaches the task output (spark-submit's command line, the jobs' logs).
     out, err = capfd.readouterr()
     assert "spark-submit" in out + err or "Spark-Submit" in out + err
-    assert redis_url not in out + err
+    assert REDIS_PASSWORD in redis_url and REDIS_PASSWORD not in out + err
 
 
 def test_validation_rejection_fails_fast_and_publishes_nothing(

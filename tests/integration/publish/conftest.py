@@ -67,15 +67,19 @@ def numbers(r: Any, ns: str = "t:m") -> list[int]:
 
 
 def job_env(url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHSCORE_CRASH", "BATCHSCORE_PAUSE"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHSCORE_CRASH", "BATCHSCORE_PAUSE", "BATCHSCORE_KILL"))}
     return {**env, "BATCHSCORE_REDIS_URL": url, "PYSPARK_PYTHON": sys.executable, "PYTHONPATH": str(REPO), **extra}
 
 
-def start_publish(cfg_path: Path, run_id: str, url: str, **env: str) -> subprocess.Popen[str]:
+def start_publish(cfg_path: Path, run_id: str, url: str, *, master: str = "local[2]", **env: str) -> subprocess.Popen[str]:
     """``python -m batchscore publish`` in its own session (its own process group)."""
+    return start_cli("publish", cfg_path, url, "--run-id", run_id, "--master", master, **env)
+
+
+def start_cli(verb: str, cfg_path: Path, url: str, *args: str, **env: str) -> subprocess.Popen[str]:
+    """``python -m batchscore <verb> --model-config <cfg_path> <args>`` in its own process group."""
     return subprocess.Popen(
-        [sys.executable, "-m", "batchscore", "publish", "--model-config", str(cfg_path), "--run-id", run_id,
-         "--master", "local[2]"],
+        [sys.executable, "-m", "batchscore", verb, "--model-config", str(cfg_path), *args],
         cwd=REPO, env=job_env(url, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )

@@ -55,3 +55,50 @@ def test_publish_lookup_and_rollback_through_a_cluster(spark: Any, make_config: 
     rep = rollback(cfg, to_version=0, redis_url=redis_cluster)
     assert rep["redis_version"] == first and not rep["reloaded"]
     assert ScoreReader(redis_cluster, prefix="t", cluster=True).get("m", 17).value == 17.0  # type: ignore[union-attr]
+
+
+def test_slots_migrated_during_a_cluster_load_and_a_killed_load_then_rerun(
+        spark: Any, make_config: Any, redis_cluster: str) -> None:
+    """A load that meets MOVED replies (slots resharded to another master while it runs) still
+    writes every entity exactly; a load SIGKILLed mid-way on the Cluster resumes to the same end."""
+    import signal
+    import subprocess
+
+    from .conftest import start_publish, wait_for
+
+    path = make_config(name="mv", outputs={"redis": {"cluster": True, "keep_versions": 1, "lock_ttl_seconds": 5}})
+    cfg = load_model_config(path)
+    keys = np.arange(40_000, dtype=np.int64) * 3
+    stage_run(cfg, "k0", keys, (keys % 1000).astype(np.float32))
+    proc = start_publish(path, "k0", redis_cluster, BATCHSCORE_CRASH_AT="during_redis_load")
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == -signal.SIGKILL, out
+    stage_run(cfg, "k1", keys, (keys % 1000 + 5).astype(np.float32))
+    rc = RedisCluster.from_url(redis_cluster)
+    src, dst = rc.get_primaries()[:2]
+    proc = start_publish(path, "k1", redis_cluster, BATCHSCORE_PAUSE_AT="during_redis_load:3")
+    try:
+        wait_for(lambda: rc.get(layout.run_key("t:mv", "k1")), 120, "the load to start")
+        moved = subprocess.run(
+            ["redis-cli", "--cluster", "reshard", f"{src.host}:{src.port}", "--cluster-from", _node_id(rc, src),
+             "--cluster-to", _node_id(rc, dst), "--cluster-slots", "600", "--cluster-yes"],
+            capture_output=True, text=True, timeout=120)
+        assert moved.returncode == 0, moved.stdout[-2000:] + moved.stderr[-2000:]
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    reader = ScoreReader(redis_cluster, prefix="t", cluster=True, pointer_ttl=0)
+    found = reader.get_many("mv", keys.tolist())
+    assert [found[str(k)].value for k in keys] == (keys % 1000 + 5).astype(np.float32).tolist()  # type: ignore[union-attr]
+    reader.close()
+    vid = rc.get(layout.pointer_key("t:mv")).decode()
+    meta = rc.hgetall(layout.meta_key("t:mv", vid))
+    buckets = int(meta[b"buckets"])
+    assert sum(rc.hlen(layout.data_key("t:mv", vid, b)) for b in range(buckets)) == len(keys)
+
+
+def _node_id(rc: Any, node: Any) -> str:
+    raw = rc.get_redis_connection(node).execute_command("CLUSTER MYID")
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

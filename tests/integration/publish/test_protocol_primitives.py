@@ -161,3 +161,32 @@ def test_the_publication_record_is_the_delta_commits(redis_server: LocalRedis, t
     info = delta.commit_info(str(tmp_path / "pred"), 0)
     assert info is not None and json.loads(info["batchscore.publication"])["digest"] == pub.digest
     assert publication.head(str(tmp_path / "pred")) == pub
+
+
+def test_a_full_redis_is_exit_2_and_nothing_is_lost(tmp_path: Path) -> None:
+    """Sequence 10: a load that runs out of memory (the pre-flight skipped, as a wrong estimate
+    would) is refused as bad input, never retried as exit 4; the served version stays whole."""
+    from batchscore.errors import PublishRefusedError
+    from batchscore.reader import ScoreReader
+
+    with LocalRedis() as server:
+        first = _publish(server, tmp_path, "a", 0)
+        r = redis.Redis.from_url(server.url)
+        big = tmp_path / "pred" / "runs" / "b"
+        big.mkdir(parents=True)
+        many = np.arange(40_000, dtype=np.int64) * 7
+        pq.write_table(pa.table({"user_id": many, "score": (many % 7).astype(np.float32)}), big / "part-00000.parquet")
+        staged = delta.stage(str(tmp_path / "pred"), "b")  # ~0.6 MB in Redis; room is left for ~0.2 MB
+        r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 200_000)
+        store = RedisVersions(r, NS)
+        with pytest.raises(PublishRefusedError, match="ran out of memory .maxmemory. while loading") as refused:
+            publication.publish(store, _target(tmp_path), staged, run_id="b", run_date="2026-11-22",
+                                validated_digest=staged.digest, metadata={},
+                                loader=inproc_loader(server.url, NS, "user_id", ["score"]))
+        assert refused.value.exit_code == 2
+        assert store.known_versions() == [first.publication.redis_version]  # type: ignore[union-attr]
+        assert not r.keys(f"{NS}:v2.*")  # the partial version is gone
+        found = ScoreReader(server.url, prefix="p", pointer_ttl=0).get_many("m", KEYS.tolist())
+        want = ((KEYS % 101) / 101).astype(np.float32)
+        assert [found[str(k)].value for k in KEYS] == want.tolist()  # type: ignore[union-attr]
+        assert len(delta.publications(str(tmp_path / "pred"))) == 1
