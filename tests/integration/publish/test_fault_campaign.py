@@ -28,7 +28,6 @@ import pytest
 import redis
 from deltalake import DeltaTable
 
-from batchscore import redis_layout as layout
 from batchscore.errors import BatchscoreError
 from batchscore.local_redis import LocalRedis
 from batchscore.reader import ScoreReader

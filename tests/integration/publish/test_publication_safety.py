@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from deltalake import DeltaTable
 
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
-from batchscore.errors import FencedError, PublishRefusedError, SupersededError
+from batchscore.errors import PublishRefusedError, SupersededError
 from batchscore.local_redis import LocalRedis
 from batchscore.reader import ScoreReader
 from batchscore.sinks import delta, publication
@@ -33,7 +32,7 @@ from jobs import rollback as rollback_job
 from jobs import state
 from jobs.publish import publish
 
-from .conftest import job_env, served_number, stage_run, start_publish, wait_for
+from .conftest import stage_run, start_publish, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 ROWS = 1500

@@ -11,7 +11,6 @@ import pytest
 import redis
 from deltalake import DeltaTable
 
-from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
 from batchscore.reader import ScoreReader
 from jobs import gc as gc_job
