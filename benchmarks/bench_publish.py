@@ -57,10 +57,10 @@ def resp(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
-def pipe_file(path: Path, table: Path, run_id: str, *, per_key: bool, version: int) -> int:
+def pipe_file(path: Path, table: Path, run_id: str, *, per_key: bool, version: int, key: str = "user_id") -> int:
     """RESP commands for every entity of a run: ``HSET bucket k v`` (or ``SET ns:k v``)."""
-    t = pq.read_table(table / "runs" / run_id, columns=["user_id", "score"])
-    keys = [str(k).encode() for k in t["user_id"].to_pylist()]
+    t = pq.read_table(table / "runs" / run_id, columns=[key, "score"])
+    keys = [str(k).encode() for k in t[key].to_pylist()]
     values = t["score"].to_numpy().astype("<f4").tobytes()
     nb = layout.bucket_count(len(keys))
     with path.open("wb") as f:

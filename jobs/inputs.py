@@ -10,6 +10,7 @@ from pyspark.sql import types as T
 
 from batchscore.config import InputTable
 from batchscore.errors import ConfigError, InputDataError
+from batchscore.sinks.delta import StagedRun, null_count
 
 _NUMERIC = (T.FloatType, T.DoubleType, T.IntegerType, T.LongType, T.ShortType, T.ByteType, T.DecimalType)
 _KEY_TYPES = (T.StringType, T.IntegerType, T.LongType, T.ShortType, T.ByteType)
@@ -123,6 +124,21 @@ def check_keys(df: DataFrame, spec: InputTable) -> int:
             f"input table {spec.path}: {rows - keys} duplicate key(s) in '{spec.key}' (e.g. {sample}); "
             "deduplicate upstream: each entity must be scored once"
         )
+    return rows
+
+
+def check_staged_keys(staged: StagedRun, spec: InputTable) -> int:
+    """The rows of a scored run, refusing an empty input or null keys, from the staged Parquet's
+    footers (row counts, null-count statistics): no pass over the input before scoring.
+    Duplicate keys are caught by the publish, from the Redis load itself, before the Delta commit
+    (:func:`batchscore.sinks.publication.publish`); backfills, which load no Redis, keep
+    :func:`check_keys`."""
+    rows = staged.total_rows
+    if rows == 0:
+        raise InputDataError(f"input table {spec.path} is empty; nothing to score (check the upstream job)")
+    null_keys = null_count(staged, spec.key)
+    if null_keys:
+        raise InputDataError(f"input table {spec.path}: {null_keys} row(s) have a null key in '{spec.key}'; drop or fix them upstream")
     return rows
 
 

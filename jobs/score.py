@@ -24,7 +24,7 @@ from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
 from batchscore.sinks import delta
 from jobs import entry, state
-from jobs.inputs import check_input, check_keys, direct_files, read_input
+from jobs.inputs import check_input, check_staged_keys, direct_files, read_input
 from jobs.session import build_session
 from udfs.backends import check_model, load_backend
 from udfs.device import resolve_device
@@ -81,8 +81,7 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
     entry.log(f"score {cfg.name}: model {Path(ref.uri).name} sha256 {ref.sha256[:12]} ({cfg.model.format}, device {cfg.scoring.device}, {cfg.scoring.precision})")
     df = read_input(spark, cfg.input)
     check_input(df, cfg.input, source=cfg.source)
-    input_rows = check_keys(df, cfg.input)
-    entry.log(f"score {cfg.name}: {input_rows:,} input rows from {cfg.input.path}")
+    entry.log(f"score {cfg.name}: scoring {cfg.input.path}")
     loads = load_accumulator(spark.sparkContext)
     scored_at = datetime.now(UTC).replace(microsecond=0)
     out = scored_frame(df, cfg, ref, run_id=run_id, scored_at=scored_at, loads=loads)
@@ -94,6 +93,7 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
             raise known from None
         raise
     staged = delta.stage(cfg.outputs.delta.path, run_id)
+    input_rows = check_staged_keys(staged, cfg.input)  # from the scoring pass: no pre-pass over the input
     report = {
         "model": cfg.name, "run_id": run_id, "run_date": run_date, "model_version": cfg.model.version,
         "model_sha256": ref.sha256, "input_rows": input_rows, "staged_path": target, "digest": staged.digest,

@@ -85,6 +85,37 @@ def stage_dir(table_path: str, run_path: Path, *, missing: str) -> StagedRun:
     return StagedRun(str(run_path), rel, sizes, rows, schema, content_digest(table_path, rel))
 
 
+def null_count(staged: StagedRun, column: str) -> int:
+    """Nulls in ``column`` of a staged run, from the Parquet footers' statistics (no data read;
+    a row group without statistics is read)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for rel in staged.relative_files:
+        f = pq.ParquetFile(Path(staged.run_path).parent.parent / rel)
+        idx = f.schema_arrow.get_field_index(column)
+        for g in range(f.metadata.num_row_groups):
+            stats = f.metadata.row_group(g).column(idx).statistics
+            if stats is not None and stats.has_null_count:
+                total += stats.null_count
+            else:
+                total += f.read_row_group(g, columns=[column]).column(0).null_count
+    return total
+
+
+def duplicate_keys(paths: list[str], column: str, *, sample: int = 3) -> tuple[int, list[Any]]:
+    """(how many rows repeat a key, a few repeated keys) over the Parquet files ``paths``: one read
+    of the key column, run only when a load came up short."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys = pa.concat_arrays([c for p in paths for c in pq.read_table(p, columns=[column]).column(0).chunks])
+    values, counts = np.unique(keys.to_numpy(zero_copy_only=False), return_counts=True)
+    repeated = values[counts > 1]
+    return int((counts[counts > 1] - 1).sum()), [v.item() if hasattr(v, "item") else v for v in repeated[:sample]]
+
+
 def table_version(table_path: str) -> int | None:
     """The table's current version, or None when there is no Delta table yet."""
     from deltalake import DeltaTable

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from batchscore.errors import InfrastructureError, PublishRefusedError, SupersededError
+from batchscore.errors import InfrastructureError, InputDataError, PublishRefusedError, SupersededError
 from batchscore.sinks import crashpoint, delta
-from batchscore.sinks.redis import RedisVersions, Version
+from batchscore.sinks.redis import RedisVersions, ShortLoad, Version
 from batchscore.sinks.redis_gc import collect
 
 #: ``loader(paths, version, fence) -> {bucket: entities}``: load Parquet ``paths`` into ``version``.
@@ -76,6 +77,7 @@ class Target:
 
     model: str
     table: str
+    key: str
     columns: list[str]
     model_version: str
     keep_versions: int
@@ -150,7 +152,7 @@ def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, ru
                                      model_version=target.model_version, digest=staged.digest)
         if version.state == "loading":
             log(f"{store.ns}: loading {staged.total_rows:,} entities into Redis version {version.vid}")
-            version = store.verify(version, _load(store, loader, [staged.run_path], version))  # 5. verify
+            version = _load_verified(store, target, loader, [staged.run_path], version)  # 5. verify
         else:
             log(f"{store.ns}: Redis version {version.vid} already holds this content; reusing it")
         crashpoint.reached("after_redis_load")
@@ -260,15 +262,29 @@ def _ready(store: RedisVersions, target: Target, pub: Publication, delta_version
                                  model_version=target.model_version, digest=pub.digest,
                                  extra={"restored_from_delta": str(delta_version)})
         paths = [f"{manifest.run_path}/{rel}" for rel in manifest.relative_files]
-        version = store.verify(version, _load(store, loader, paths, version))
+        version = _load_verified(store, target, loader, paths, version)
     return version, True
 
 
-def _load(store: RedisVersions, loader: Loader, paths: list[str], version: Version) -> dict[int, int]:
-    """Run the loader; a load refused as bad input (Redis full) removes its partial version."""
+def _load_verified(store: RedisVersions, target: Target, loader: Loader, paths: list[str],
+                   version: Version) -> Version:
+    """Load ``paths`` into ``version`` and verify every bucket. Bad input found on the way (Redis
+    full; duplicate keys, seen as buckets holding fewer entities than were written) removes the
+    partial version and is refused with exit 2: there is no pre-pass over the keys, and this runs
+    before the Delta commit, so neither store ever receives a run with duplicate keys."""
     try:
-        return loader(paths, version, store.fence())
-    except PublishRefusedError:
+        try:
+            return store.verify(version, loader(paths, version, store.fence()))
+        except ShortLoad:
+            files = [str(f) for p in paths for f in (sorted(Path(p).glob("*.parquet")) if Path(p).is_dir() else [p])]
+            repeated, sample = delta.duplicate_keys(files, target.key)
+            if not repeated:
+                raise  # lost by the server, not repeated: a reload fixes it
+            raise InputDataError(
+                f"run of '{target.model}': {repeated} duplicate key(s) in '{target.key}' (e.g. "
+                f"{', '.join(map(str, sample))}); deduplicate the input upstream: each entity must be scored once; "
+                "nothing was published") from None
+    except (PublishRefusedError, InputDataError):
         store.delete(version.vid, store.meta(version.vid))
         raise
 

@@ -103,6 +103,11 @@ return #KEYS - 1
 """
 
 
+class ShortLoad(InfrastructureError):
+    """Buckets hold fewer entities than were written: keys repeated within the run (a field
+    written twice counts once), or data lost by the server. The caller tells which."""
+
+
 @dataclass(frozen=True)
 class Version:
     """One Redis version: its identity (``number.epoch``), buckets, state and content digest."""
@@ -261,8 +266,9 @@ class RedisVersions:
         bad = [(b, n, expected.get(b, 0)) for b, n in enumerate(got) if n != expected.get(b, 0)]
         if bad:
             b, n, want = bad[0]
-            raise InfrastructureError(f"{where}: bucket {b} holds {n} entities, expected {want} "
-                                      f"({len(bad)} bucket(s) differ); rerun the publish to reload it")
+            error = ShortLoad if all(n <= w for _, n, w in bad) else InfrastructureError
+            raise error(f"{where}: bucket {b} holds {n} entities, expected {want} "
+                        f"({len(bad)} bucket(s) differ); rerun the publish to reload it")
         self.annotate(version.vid, state="loaded")
         return Version(version.number, version.epoch, version.buckets, "loaded", version.digest, version.count)
 

@@ -64,7 +64,7 @@ class World:
     def __init__(self, root: Path, server: LocalRedis, rng: random.Random) -> None:
         self.root, self.server, self.rng = root, server, rng
         self.table = str(root / "pred")
-        self.target = publication.Target(model="m", table=self.table, columns=COLS, model_version="v1",
+        self.target = publication.Target(model="m", table=self.table, key=KEY, columns=COLS, model_version="v1",
                                          keep_versions=1, gc_grace_seconds=GRACE_S, lock_ttl_seconds=30)
         self.restarts = 0  # the reader skips a read that a restart cut through
         self.other: RedisVersions | None = None  # the try that takes a lock over
