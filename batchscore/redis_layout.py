@@ -14,8 +14,8 @@ identity and nothing left over from an earlier life of a number is ever taken fo
   carry no hash tag, so one version spreads over every slot of a Redis Cluster.
 * control (all share the ``{ns}`` hash tag, so one Lua script can touch them on a Cluster):
   ``{ns}:current`` (the published version's identity), ``{ns}:meta:v{N}.{epoch}`` (hash: number,
-  epoch, state, count, buckets, columns, model_version, run_id, digest, delta_version,
-  created_at), ``{ns}:publication`` (JSON: the publication readers are served, see
+  epoch, state, count, buckets, columns, model_version, run_id, digest, created_at, and
+  published_at / retired_at; the Delta version is in the publication record), ``{ns}:publication`` (JSON: the publication readers are served, see
   :mod:`batchscore.sinks.publication`), ``{ns}:seq`` (version counter), ``{ns}:run:{run_id}``
   (the identity a run loaded into, for idempotent retries), ``{ns}:versions`` (sorted set:
   identity -> number, for garbage collection), ``{ns}:lock`` (the publish lock: its fencing
@@ -25,6 +25,7 @@ identity and nothing left over from an earlier life of a number is ever taken fo
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ from collections.abc import Sequence
 # entries cut redis-server's CPU for a 1M-entity load from 1.03 s to 0.62 s (and halve each HGET's
 # scan) for ~0.3 more bytes per entity of per-hash overhead (benchmarks/README.md, Publish).
 TARGET_ENTRIES_PER_BUCKET = 128
+_DIGITS = re.compile(r"[0-9]+")
+_ALNUM = re.compile(r"[A-Za-z0-9]+")
 
 
 def namespace(prefix: str, model: str) -> str:
@@ -60,7 +63,7 @@ def parse_version_id(raw: bytes | str) -> tuple[int, str]:
     """``"12.9f3a01bc"`` -> ``(12, "9f3a01bc")``; raises ValueError on anything else."""
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     number, sep, epoch = text.partition(".")
-    if not sep or not number.isdigit() or not epoch or not epoch.isalnum():
+    if not sep or not _DIGITS.fullmatch(number) or not _ALNUM.fullmatch(epoch):
         raise ValueError(f"not a version identity: {text[:40]!r}")
     return int(number), epoch
 
