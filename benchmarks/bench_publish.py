@@ -31,7 +31,7 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 from batchscore import redis_layout as layout  # noqa: E402
 from batchscore.config import load_model_config  # noqa: E402
-from batchscore.local_redis import LocalRedis  # noqa: E402
+from batchscore.local_redis import LocalRedis, cli_binary  # noqa: E402
 from batchscore.redis_conn import connect  # noqa: E402
 from batchscore.sinks import delta  # noqa: E402
 from batchscore.sinks.redis import RedisVersions  # noqa: E402
@@ -77,7 +77,7 @@ def pipe_file(path: Path, table: Path, run_id: str, *, per_key: bool, version: i
 def redis_cli_pipe(port: int, path: Path) -> float:
     started = time.perf_counter()
     with path.open("rb") as f:
-        out = subprocess.run(["redis-cli", "-p", str(port), "--pipe"], stdin=f, capture_output=True, text=True, check=True)
+        out = subprocess.run([cli_binary(), "-p", str(port), "--pipe"], stdin=f, capture_output=True, text=True, check=True)
     assert "errors: 0" in out.stdout, out.stdout
     return time.perf_counter() - started
 

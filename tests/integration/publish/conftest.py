@@ -9,7 +9,6 @@ The publish itself, Spark, Redis and Delta are all real.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from batchscore.local_redis import LocalRedis, free_port
+from batchscore.local_redis import LocalRedis, cli_binary, free_port, server_binary
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -114,9 +113,10 @@ def restart(server: LocalRedis) -> None:
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Three Redis Cluster masters on loopback; yields a URL of one of them."""
-    exe = shutil.which("redis-server")
-    if exe is None or shutil.which("redis-cli") is None:
-        pytest.fail("redis-server and redis-cli are needed: apt-get install redis-server")
+    try:
+        exe, cli = server_binary(), cli_binary()
+    except RuntimeError as e:
+        pytest.fail(str(e))
     root = tmp_path_factory.mktemp("cluster")
     ports: list[int] = []
     procs: list[subprocess.Popen[bytes]] = []
@@ -133,7 +133,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             wait_for(lambda p=p, proc=proc: _pings(p) or proc.poll() is not None, 60, f"redis-server on {p}")
             if proc.poll() is None:
                 ports.append(p)  # else the port was taken meanwhile: try another
-        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+        subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
                         "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
         for p in ports:
             wait_for(lambda p=p: _cluster_ok(p), 30, f"cluster state ok on {p}")

@@ -11,6 +11,7 @@ from redis.cluster import RedisCluster
 
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
+from batchscore.local_redis import cli_binary
 from batchscore.reader import AsyncScoreReader, ScoreReader
 from jobs import state
 from jobs.publish import publish
@@ -80,7 +81,7 @@ def test_slots_migrated_during_a_cluster_load_and_a_killed_load_then_rerun(
     try:
         wait_for(lambda: rc.get(layout.run_key("t:mv", "k1")), 120, "the load to start")
         moved = subprocess.run(
-            ["redis-cli", "--cluster", "reshard", f"{src.host}:{src.port}", "--cluster-from", _node_id(rc, src),
+            [cli_binary(), "--cluster", "reshard", f"{src.host}:{src.port}", "--cluster-from", _node_id(rc, src),
              "--cluster-to", _node_id(rc, dst), "--cluster-slots", "600", "--cluster-yes"],
             capture_output=True, text=True, timeout=120)
         assert moved.returncode == 0, moved.stdout[-2000:] + moved.stderr[-2000:]
