@@ -11,6 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(REPO)/$(VPY)
 .PHONY: demo test test-unit bench gpu-check mutants check-prereqs env clean
 
 -include mk/airflow.mk
+-include mk/mlflow.mk
 -include mk/package.mk
 -include mk/node.mk
 
@@ -50,7 +51,7 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	# torch first, pinned: the local CPU wheel (an unpinned torch pulls GBs of CUDA packages)
 	$(VPY) -m pip install -q torch==2.13.0
-	$(VPY) -m pip install -q -e '.[spark,torch,dev]'
+	$(VPY) -m pip install -q -e '.[spark,torch,dev,mlflow]'
 	@rm -f $(VENV)/.stamp-*; touch $@
 
 env: check-prereqs $(STAMP)
@@ -61,7 +62,7 @@ demo: env
 test-unit: env
 	$(VPY) -m pytest tests/unit -q
 
-test: env
+test: env mlflow-env
 	$(VPY) -m pytest -q
 	@if grep -q '^test-dags:' mk/airflow.mk 2>/dev/null; then $(MAKE) --no-print-directory test-dags; fi
 

@@ -1,9 +1,23 @@
 """Typed model config: one YAML file per model, ``conf/models/<name>.yaml``.
 
 Unknown keys and wrong types are refused with the file, the field and what was expected.
-Relative paths are resolved against the current working directory (the repo root when run with
-``make``), so the executors of a local run see absolute paths. Secrets never live here: the Redis
-URL is read from the environment variable the config names.
+Secrets never live here: the Redis URL is read from the environment variable the config names.
+
+Relative paths (``model.uri``, ``model.cache_dir``, ``input.path``, ``outputs.delta.path``,
+``outputs.history.path``, ``runtime.report_dir``) resolve against the config's *project root*,
+never against the working directory, so a scheduler, a worker or a shell started anywhere reads
+and writes the same locations (see :func:`project_root`):
+
+1. ``$BATCHSCORE_PROJECT_ROOT`` when set (it must be an absolute path);
+2. else, for a config inside a ``conf/`` folder (``<root>/conf/<name>.yaml`` or
+   ``<root>/conf/<any>/<name>.yaml``), the folder holding that ``conf/``: for
+   ``conf/models/demo.yaml`` the repository root;
+3. else the config file's own directory.
+
+Values with a URI scheme (``models:/...``, ``s3://``, ``hdfs://``, ``abfss://``) are kept as they
+are; ``file:///abs/path`` becomes ``/abs/path`` (already absolute; a ``file:`` URI without an
+absolute path is refused). ``~`` expands to the home directory. The executors of a local run see
+absolute paths.
 """
 
 from __future__ import annotations
@@ -11,7 +25,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,10 +40,61 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A registered MLflow model: models:/<name>/<version> (a pinned version) or models:/<name>@<alias>.
+_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@\s]+)(?:/(?P<version>[1-9][0-9]*)|@(?P<alias>[A-Za-z0-9_-]+))$")
+
+
+class RegistryRef(NamedTuple):
+    """The parts of a ``models:/`` URI (exactly one of ``version`` and ``alias`` is set)."""
+
+    name: str
+    version: str | None
+    alias: str | None
+
+
 class ModelArtifact(_Strict):
-    uri: str = Field(description="path or file:// URI of the model artifact")
+    uri: str = Field(description="path or file:// URI of the model artifact, or a registered MLflow model: "
+                     "models:/<name>/<version> or models:/<name>@<alias>, resolved on the driver through "
+                     "MLFLOW_TRACKING_URI (batchscore.registry)")
     format: Literal["onnx", "torchscript", "torch_export"]
     version: str = Field(min_length=1, description="model version recorded with every score")
+    artifact_path: str | None = Field(
+        default=None, description="models:/ URIs: the model file inside the model version's artifacts, when "
+        "the default lookup (the flavour's file, else the one *.onnx / *.pt|*.pth / *.pt2 file) is not enough")
+    cache_dir: str | None = Field(
+        default=None, description="models:/ URIs: where the driver keeps resolved artifacts as <sha256>.<ext>; "
+        "storage every executor can read (default: $BATCHSCORE_MODEL_CACHE_DIR, else <outputs.delta.path>/_models)")
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _registry_uri(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.startswith("models:") and "/models:/" in v:
+            # A loader that took models:/x@y for a relative path made it <root>/models:/x@y: take it back.
+            v = v[v.index("/models:/") + 1 :]
+        if isinstance(v, str) and v.startswith("models:") and not _REGISTRY_URI.match(v):
+            raise ValueError("a registered model is models:/<name>/<version> or models:/<name>@<alias> "
+                             "(e.g. models:/churn@champion)")
+        return v
+
+    @field_validator("artifact_path")
+    @classmethod
+    def _relative(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or v.startswith("/") or ".." in Path(v).parts):
+            raise ValueError("give a path relative to the model version's artifacts, without '..' (e.g. data/model.pt2)")
+        return v
+
+    @model_validator(mode="after")
+    def _registry_fields(self) -> ModelArtifact:
+        if self.registry is None and (self.artifact_path or self.cache_dir):
+            raise ValueError("model.artifact_path and model.cache_dir apply to models:/ URIs only; "
+                             "remove them or set model.uri to models:/<name>/<version> or models:/<name>@<alias>")
+        return self
+
+    @property
+    def registry(self) -> RegistryRef | None:
+        """The registered model ``uri`` names, or None when it is a path."""
+        m = _REGISTRY_URI.match(self.uri)
+        return RegistryRef(m["name"], m["version"], m["alias"]) if m else None
 
 
 class InputTable(_Strict):
@@ -260,31 +325,66 @@ class ModelConfig(_Strict):
         return url
 
 
+PROJECT_ROOT_ENV = "BATCHSCORE_PROJECT_ROOT"
+# A URI scheme (RFC 3986): models:/x@y, s3://b/k, hdfs://nn/p, abfss://c@a/p, file:///p. One letter
+# followed by ':' is not one (a Windows drive), nor is a name with a '/' before its first ':'.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+# The config fields holding a path or URI, as (section, dotted field).
+_PATH_FIELDS = (("model", "uri"), ("model", "cache_dir"), ("input", "path"), ("outputs", "delta.path"),
+                ("outputs", "history.path"), ("runtime", "report_dir"))
+
+
 def _local_path(uri: str) -> str:
-    return uri[len("file://") :] if uri.startswith("file://") else uri
+    """``file:///abs/p`` -> ``/abs/p``; anything else unchanged."""
+    return uri.removeprefix("file://")
 
 
-def _absolutize(raw: dict[str, Any]) -> dict[str, Any]:
-    """Resolve relative local paths against the working directory."""
+def project_root(config_path: str | os.PathLike[str]) -> Path:
+    """The directory a config's relative paths resolve against, whatever the working directory:
+    ``$BATCHSCORE_PROJECT_ROOT`` (absolute) when set; else the parent of the ``conf/`` folder that
+    holds the config (``<root>/conf/x.yaml`` or ``<root>/conf/<dir>/x.yaml``); else the config's
+    directory. ``config_path`` itself, when relative, is taken from the working directory (as a
+    command-line argument is)."""
+    env = os.environ.get(PROJECT_ROOT_ENV, "").strip()
+    if env:
+        root = Path(env).expanduser()
+        if not root.is_absolute():
+            raise ConfigError(f"{PROJECT_ROOT_ENV}={env!r}: give an absolute path (relative paths of model "
+                              "configs resolve against it, so it must not depend on the working directory)")
+        return Path(os.path.normpath(root))
+    here = Path(os.path.abspath(config_path)).parent
+    for folder in (here, here.parent):
+        if folder.name == "conf":
+            return folder.parent
+    return here
 
-    def fix(section: str, field: str) -> None:
-        node = raw.get(section)
-        for part in field.split(".")[:-1]:
+
+def _resolve(value: str, root: Path, where: str) -> str:
+    """One path field: URIs unchanged, ``file:///p`` -> ``/p``, relative paths under ``root``."""
+    if value.startswith("file:"):
+        local = value[len("file://") :] if value.startswith("file://") else ""
+        if not local.startswith("/"):
+            raise ConfigError(f"{where}: {value!r} is not a file URI with an absolute path; write "
+                              "file:///absolute/path, or a plain path (relative to the project root)")
+        return str(Path(local).resolve())
+    if _SCHEME.match(value):
+        return value  # models:/..., s3://..., hdfs://...: not a local path
+    return str((root / Path(value).expanduser()).resolve())
+
+
+def _absolutize(raw: dict[str, Any], root: Path, source: str = "") -> dict[str, Any]:
+    """Resolve the config's relative local paths against ``root`` (see :func:`project_root`);
+    the default ``runtime.report_dir`` too. Values with a URI scheme are left as they are."""
+    for section, field in _PATH_FIELDS:
+        node: Any = raw.get(section)
+        parts = field.split(".")
+        for part in parts[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
-        last = field.split(".")[-1]
-        if isinstance(node, dict) and isinstance(node.get(last), str):
-            value = node[last]
-            if "://" not in value or value.startswith("file://"):
-                node[last] = str(Path(_local_path(value)).expanduser().resolve())
-
-    fix("model", "uri")
-    fix("input", "path")
-    fix("outputs", "delta.path")
-    fix("outputs", "history.path")
-    fix("runtime", "report_dir")
+        if isinstance(node, dict) and isinstance(node.get(parts[-1]), str) and node[parts[-1]]:
+            node[parts[-1]] = _resolve(node[parts[-1]], root, f"{source}: {section}.{field}")
     runtime = raw.setdefault("runtime", {})
     if isinstance(runtime, dict) and "report_dir" not in runtime:
-        runtime["report_dir"] = str(Path(Runtime().report_dir).resolve())
+        runtime["report_dir"] = _resolve(Runtime().report_dir, root, f"{source}: runtime.report_dir")
     return raw
 
 
@@ -302,7 +402,10 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
-    """Load and validate ``path``; raise :class:`ConfigError` naming the file and field."""
+    """Load and validate ``path``; raise :class:`ConfigError` naming the file and field.
+
+    Relative paths in it resolve against :func:`project_root` of ``path``, not the working directory.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: model config not found; pass --model-config conf/models/<name>.yaml")
@@ -315,7 +418,7 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping of fields at the top level, got {type(raw).__name__}")
     try:
-        return ModelConfig.model_validate({**_absolutize(raw), "source": str(p)})
+        return ModelConfig.model_validate({**_absolutize(raw, project_root(p), str(p)), "source": str(p)})
     except ValidationError as exc:
         first = exc.errors()[0]
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""

@@ -25,6 +25,7 @@ from batchscore import redis_layout as layout
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
 from batchscore.redis_conn import connect
+from batchscore.registry import check_alias_unchanged, commit_metadata
 from batchscore.sinks import delta, publication, redis_preflight
 from batchscore.sinks.redis import RedisVersions, Version
 from batchscore.sinks.redis_load import make_loader
@@ -98,7 +99,8 @@ def parquet_files(paths: list[str]) -> list[str]:
 
 def target_of(cfg: ModelConfig) -> publication.Target:
     rc = cfg.outputs.redis
-    return publication.Target(model=cfg.name, table=cfg.outputs.delta.path, columns=list(cfg.outputs.columns),
+    return publication.Target(model=cfg.name, table=cfg.outputs.delta.path, key=cfg.input.key,
+                              columns=list(cfg.outputs.columns),
                               model_version=cfg.model.version, keep_versions=rc.keep_versions,
                               gc_grace_seconds=rc.gc_grace_seconds, lock_ttl_seconds=rc.lock_ttl_seconds)
 
@@ -147,6 +149,10 @@ def publish(spark: SparkSession, cfg: ModelConfig, *, run_id: str, redis_url: st
     started = time.perf_counter()
     run_id = state.check_run_id(run_id)
     scored, validated = _require_validated(cfg, run_id)
+    if delta.committed_version(cfg.outputs.delta.path, cfg.name, run_id) is None:
+        # A registry alias that moved since scoring (or a changed model.uri) is refused before any side
+        # effect; a run already committed (a retry after a crash) converges whatever the alias says now.
+        check_alias_unchanged(cfg, scored)
     staged = delta.stage(cfg.outputs.delta.path, run_id)
     if staged.total_rows != int(scored["input_rows"]):
         raise PublishRefusedError(f"{staged.run_path}: {staged.total_rows} staged rows but {scored['input_rows']} scored; re-score the run")
@@ -156,6 +162,7 @@ def publish(spark: SparkSession, cfg: ModelConfig, *, run_id: str, redis_url: st
         validated_digest=str(validated["digest"]), loader=spark_loader(spark, cfg, redis_url),
         preflight=lambda: preflight(cfg, store, staged), allow_older=allow_older, log=entry.log,
         metadata={"model": cfg.name, "model_version": cfg.model.version,
+                  **commit_metadata(scored),  # batchscore.model_registry: name, version, alias, run id, sha256
                   # the validated profile travels with the version: the next run's drift reference
                   "profile": json.dumps(validated.get("profile", {}), sort_keys=True)})
     pub = out.publication

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from batchscore.exit import exit_now
 from batchscore.config import ModelConfig, load_model_config
-from batchscore.errors import PublishRefusedError
+from batchscore.errors import ModelError, PublishRefusedError
 from batchscore.sinks import delta
 from jobs import entry, state
 from jobs.inputs import check_input, check_staged_keys, direct_files, read_input
@@ -34,13 +34,37 @@ from udfs.file_scan import plan_fragments, with_predictions_from_files
 from udfs.predict_udf import with_predictions
 
 
-def check_artifact(cfg: ModelConfig) -> Any:
-    """Hash and load the artifact on the driver and probe it: bad models fail here, clearly."""
-    ref = model_ref(cfg.model_path, cfg.model.format, cfg.scoring.device, n_features=cfg.input.n_features)
+Resolved = tuple[str, dict[str, Any] | None]  # (local artifact path, registry info or None)
+
+
+def resolve_artifact(cfg: ModelConfig) -> Resolved:
+    """The local file ``model.uri`` names and, for a registered MLflow model (``models:/<name>/<version>``
+    or ``models:/<name>@<alias>``), what the registry resolved: the score report's ``registry``
+    (name, version, alias, run id, source, sha256). Driver only: the executors get the file's path
+    and content hash in the :class:`ModelRef`, never the registry URI."""
+    if cfg.model.registry is None:
+        return cfg.model_path, None
+    from batchscore import registry
+
+    res = registry.resolve(cfg, log=lambda m: entry.log(f"score {cfg.name}: {m}"))
+    return res.path, res.info
+
+
+def check_artifact(cfg: ModelConfig, resolved: Resolved | None = None) -> Any:
+    """Hash and load the artifact on the driver and probe it: bad models fail here, clearly.
+    ``resolved``: what :func:`resolve_artifact` returned (resolved now when not given)."""
+    path, registered = resolved if resolved is not None else resolve_artifact(cfg)
+    ref = model_ref(path, cfg.model.format, cfg.scoring.device, n_features=cfg.input.n_features)
+    if registered is not None and registered["sha256"] != ref.sha256:
+        raise ModelError(f"{path}: the artifact resolved from {cfg.model.uri} changed on disk before scoring "
+                         "(content hash differs); rerun")
     ref = replace(ref, precision=cfg.scoring.precision)  # part of the executors' cache key
-    device = resolve_device(ref.device, ref.format, uri=ref.uri)
-    backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=ref.uri, device=device, precision=ref.precision)
-    check_model(backend, uri=ref.uri, n_features=cfg.input.n_features, n_outputs=len(cfg.outputs.columns))
+    # Driver-side messages name what the config names: the registered version, not the cache file.
+    label = (ref.uri if registered is None else cfg.model.uri if registered["alias"] is None
+             else f"{cfg.model.uri} (version {registered['version']})")
+    device = resolve_device(ref.device, ref.format, uri=label)
+    backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=label, device=device, precision=ref.precision)
+    check_model(backend, uri=label, n_features=cfg.input.n_features, n_outputs=len(cfg.outputs.columns))
     return ref
 
 
@@ -77,7 +101,8 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
             or delta.committed_version(cfg.outputs.delta.path, cfg.name, run_id) is not None:
         raise PublishRefusedError(f"run {run_id} of '{cfg.name}' is already published; use a new --run-id")
     state.invalidate(cfg, run_id, "validation", "publish", "run")  # whatever judged earlier files is void
-    ref = check_artifact(cfg)
+    resolved = resolve_artifact(cfg)
+    ref = check_artifact(cfg, resolved)
     entry.log(f"score {cfg.name}: model {Path(ref.uri).name} sha256 {ref.sha256[:12]} ({cfg.model.format}, device {cfg.scoring.device}, {cfg.scoring.precision})")
     df = read_input(spark, cfg.input)
     check_input(df, cfg.input, source=cfg.source)
@@ -96,7 +121,7 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
     input_rows = check_staged_keys(staged, cfg.input)  # from the scoring pass: no pre-pass over the input
     report = {
         "model": cfg.name, "run_id": run_id, "run_date": run_date, "model_version": cfg.model.version,
-        "model_sha256": ref.sha256, "input_rows": input_rows, "staged_path": target, "digest": staged.digest,
+        "model_sha256": ref.sha256, "registry": resolved[1], "input_rows": input_rows, "staged_path": target, "digest": staged.digest,
         "staged_rows": staged.total_rows,
         "model_loads": int(loads.value[0]), "model_load_seconds": round(float(loads.value[1]), 3),
         "seconds": round(time.perf_counter() - started, 2), "scored_at": scored_at.isoformat(),

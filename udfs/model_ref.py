@@ -3,6 +3,11 @@
 The cache key is the artifact's *content* hash (plus backend and device), not the path or the
 UDF object: re-creating a UDF, or a second job in the same worker, reuses the loaded model, and a
 new artifact at the same path always misses.
+
+``uri`` is always a local (or mounted) file. A registered MLflow model (``models:/...``) is
+resolved on the driver by ``batchscore.registry.resolve`` into a content-addressed file first:
+executors get that path and its hash and never call the registry (:func:`read_artifact` refuses
+a ``models:`` URI rather than guess).
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ class ModelRef:
 
 
 def read_artifact(path: str) -> bytes:
+    if path.startswith("models:"):
+        raise ModelError(f"{path} is a registered MLflow model, not a file: resolve it on the driver first "
+                         "(batchscore.registry.resolve, which jobs.score does); executors never call the registry")
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"model artifact {path} not found; check model.uri in the model config")
