@@ -19,7 +19,7 @@ SPARK_VERBS = {
     "score": "score the input table and stage predictions under the Delta root",
     "validate": "profile the staged scores and judge them against the rules",
     "publish": "load Redis (invisible), commit Delta, flip the Redis pointer",
-    "gc": "delete Redis versions older than the kept ones (--orphans: also unknown data keys)",
+    "gc": "delete Redis versions older than the kept ones (--orphans: also unknown data keys; --staged: staged runs never published)",
     "rollback": "a new publication with an earlier Delta version's content (Delta restore + Redis flip)",
     "reconcile": "make Redis serve the Delta table's latest publication (after a crash or a Redis restart)",
     "history": "list published versions",

@@ -17,7 +17,8 @@ from batchscore.exit import exit_now
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.redis_conn import connect
 from jobs import entry, state
-from jobs.publish import publish
+from batchscore.sinks import delta
+from jobs.publish import _require_validated, publish
 from jobs.score import score
 from jobs.session import build_session
 from jobs.validate import prefetch_imports, validate
@@ -27,9 +28,15 @@ def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, re
     """The whole pipeline for one run; returns the run report (also written as ``run.json``)."""
     started = time.perf_counter()
     connect(redis_url).close()  # fail fast, before scoring, when Redis is unreachable
-    prefetch_imports()  # GX + matplotlib load in the background while the driver waits on scoring
-    scored = score(spark, cfg, run_id=run_id, run_date=run_date)
-    validated = validate(spark, cfg, run_id=run_id)
+    if any(p.get("run_id") == run_id for p in delta.publications(cfg.outputs.delta.path)):
+        # A rerun (an Airflow retry) after this run's Delta commit, e.g. Redis failed before the flip:
+        # scoring again is refused (the id is published) and not needed; the publish resumes.
+        entry.log(f"run {cfg.name}: run {run_id} is already committed to Delta; resuming its publish")
+        scored, validated = _require_validated(cfg, run_id)
+    else:
+        prefetch_imports()  # GX + matplotlib load in the background while the driver waits on scoring
+        scored = score(spark, cfg, run_id=run_id, run_date=run_date)
+        validated = validate(spark, cfg, run_id=run_id)
     published = publish(spark, cfg, run_id=run_id, redis_url=redis_url)
     report = {
         "model": cfg.name, "run_id": run_id, "run_date": run_date, "rows": published["rows"],

@@ -31,6 +31,16 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def _submitted_keys() -> set[str]:
+    """The Spark conf keys spark-submit set (none outside spark-submit)."""
+    if not launched_by_spark_submit():
+        return set()
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # the JVM spark-submit started: its system properties
+    return {key for key, _ in SparkConf().getAll()}
+
+
 def build_session(
     app_name: str, *, master: str | None = None, conf: Mapping[str, Any] | None = None
 ) -> SparkSession:
@@ -39,7 +49,12 @@ def build_session(
     builder = SparkSession.builder.appName(app_name)
     if master and not launched_by_spark_submit():
         builder = builder.master(master)
-    for key, value in {**BASE_CONF, **{k: str(v) for k, v in (conf or {}).items()}}.items():
+    # What spark-submit was given (--conf, spark-defaults.conf) wins over these defaults, as it does
+    # over Spark's own: e.g. the DAGs' spark.ui.showConsoleProgress=false. The config's spark.conf
+    # still wins over both.
+    submitted = _submitted_keys()
+    base = {k: v for k, v in BASE_CONF.items() if k not in submitted}
+    for key, value in {**base, **{k: str(v) for k, v in (conf or {}).items()}}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

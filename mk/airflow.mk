@@ -2,6 +2,8 @@
 # DAG tests. Included by the Makefile; `make -f mk/airflow.mk airflow-env` also works on its own.
 #   make airflow-env   create/update .venv-airflow from requirements/airflow.txt (stamp-guarded)
 #   make test-dags     airflow db migrate (SQLite under .batchscore/airflow-home), then tests/dags
+#                      (DAG_TEST_ARGS='-m "not e2e"' skips the minutes-long runs: dag.test() of the
+#                      real jobs and the real scheduler + dag-processor + api-server test)
 #   make airflow-lock  re-resolve AF_TOP in a scratch venv and rewrite requirements/airflow.txt
 
 # Keep the including Makefile's default goal (its first target), not this file's first rule.
@@ -14,6 +16,7 @@ AF_VENV := .venv-airflow
 AF_REQ := requirements/airflow.txt
 AF_STAMP := $(AF_VENV)/.stamp-$(shell cksum < $(AF_REQ) | cut -d' ' -f1)
 AF_HOME := $(REPO)/.batchscore/airflow-home
+DAG_TEST_ARGS ?=
 AF_TOP := apache-airflow==3.3.2 apache-airflow-providers-apache-spark==6.3.4 pyyaml pytest pytest-timeout
 # What every Airflow command here runs with: a private SQLite home, this repo's dags/ and job env.
 AF_ENV := AIRFLOW_HOME=$(AF_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(REPO)/dags \
@@ -37,7 +40,7 @@ airflow-db: airflow-env
 # The DAG tests run in .venv-airflow and reach the job environment only through its spark-submit
 # and CLI (the end-to-end test needs `env`, the including Makefile's job-environment target).
 test-dags: airflow-db env
-	$(AF_ENV) BATCHSCORE_AIRFLOW_DB_READY=1 $(AF_VENV)/bin/pytest tests/dags -q -p no:cacheprovider
+	$(AF_ENV) BATCHSCORE_AIRFLOW_DB_READY=1 $(AF_VENV)/bin/pytest tests/dags -q -p no:cacheprovider $(DAG_TEST_ARGS)
 
 airflow-lock:
 	rm -rf .batchscore/airflow-lock-venv && $(PY) -m venv .batchscore/airflow-lock-venv

@@ -1,5 +1,7 @@
 """Builds one Airflow DAG per model config: route -> score -> validate -> publish (-> gc),
 or route -> backfill for Airflow backfill runs (``airflow backfill create``) and ``mode: backfill``.
+With ``one_application`` (a setting, per model too, or ``build_dag``'s argument) the online chain is
+one ``run`` task: ``jobs/run.py`` scores, validates and publishes in one spark-submit.
 
 Imports only the Airflow Task SDK, the Spark provider, PyYAML and the stdlib: DAG files are parsed
 often and must stay light (no pyspark, pandas, Great Expectations or batchscore imports). Each
@@ -14,6 +16,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,9 +27,11 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import DAG, CronTriggerTimetable, Param, chain, task
 
 from _lib.retry import ExitCodeRetryPolicy
-from _lib.settings import DagSettings, load_settings
+from _lib.settings import SPARK_LOG_CONFIG, DagSettings, load_settings
 
 STEPS = ("score", "validate", "publish")
+ONE_APPLICATION = ("run",)  # jobs/run.py: the three steps in one Spark application
+SCORING = frozenset({"score", "run", "backfill"})  # the tasks that load the model (and may hold a GPU)
 MODES = ("online", "backfill")
 # run_date: the run_date param when given, else the run's logical date in the settings' timezone
 # minus run_date_offset_days; a manual or asset-triggered run without a logical date uses its
@@ -73,21 +78,23 @@ def read_model(config_path: Path) -> dict[str, Any]:
     return model
 
 
-def choose_path(run_type: object, mode: str | None) -> str:
+def choose_path(run_type: object, mode: str | None, online: str = "score") -> str:
     """The first task of a run: ``backfill`` for Airflow backfill runs (or ``mode: backfill``),
-    else ``score`` (the online chain).
+    else ``online``, the head of the online chain (``score``, or ``run`` in one-application mode).
 
     >>> choose_path("backfill", "online"), choose_path("scheduled", None), choose_path("manual", "backfill")
     ('backfill', 'score', 'backfill')
+    >>> choose_path("manual", "online", online="run")
+    'run'
     """
     kind = str(getattr(run_type, "value", run_type))
-    return "backfill" if kind == "backfill" or mode == "backfill" else "score"
+    return "backfill" if kind == "backfill" or mode == "backfill" else online
 
 
 @task.branch(task_id="route")
-def _route(**context: Any) -> str:
+def _route(online: str = "score", **context: Any) -> str:
     """Runs in the Airflow worker (stdlib only): picks the online chain or the history backfill."""
-    return choose_path(context["dag_run"].run_type, (context.get("params") or {}).get("mode"))
+    return choose_path(context["dag_run"].run_type, (context.get("params") or {}).get("mode"), online)
 
 
 def _callback(path: str | None) -> Callable[..., Any] | None:
@@ -110,24 +117,51 @@ def _default_args(s: DagSettings) -> dict[str, Any]:
     }
 
 
+def scoring_pool(model: dict[str, Any], s: DagSettings) -> str:
+    """The pool of the tasks that score: a per-model ``pool`` setting; else ``gpu_pool`` for models
+    that may use a GPU (``scoring.device`` ``cuda`` or ``auto``, the default); else ``default_pool``.
+
+    >>> scoring_pool({"scoring": {"device": "cpu"}}, DagSettings())
+    'default_pool'
+    >>> scoring_pool({"scoring": {"device": "auto"}}, DagSettings()), scoring_pool({}, DagSettings(gpu_pool=None))
+    ('batchscore_gpu', 'default_pool')
+    """
+    device = (model.get("scoring") or {}).get("device", "auto")
+    return s.pool or (s.gpu_pool if device != "cpu" and s.gpu_pool else "default_pool")
+
+
+def spark_conf(model: dict[str, Any], s: DagSettings) -> dict[str, str]:
+    """The task's ``--conf``: the job env's Python, quiet logs (unless ``quiet_spark_logs: false``),
+    then the settings' ``spark_conf``, then the model's ``spark.conf`` (each wins over the one
+    before; ``spark.driver.extraJavaOptions`` of either is appended to the log config option)."""
+    model_conf = (model.get("spark") or {}).get("conf") or {}
+    conf: dict[str, Any] = {"spark.pyspark.python": str(s.job_python)}
+    quiet = f"-Dlog4j2.configurationFile=file:{SPARK_LOG_CONFIG}"
+    if s.quiet_spark_logs:  # task logs without progress bars and INFO lines
+        conf.update({"spark.ui.showConsoleProgress": "false", "spark.driver.extraJavaOptions": quiet})
+    for extra in (s.spark_conf, model_conf):
+        for key, value in extra.items():
+            if key == "spark.driver.extraJavaOptions" and s.quiet_spark_logs:
+                value = f"{conf[key]} {value}"  # later -D options win: a config file of their own too
+            conf[key] = value
+    return {k: str(v) for k, v in conf.items()}
+
+
 def _submit(step: str, config_path: Path, model: dict[str, Any], s: DagSettings) -> SparkSubmitOperator:
     name, python = model["name"], str(s.job_python)
-    model_conf = (model.get("spark") or {}).get("conf") or {}
     args = ["--model-config", str(config_path)]
     if step == "backfill":  # one date into the history table; never moves the online pointer
         args += ["--from", RUN_DATE, "--to", RUN_DATE]
     elif step != "gc":
         args += ["--run-date", RUN_DATE, "--run-id", RUN_ID]
-    device = (model.get("scoring") or {}).get("device", "auto")
-    pool = "default_pool"
-    if step in ("score", "backfill"):  # only scoring may hold a GPU; a per-model `pool` setting wins
-        pool = s.pool or (s.gpu_pool if device != "cpu" else "default_pool")
+    # Only scoring may hold a GPU; validate, publish and gc always run in the default pool.
+    pool = scoring_pool(model, s) if step in SCORING else "default_pool"
     return SparkSubmitOperator(
         task_id=step,
         name=f"batchscore-{step}-{name}",
         application=str(s.repo / "jobs" / f"{step}.py"),
         application_args=args,
-        conf={k: str(v) for k, v in {"spark.pyspark.python": python, **s.spark_conf, **model_conf}.items()},
+        conf=spark_conf(model, s),
         conn_id=s.spark_conn_id,
         # The operator argument may be any path (the connection's `spark-binary` extra only takes
         # names looked up on PATH): the job environment's spark-submit, whatever the worker's PATH.
@@ -141,12 +175,15 @@ def _submit(step: str, config_path: Path, model: dict[str, Any], s: DagSettings)
     )
 
 
-def build_dag(config_path: Path, settings: DagSettings) -> DAG:
-    """The DAG of one model config."""
+def build_dag(config_path: Path, settings: DagSettings, *, one_application: bool | None = None) -> DAG:
+    """The DAG of one model config; ``one_application`` (default: the settings') makes the online
+    chain one ``run`` task (see dags/README.md for the trade-off)."""
     config_path = config_path.resolve()
     model = read_model(config_path)
     name = model["name"]
     s = settings.for_model(name)
+    if one_application is not None:
+        s = replace(s, one_application=one_application)
     with DAG(
         dag_id=f"batchscore_{name}",
         schedule=CronTriggerTimetable(s.schedule, timezone=s.timezone) if s.schedule else None,
@@ -163,12 +200,14 @@ def build_dag(config_path: Path, settings: DagSettings) -> DAG:
         user_defined_filters={"batchscore_run_id": safe_run_id,
                               "batchscore_run_date": run_date_filter(s.timezone, s.run_date_offset_days)},
         tags=["batchscore", name],
-        doc_md=f"Scores `{name}` ({config_path}) and publishes it to Delta and Redis. See dags/README.md.",
+        doc_md=f"Scores `{name}` ({config_path}) and publishes it to Delta and Redis"
+               f"{' in one Spark application (`run`)' if s.one_application else ''}. See dags/README.md.",
     ) as dag:
-        steps = (*STEPS, "gc") if s.gc else STEPS
+        steps = ONE_APPLICATION if s.one_application else STEPS
+        steps = (*steps, "gc") if s.gc else steps
         online = [_submit(step, config_path, model, s) for step in steps]
         chain(*online)
-        _route() >> [online[0], _submit("backfill", config_path, model, s)]
+        _route(online=online[0].task_id) >> [online[0], _submit("backfill", config_path, model, s)]
     return dag
 
 

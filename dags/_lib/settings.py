@@ -17,6 +17,7 @@ import yaml
 
 DAGS_DIR = Path(__file__).resolve().parents[1]
 SETTINGS_FILE = DAGS_DIR / "dag_settings.yaml"
+SPARK_LOG_CONFIG = DAGS_DIR / "spark-log4j2.properties"
 # Paths that differ per deployment, overridable without editing the YAML.
 ENV_OVERRIDES = {
     "repo": "BATCHSCORE_REPO",
@@ -44,13 +45,20 @@ class DagSettings:
     retries: int = 2
     retry_delay_seconds: int = 300
     execution_timeout_minutes: int | None = 240
-    gpu_pool: str = "batchscore_gpu"
-    pool: str | None = None  # the score task's pool (default: gpu_pool unless scoring.device is cpu)
+    gpu_pool: str | None = "batchscore_gpu"  # None: no GPU pool (CPU-only deployments)
+    pool: str | None = None  # the scoring task's pool (default: gpu_pool unless scoring.device is cpu)
     spark_conn_id: str = "spark_default"
     spark_conf: dict[str, Any] = field(default_factory=dict)
+    quiet_spark_logs: bool = True  # no progress bars, Spark logs at WARN (dags/spark-log4j2.properties)
+    one_application: bool = False  # one `run` task: score, validate and publish in one spark-submit
     gc: bool = False
     on_failure_callback: str | None = None
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # switches are booleans: a YAML "no" string would read as true
+            if isinstance(f.default, bool) and not isinstance(getattr(self, f.name), bool):
+                raise SettingsError(f"{f.name}: expected true or false, got {getattr(self, f.name)!r}")
 
     @property
     def job_python(self) -> Path:

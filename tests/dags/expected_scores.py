@@ -2,8 +2,9 @@
 
     .venv/bin/python tests/dags/expected_scores.py conf.yaml KEY...  ->  {"KEY": [score, ...], ...}
 
-Scores the keys' feature rows with ONNX Runtime directly (no Spark, no batchscore code), so the
-published values are checked against the model itself.
+Scores the keys' feature rows with ONNX Runtime directly (no Spark, no batchscore scoring code), so
+the published values are checked against the model itself. Only the paths come from batchscore's
+config loader, so relative ones resolve as the jobs resolve them (against the config's project root).
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yaml
+
+from batchscore.config import load_model_config
 
 
 def expected(config: str, keys: list[str]) -> dict[str, list[float]]:
-    with open(config) as f:
-        cfg = yaml.safe_load(f)
-    key, features = cfg["input"]["key"], cfg["input"]["features"]
-    table = pq.read_table(cfg["input"]["path"])
+    cfg = load_model_config(config)
+    key, features = cfg.input.key, list(cfg.input.features or [])
+    table = pq.read_table(cfg.input.path)
     rows = table.filter(pc.is_in(table[key], value_set=pa.array(keys).cast(table[key].type)))
     position = {str(k): i for i, k in enumerate(rows[key].to_pylist())}
     x = np.column_stack([rows[c].to_numpy() for c in features]).astype(np.float32)
-    session = ort.InferenceSession(cfg["model"]["uri"], providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(cfg.model_path, providers=["CPUExecutionProvider"])
     out = session.run(None, {session.get_inputs()[0].name: x})[0]
     return {k: [float(v) for v in np.atleast_1d(out[position[k]])] for k in keys}
 

@@ -11,17 +11,17 @@ import os
 import sys
 from collections import defaultdict
 
-import yaml
 from deltalake import DeltaTable
+
+from batchscore.config import load_model_config
 
 
 def read(config: str, keys: list[str]) -> dict[str, object]:
-    with open(config) as f:
-        cfg = yaml.safe_load(f)
-    path = (cfg["outputs"].get("history") or {}).get("path") or cfg["outputs"]["delta"]["path"].rstrip("/") + "_history"
+    cfg = load_model_config(config)  # paths as the jobs resolve them
+    path = cfg.outputs.history.path if cfg.outputs.history else cfg.outputs.delta.path.rstrip("/") + "_history"
     table = DeltaTable(path)
     data = table.to_pyarrow_table()
-    key, columns = cfg["input"]["key"], cfg["outputs"]["columns"]
+    key, columns = cfg.input.key, list(cfg.outputs.columns)
     scores: dict[str, dict[str, list[float]]] = defaultdict(dict)
     for row in data.to_pylist():
         if str(row[key]) in keys:

@@ -39,7 +39,7 @@ def stub_dag(tmp_path: Path, airflow_db: None, job_env: Path, monkeypatch: pytes
     """A DAG whose jobs are stubs; returns (build, jobs_dir, failures_file)."""
     jobs = tmp_path / "repo" / "jobs"
     jobs.mkdir(parents=True)
-    for step in ("score", "validate", "publish", "backfill"):
+    for step in ("score", "validate", "publish", "backfill", "run"):
         (jobs / f"{step}.py").write_text(STUB)
     failures = tmp_path / "failures.jsonl"
     monkeypatch.setenv("BATCHSCORE_TEST_FAILURES", str(failures))
@@ -137,3 +137,18 @@ def test_airflow_backfill_runs_take_the_backfill_path() -> None:
     assert choose_path("backfill", None) == "backfill"
     assert choose_path(DagRunType.SCHEDULED, "online") == "score"
     assert choose_path(DagRunType.MANUAL, None) == "score"
+
+
+@pytest.mark.parametrize(("code", "state", "tries"), [(0, "success", 1), (3, "failed", 1)])
+def test_one_application_runs_jobs_run_py_once_with_the_window(stub_dag, code: int, state: str, tries: int) -> None:  # type: ignore[no-untyped-def]
+    """one_application: score, validate and publish in one spark-submit of jobs/run.py, one task;
+    its exit code decides retries as for the steps (3: validation rejected, no retry)."""
+    build, jobs, _ = stub_dag
+    (jobs / "run.exit").write_text(str(code))
+    run = build(one_application=True, retries=2).test(logical_date=None)
+    assert task_states(run) == {"route": "success", "run": state, "backfill": "skipped"}
+    made = calls(jobs, "run")
+    assert len(made) == tries
+    assert arg(made[0], "--run-date") == run.run_after.astimezone(UTC).date().isoformat()
+    assert arg(made[0], "--run-id") == safe_run_id(run.run_id)
+    assert calls(jobs, "score") == calls(jobs, "validate") == calls(jobs, "publish") == []

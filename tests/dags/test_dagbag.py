@@ -77,6 +77,11 @@ def test_tasks_follow_the_job_contract(bag, config: Path) -> None:  # type: igno
         assert task.conf["spark.pyspark.python"] == job_python
         assert task.env_vars == {"PYSPARK_PYTHON": job_python, "PYSPARK_DRIVER_PYTHON": job_python}
         assert task._spark_binary == str(REPO / ".venv" / "bin" / "spark-submit")
+        # Task logs without progress bars or Spark's INFO lines (the shipped log4j2 file).
+        assert task.conf["spark.ui.showConsoleProgress"] == "false"
+        log_config = DAGS / "spark-log4j2.properties"
+        assert task.conf["spark.driver.extraJavaOptions"].startswith(f"-Dlog4j2.configurationFile=file:{log_config}")
+        assert log_config.is_file()
         for key, value in ((model.get("spark") or {}).get("conf") or {}).items():
             assert task.conf[key] == str(value)
 

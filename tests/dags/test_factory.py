@@ -105,6 +105,59 @@ def test_per_model_overrides_gc_and_callback(tmp_path: Path) -> None:
         "validate": "default_pool", "publish": "default_pool"}
 
 
+def test_one_application_mode_is_one_run_task_with_the_same_contract(tmp_path: Path) -> None:
+    from _lib.retry import ExitCodeRetryPolicy
+
+    cfg = _model(tmp_path, "m1")  # scoring.device defaults to auto: the run task scores, so the GPU pool
+    dag = build_dag(cfg, DagSettings(conf_dir=tmp_path), one_application=True)
+    assert {t.task_id for t in dag.tasks} == {"route", "run", "backfill"}
+    assert dag.get_task("route").downstream_task_ids == {"run", "backfill"}
+    run = dag.get_task("run")
+    assert run.application.endswith("jobs/run.py") and Path(run.application).exists()
+    assert run.application_args[:2] == ["--model-config", str(cfg.resolve())]
+    assert "params.run_date" in run.application_args[run.application_args.index("--run-date") + 1]
+    assert "batchscore_run_id" in run.application_args[run.application_args.index("--run-id") + 1]
+    assert run.pool == "batchscore_gpu" and run.retries == 2 and isinstance(run.retry_policy, ExitCodeRetryPolicy)
+    assert run.name == "batchscore-run-m1"
+    # The setting, per model, with gc after the run; the factory argument wins over it.
+    settings = DagSettings(conf_dir=tmp_path, models={"m1": {"one_application": True, "gc": True}})
+    dag = build_dag(cfg, settings)
+    assert [t.task_id for t in dag.topological_sort() if t.task_id not in ("route", "backfill")] == ["run", "gc"]
+    assert {t.task_id for t in build_dag(cfg, settings, one_application=False).tasks} == {
+        "route", "score", "validate", "publish", "gc", "backfill"}
+
+
+def test_gpu_pool_only_for_models_that_may_use_a_gpu(tmp_path: Path) -> None:
+    pools = {}
+    for device in ("cpu", "auto", "cuda"):
+        cfg = _model(tmp_path, f"m_{device}", scoring={"device": device})
+        for gpu_pool in ("batchscore_gpu", None):
+            dag = build_dag(cfg, DagSettings(conf_dir=tmp_path, gpu_pool=gpu_pool))
+            pools[device, gpu_pool] = {t.task_id: t.pool for t in dag.tasks if t.pool != "default_pool"}
+    gpu = {"score": "batchscore_gpu", "backfill": "batchscore_gpu"}
+    assert pools == {("cpu", "batchscore_gpu"): {}, ("auto", "batchscore_gpu"): gpu, ("cuda", "batchscore_gpu"): gpu,
+                     ("cpu", None): {}, ("auto", None): {}, ("cuda", None): {}}
+
+
+def test_quiet_spark_logs_and_who_wins_in_the_spark_conf(tmp_path: Path) -> None:
+    from _lib.settings import SPARK_LOG_CONFIG
+
+    cfg = _model(tmp_path, "m1", spark={"conf": {"spark.ui.showConsoleProgress": True,
+                                                 "spark.driver.extraJavaOptions": "-Dmodel=1"}})
+    quiet = f"-Dlog4j2.configurationFile=file:{SPARK_LOG_CONFIG}"
+    score = build_dag(cfg, DagSettings(conf_dir=tmp_path, spark_conf={
+        "spark.driver.extraJavaOptions": "-Dsettings=1"})).get_task("score")
+    assert score.conf["spark.ui.showConsoleProgress"] == "True"  # the model's own conf wins
+    assert score.conf["spark.driver.extraJavaOptions"] == f"{quiet} -Dsettings=1 -Dmodel=1"
+    plain = build_dag(_model(tmp_path, "m2"), DagSettings(conf_dir=tmp_path)).get_task("publish")
+    assert plain.conf["spark.ui.showConsoleProgress"] == "false"
+    assert plain.conf["spark.driver.extraJavaOptions"] == quiet
+    loud = build_dag(_model(tmp_path, "m3"), DagSettings(conf_dir=tmp_path, quiet_spark_logs=False)).get_task("score")
+    assert set(loud.conf) == {"spark.pyspark.python"}
+    with pytest.raises(SettingsError, match="one_application: expected true or false, got 'yes'"):
+        DagSettings(one_application="yes")  # type: ignore[arg-type]
+
+
 def test_unknown_per_model_keys_and_duplicate_names_fail_loudly(tmp_path: Path) -> None:
     _model(tmp_path, "a")
     with pytest.raises(SettingsError, match="models.a: unknown keys"):
@@ -122,5 +175,5 @@ def test_doctests() -> None:
 
     from _lib import dag_factory, retry
 
-    for module in (dag_factory, retry):
+    for module in (dag_factory, retry):  # dag_factory.scoring_pool's examples too
         assert doctest.testmod(module).failed == 0, module.__name__
