@@ -126,3 +126,22 @@ def test_a_spark_task_whose_worker_dies_mid_load_is_retried_and_the_load_is_exac
     meta = {k.decode(): v.decode() for k, v in r.hgetall(layout.meta_key("t:m", vid)).items()}
     assert sum(r.hlen(layout.data_key("t:m", vid, b)) for b in range(int(meta["buckets"]))) == rows
     wait_for(lambda: r.get(layout.lock_key("t:m")) is None, 5, "the lock released")
+
+
+def test_batchscore_run_killed_after_its_commit_resumes_on_retry(spark: Any, make_config: Any, redis_url: str) -> None:
+    """One-application mode (Airflow retries `batchscore run` as a whole): a retry after the Delta
+    commit must not re-score (the run id is published) but finish the publish."""
+    path, cfg = _cfg(make_config)
+    _killed(start_cli("run", path, redis_url, "--run-id", "one", "--run-date", "2026-11-22", "--master", "local[2]",
+                      BATCHSCORE_CRASH_AT="after_delta_commit"))
+    assert [p["run_id"] for p in delta.publications(cfg.outputs.delta.path)] == ["one"]
+    assert redis.Redis.from_url(redis_url).get(layout.pointer_key("t:m")) is None  # committed, not served
+    proc = start_cli("run", path, redis_url, "--run-id", "one", "--run-date", "2026-11-22", "--master", "local[2]")
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0 and "resuming its publish" in out, out
+    live = DeltaTable(cfg.outputs.delta.path).to_pyarrow_table()
+    assert live.num_rows == pq.read_table(cfg.input.path).num_rows and len(delta.publications(cfg.outputs.delta.path)) == 1
+    r = redis.Redis.from_url(redis_url)
+    vid = r.get(layout.pointer_key("t:m")).decode()
+    meta = {k.decode(): v.decode() for k, v in r.hgetall(layout.meta_key("t:m", vid)).items()}
+    assert meta["run_id"] == "one" and int(meta["count"]) == live.num_rows
