@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
+from batchscore import redis_layout as layout
 from batchscore.local_redis import LocalRedis, cli_binary, free_port, server_binary
 
 REPO = Path(__file__).resolve().parents[3]
@@ -182,3 +183,27 @@ def inproc_loader(url: str, ns: str, key: str, columns: list[str], *,
         return counts
 
     return load
+
+
+def write_version(r: Any, ns: str, number: int, epoch: str, score: Callable[[int], Sequence[float]], *,
+                  keys: Sequence[str], columns: Sequence[str] = ("score",), model_version: str = "mv",
+                  flip: bool = True, announce: bool = True, state: str | None = None,
+                  meta_epoch: str | None = None) -> str:
+    """Version ``number.epoch`` of ``ns`` with ``score(k)`` for each key: data buckets and meta via
+    redis-py; ``flip`` sets the pointer, ``announce`` publishes on the channel."""
+    vid = layout.version_id(number, epoch)
+    buckets = layout.bucket_count(len(keys))
+    pipe = r.pipeline(transaction=False)
+    for k in keys:
+        pipe.hset(layout.data_key(ns, vid, layout.bucket_of(k, buckets)), k, layout.encode_scores(score(int(k))))
+    pipe.hset(layout.meta_key(ns, vid), mapping={
+        "number": number, "epoch": meta_epoch or epoch, "state": state or ("published" if flip else "loaded"),
+        "count": len(keys), "buckets": buckets, "columns": ",".join(columns), "model_version": model_version,
+        "run_id": f"run-{vid}", "digest": "", "delta_version": 0, "created_at": f"{time.time():.3f}",
+        "published_at": ""})
+    pipe.execute()
+    if flip:
+        r.set(layout.pointer_key(ns), vid)
+        if announce:
+            r.publish(layout.channel(ns), vid)
+    return vid

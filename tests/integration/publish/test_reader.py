@@ -17,6 +17,8 @@ import pytest
 import redis
 
 from batchscore import redis_layout as layout
+
+from . import conftest
 from batchscore.errors import EXIT_BAD_INPUT, ConfigError
 from batchscore.local_redis import LocalRedis, free_port, server_binary
 from batchscore.reader import AsyncScoreReader, ScoreReader
@@ -31,25 +33,10 @@ REPO = Path(__file__).resolve().parents[3]
 
 def write_version(r: Any, ns: str, number: int, epoch: str, offset: float, *, keys: Sequence[str] = KEYS,
                   flip: bool = True, announce: bool = True, model_version: str | None = None) -> str:
-    """Version ``number.epoch`` of ``ns`` scoring key k as ``k + offset`` (one column ``score``):
-    data buckets and meta written with redis-py; ``flip`` sets the pointer, ``announce`` publishes."""
+    """Version ``number.epoch`` of ``ns`` scoring key k as ``k + offset`` (one column ``score``)."""
     vid = layout.version_id(number, epoch)
-    buckets = layout.bucket_count(len(keys))
-    pipe = r.pipeline(transaction=False)
-    for k in keys:
-        pipe.hset(layout.data_key(ns, vid, layout.bucket_of(k, buckets)), k, layout.encode_scores([int(k) + offset]))
-    now = f"{time.time():.3f}"
-    pipe.hset(layout.meta_key(ns, vid), mapping={
-        "number": number, "epoch": epoch, "state": "published" if flip else "loaded", "count": len(keys),
-        "buckets": buckets, "columns": "score", "model_version": model_version or f"mv-{vid}",
-        "run_id": f"run-{vid}", "digest": "", "delta_version": number - 1, "created_at": now,
-        "published_at": now if flip else ""})
-    pipe.execute()
-    if flip:
-        r.set(layout.pointer_key(ns), vid)
-        if announce:
-            r.publish(layout.channel(ns), vid)
-    return vid
+    return conftest.write_version(r, ns, number, epoch, lambda k: [k + offset], keys=keys, flip=flip,
+                                  announce=announce, model_version=model_version or f"mv-{vid}")
 
 
 def wait_until(cond: Any, timeout: float = 5.0) -> None:

@@ -20,6 +20,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from batchscore import redis_layout as layout
+
+from . import conftest
 from batchscore.local_redis import LocalRedis, free_port
 from batchscore.reader import AsyncScoreReader, PointerError, Score, ScoreReader, _Cache
 
@@ -29,27 +31,8 @@ KEYS = [str(k) for k in range(300)]
 
 
 def write_version(r: Any, ns: str, number: int, epoch: str, score: Callable[[int], Sequence[float]], *,
-                  keys: Sequence[str] = KEYS, columns: Sequence[str] = ("score",), model_version: str = "mv",
-                  flip: bool = True, announce: bool = True, state: str | None = None,
-                  meta_epoch: str | None = None) -> str:
-    """Version ``number.epoch`` of ``ns`` with ``score(k)`` for each key: data buckets and meta via
-    redis-py; ``flip`` sets the pointer, ``announce`` publishes on the channel."""
-    vid = layout.version_id(number, epoch)
-    buckets = layout.bucket_count(len(keys))
-    pipe = r.pipeline(transaction=False)
-    for k in keys:
-        pipe.hset(layout.data_key(ns, vid, layout.bucket_of(k, buckets)), k, layout.encode_scores(score(int(k))))
-    pipe.hset(layout.meta_key(ns, vid), mapping={
-        "number": number, "epoch": meta_epoch or epoch, "state": state or ("published" if flip else "loaded"),
-        "count": len(keys), "buckets": buckets, "columns": ",".join(columns), "model_version": model_version,
-        "run_id": f"run-{vid}", "digest": "", "delta_version": 0, "created_at": f"{time.time():.3f}",
-        "published_at": ""})
-    pipe.execute()
-    if flip:
-        r.set(layout.pointer_key(ns), vid)
-        if announce:
-            r.publish(layout.channel(ns), vid)
-    return vid
+                  keys: Sequence[str] = KEYS, **kw: Any) -> str:
+    return conftest.write_version(r, ns, number, epoch, score, keys=keys, **kw)
 
 
 def plus(offset: float) -> Callable[[int], list[float]]:
