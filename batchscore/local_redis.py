@@ -58,6 +58,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def pings(port: int) -> bool:
+    """True when a server on 127.0.0.1:``port`` answers PING."""
+    try:
+        return bool(redis.Redis(port=port).ping())
+    except redis.RedisError:
+        return False
+
+
+def cluster_ok(port: int) -> bool:
+    """True when the Cluster node on 127.0.0.1:``port`` reports ``cluster_state:ok``."""
+    info = redis.Redis(port=port).execute_command("CLUSTER INFO")  # a dict or the raw text, by redis-py version
+    if isinstance(info, dict):
+        return str(info.get("cluster_state")) == "ok"
+    return "cluster_state:ok" in (info.decode() if isinstance(info, bytes) else str(info))
+
+
 class LocalRedis:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 

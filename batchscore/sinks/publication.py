@@ -106,8 +106,12 @@ def head(table: str) -> Publication | None:
 
 def served(store: RedisVersions) -> Publication | None:
     """The publication Redis readers are served, when the pointer agrees with the record."""
-    rec = Publication.of(store.served_record())
-    return rec if rec is not None and store.current() == rec.redis_version else None
+    return _agreed(Publication.of(store.served_record()), store.current())
+
+
+def _agreed(rec: Publication | None, pointer: str | None) -> Publication | None:
+    """The record, when the pointer names its version (a legacy pointer without one: None)."""
+    return rec if rec is not None and pointer == rec.redis_version else None
 
 
 def reference(table: str, served_pub: Publication | None) -> Publication | None:
@@ -192,9 +196,9 @@ def rollback(store: RedisVersions, target: Target, *, to_version: int, loader: L
         version, reloaded = _ready(store, target, old, to_version, loader, owner=f"rollback-to-{to_version}")
         pub = Publication(seq=current.seq + 1, run_id=old.run_id, run_date=old.run_date, digest=old.digest,
                           redis_version=version.vid, kind="rollback", rows=old.rows, rollback_to=to_version)
-        store.check_fence("restore the Delta table")
         try:
-            dv = delta.restore(target.table, to_version, expected=expected_dv, check=lambda: store.check_fence("restore"),
+            dv = delta.restore(target.table, to_version, expected=expected_dv,
+                               check=lambda: store.check_fence("restore the Delta table"),
                                metadata={"publication": json.dumps(pub.record(), sort_keys=True),
                                          "redis_version": version.vid})
         except delta.CommitConflict as exc:
@@ -227,7 +231,7 @@ def gc(store: RedisVersions, target: Target, *, keep: int, grace_s: float, loade
 def _reconcile(store: RedisVersions, target: Target, loader: Loader, log: Log) -> Outcome:
     leader = head(target.table)
     rec, pointer = Publication.of(store.served_record()), store.current()
-    now = rec if rec is not None and pointer == rec.redis_version else None
+    now = _agreed(rec, pointer)
     if leader is None:
         return Outcome(None, "nothing-published")
     if now is not None and now.seq == leader.seq and now.digest == leader.digest \

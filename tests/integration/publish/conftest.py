@@ -20,10 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import redis
 
 from batchscore import redis_layout as layout
-from batchscore.local_redis import LocalRedis, cli_binary, free_port, server_binary
+from batchscore.local_redis import LocalRedis, cli_binary, cluster_ok, free_port, pings, server_binary
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -53,16 +52,12 @@ def stage_run(cfg: Any, run_id: str, keys: np.ndarray, scores: np.ndarray, *, pa
 
 def served_number(r: Any, ns: str = "t:m") -> int | None:
     """The number of the version the pointer names (None when nothing is served)."""
-    from batchscore import redis_layout as layout
-
     raw = r.get(layout.pointer_key(ns))
     return None if raw is None else layout.parse_version_id(raw)[0]
 
 
 def numbers(r: Any, ns: str = "t:m") -> list[int]:
     """The numbers of the versions in the versions set, ascending."""
-    from batchscore import redis_layout as layout
-
     return sorted(layout.parse_version_id(v)[0] for v in r.zrange(layout.versions_key(ns), 0, -1))
 
 
@@ -131,13 +126,13 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                  "nodes.conf", "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no", "--dir", str(d)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             procs.append(proc)
-            wait_for(lambda p=p, proc=proc: _pings(p) or proc.poll() is not None, 60, f"redis-server on {p}")
+            wait_for(lambda p=p, proc=proc: pings(p) or proc.poll() is not None, 60, f"redis-server on {p}")
             if proc.poll() is None:
                 ports.append(p)  # else the port was taken meanwhile: try another
         subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
                         "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
         for p in ports:
-            wait_for(lambda p=p: _cluster_ok(p), 30, f"cluster state ok on {p}")
+            wait_for(lambda p=p: cluster_ok(p), 30, f"cluster state ok on {p}")
         yield f"redis://127.0.0.1:{ports[0]}/0"
     finally:
         for proc in procs:
@@ -146,19 +141,8 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(timeout=10)
 
 
-def _pings(port: int) -> bool:
-    try:
-        return bool(redis.Redis(port=port).ping())
-    except redis.RedisError:
-        return False
 
 
-def _cluster_ok(port: int) -> bool:
-    info = redis.Redis(port=port).execute_command("CLUSTER INFO")
-    if isinstance(info, dict):
-        return str(info.get("cluster_state")) == "ok"
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    return "cluster_state:ok" in text
 
 
 def inproc_loader(url: str, ns: str, key: str, columns: list[str], *,
