@@ -25,7 +25,7 @@ from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, S
 
 from udfs.arrow_input import Piece, features_matrix
 from udfs.model_ref import ModelRef
-from udfs.predict_udf import OUTPUT_ROWS, output_schema, scored_batches
+from udfs.predict_udf import OUTPUT_ROWS, Sink, output_schema, scored_batches, sunk
 
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
 _PART = StructType([StructField("path", StringType(), False),
@@ -101,8 +101,10 @@ def with_predictions_from_files(
     batch_size: int,
     loads: Any = None,
     prefetch: int | None = None,
+    sink: Sink | None = None,
 ) -> DataFrame:
-    """``key`` + one float column per output for every row of ``fragments`` (one task each).
+    """``key`` + one float column per output for every row of ``fragments`` (one task each);
+    with a ``sink`` (see :func:`udfs.predict_udf.with_predictions`), what the sink yields.
 
     ``key_type``: the key's Spark type as Spark's own scan reports it; the key read by pyarrow is
     cast to it, so both paths give the same schema.
@@ -125,7 +127,7 @@ def with_predictions_from_files(
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         yield from scored_batches(ref, pieces(batches), names=names, batch_size=batch_size, loads=loads, prefetch=prefetch)
 
-    return fragment_frame(spark, fragments).mapInArrow(score, schema)
+    return fragment_frame(spark, fragments).mapInArrow(*sunk(score, schema, sink))
 
 
 def fragment_frame(spark: SparkSession, fragments: Sequence[Fragment]) -> DataFrame:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,28 @@ from udfs.model_cache import load_event
 from udfs.model_ref import ModelRef
 
 _END = object()
+
+
+class Sink(Protocol):
+    """What consumes a task's scored batches in the task itself, and the schema of what it yields."""
+
+    schema: StructType
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]: ...
+
+
+MapFn = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+
+
+def sunk(fn: MapFn, schema: StructType, sink: Sink | None) -> tuple[MapFn, StructType]:
+    """``mapInArrow`` arguments: ``fn`` itself, or ``fn`` followed by ``sink`` in the same task."""
+    if sink is None:
+        return fn, schema
+
+    def through(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        yield from sink(fn(batches))
+
+    return through, sink.schema
 
 
 def output_schema(columns: list[str]) -> StructType:
@@ -160,8 +182,12 @@ def with_predictions(
     batch_size: int,
     loads: Any = None,
     prefetch: int | None = None,
+    sink: Sink | None = None,
 ) -> DataFrame:
-    """``df``'s ``key`` and the model's outputs, one float column per name in ``columns``."""
+    """``df``'s ``key`` and the model's outputs, one float column per name in ``columns``.
+
+    ``sink``: consumes the scored batches inside the same task (e.g. writes them to storage,
+    :class:`udfs.staged_write.StagedWriter`); the frame is then what the sink yields."""
     width = len(features) if features else (ref.n_features or 0)
     inputs = list(features) if features else [str(feature_array)]
     schema = StructType([df.schema[key], *output_schema(columns).fields])
@@ -171,7 +197,7 @@ def with_predictions(
         pieces = ((b.column(0), features_matrix(b, features, feature_array, width)) for b in batches)
         yield from scored_batches(ref, pieces, names=names, batch_size=batch_size, loads=loads, prefetch=prefetch)
 
-    return df.select(key, *inputs).mapInArrow(score, schema)
+    return df.select(key, *inputs).mapInArrow(*sunk(score, schema, sink))
 
 
 def predict_column(
