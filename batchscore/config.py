@@ -14,8 +14,8 @@ and writes the same locations (see :func:`project_root`):
    ``conf/models/demo.yaml`` the repository root;
 3. else the config file's own directory.
 
-Values with a URI scheme (``models:/...``, ``s3://``, ``hdfs://``, ``abfss://``) are kept as they
-are; ``file:///abs/path`` becomes ``/abs/path`` (already absolute; a ``file:`` URI without an
+Values with a URI scheme (``models:/...``, ``s3://``, ``gs://``, ``hdfs://``, ``abfss://``) are kept
+as they are (``s3a://`` becomes ``s3://``; see :mod:`batchscore.storage`); ``file:///abs/path`` becomes ``/abs/path`` (already absolute; a ``file:`` URI without an
 absolute path is refused). ``~`` expands to the home directory. The executors of a local run see
 absolute paths.
 """
@@ -289,6 +289,24 @@ class SparkSettings(_Strict):
     conf: dict[str, Annotated[str | int | float | bool, Field()]] = Field(default_factory=dict)
 
 
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def _storage_names(v: dict[str, str]) -> dict[str, str]:
+    """``storage:``: option -> the *name* of the environment variable holding its value (never the
+    value: secrets stay in the environment). Options not given are read from their standard
+    variables (``AWS_ACCESS_KEY_ID`` ...), else from the instance/workload identity."""
+    from batchscore.storage import ALL_OPTIONS
+
+    for option, var in v.items():
+        if option not in ALL_OPTIONS:
+            raise ValueError(f"unknown storage option '{option}' (known: {', '.join(ALL_OPTIONS)})")
+        if not isinstance(var, str) or not _ENV_NAME.match(var):
+            raise ValueError(f"storage.{option}: give the name of an environment variable (like SCORING_S3_SECRET), "
+                             "never the value itself")
+    return v
+
+
 class ModelConfig(_Strict):
     name: str = Field(pattern=_NAME)
     model: ModelArtifact
@@ -297,8 +315,15 @@ class ModelConfig(_Strict):
     scoring: Scoring = Field(default_factory=Scoring)
     validation: Validation = Field(default_factory=Validation)
     runtime: Runtime = Field(default_factory=Runtime)
+    storage: dict[str, str] = Field(default_factory=dict, description="option -> name of the environment variable "
+                                    "holding it, e.g. {AWS_ACCESS_KEY_ID: SCORING_S3_KEY_ID}; see batchscore.storage")
     spark: SparkSettings = Field(default_factory=SparkSettings)
     source: str = Field(default="", exclude=True, description="the file this was loaded from")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: dict[str, str]) -> dict[str, str]:
+        return _storage_names(v)
 
     @model_validator(mode="after")
     def _precision_fits_format(self) -> ModelConfig:
@@ -313,6 +338,13 @@ class ModelConfig(_Strict):
     @property
     def model_path(self) -> str:
         return _local_path(self.model.uri)
+
+    @property
+    def store(self) -> Any:
+        """The :class:`batchscore.storage.Storage` every location of this config is reached with."""
+        from batchscore.storage import Storage
+
+        return Storage(env=tuple(sorted(self.storage.items()))).captured()
 
     def redis_url(self) -> str:
         """The Redis URL from the environment variable the config names (never logged)."""
@@ -368,7 +400,15 @@ def _resolve(value: str, root: Path, where: str) -> str:
                               "file:///absolute/path, or a plain path (relative to the project root)")
         return str(Path(local).resolve())
     if _SCHEME.match(value):
-        return value  # models:/..., s3://..., hdfs://...: not a local path
+        if value.startswith("models:"):
+            return value
+        from batchscore.storage import normalize, scheme
+
+        try:
+            scheme(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return normalize(value)  # s3a:// is s3://; s3://, gs://, abfss://, hdfs:// are not local paths
     return str((root / Path(value).expanduser()).resolve())
 
 

@@ -90,10 +90,26 @@ def redact(uri: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
+def cache_location(cfg: ModelConfig) -> str:
+    """Where resolved artifacts live, a local path or a store URI: ``model.cache_dir``,
+    ``$BATCHSCORE_MODEL_CACHE_DIR``, or ``<outputs.delta.path>/_models`` (the Delta root is already
+    storage every executor reads)."""
+    from batchscore.storage import join
+
+    return cfg.model.cache_dir or os.environ.get(CACHE_ENV) or join(cfg.outputs.delta.path, "_models")
+
+
 def cache_dir(cfg: ModelConfig) -> Path:
-    """Where resolved artifacts live: ``model.cache_dir``, ``$BATCHSCORE_MODEL_CACHE_DIR``, or
-    ``<outputs.delta.path>/_models`` (the Delta root is already storage every executor reads)."""
-    raw = cfg.model.cache_dir or os.environ.get(CACHE_ENV) or str(Path(cfg.outputs.delta.path) / "_models")
+    """The local folder resolved artifacts are prepared in: :func:`cache_location` when local;
+    for a store URI a local staging cache (the artifact is then uploaded to the store as
+    ``<location>/<sha256><ext>``, which the executors fetch)."""
+    from batchscore.storage import is_local
+
+    raw = cache_location(cfg)
+    if not is_local(raw):
+        from batchscore.storage import artifact_cache_dir
+
+        return Path(artifact_cache_dir()) / "registry"
     return Path(raw.removeprefix("file://")).expanduser().resolve()
 
 
@@ -443,8 +459,17 @@ def resolve(cfg: ModelConfig, *, log: Callable[[str], None] = lambda _m: None) -
         "source": mv.source, "artifact": artifact, "external_data_merged": merged is not None,
         "sha256": sha, "path": str(final), "tracking_uri": redact(tracking),
     }
-    log(f"model {uri} -> version {version} (run {mv.run_id or '-'}, {artifact}) sha256 {sha[:12]} at {final}")
-    return Resolved(path=str(final), sha256=sha, info=info)
+    where_now = str(final)
+    location = cache_location(cfg)
+    from batchscore import storage as st
+
+    if not st.is_local(location):  # executors fetch it from the store (content-addressed, sha256-checked)
+        where_now = st.join(location, final.name)
+        if not st.is_file(where_now, cfg.store) or st.size(where_now, cfg.store) != final.stat().st_size:
+            st.write_bytes(where_now, final.read_bytes(), cfg.store)
+        info["path"] = where_now
+    log(f"model {uri} -> version {version} (run {mv.run_id or '-'}, {artifact}) sha256 {sha[:12]} at {where_now}")
+    return Resolved(path=where_now, sha256=sha, info=info)
 
 
 # -- publish-time guard --------------------------------------------------------------------------

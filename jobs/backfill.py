@@ -32,8 +32,8 @@ from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError
 from batchscore.sinks import crashpoint, history, publication
 from jobs import entry, state
-from jobs.inputs import check_input, check_keys, read_input
-from jobs.score import check_artifact, scored_frame
+from jobs.inputs import check_input, check_keys, input_frame, open_input
+from jobs.score import check_artifact, stage_predictions
 from jobs.session import build_session
 from udfs.model_cache import load_accumulator
 from udfs.model_ref import ModelRef
@@ -68,26 +68,21 @@ def backfill_date(spark: SparkSession, cfg: ModelConfig, ref: ModelRef, *, day: 
                   force: bool, loads: Any) -> dict[str, Any]:
     """Score one date and replace its partition; skip it when already committed and not forced."""
     started = time.perf_counter()
-    done = history.date_version(table, cfg.name, day)
+    done = history.date_version(table, cfg.name, day, cfg.store)
     if done is not None and not force:
         return {"date": day, "status": "skipped", "rows": None, "delta_version": None, "seconds": 0.0}
     day_cfg = config_for(cfg, day)
-    df = read_input(spark, day_cfg.input)
-    check_input(df, day_cfg.input, source=cfg.source)
-    rows = check_keys(df, day_cfg.input)
+    source = open_input(spark, day_cfg.input, storage=cfg.store, source=cfg.source)
+    check_input(source, day_cfg.input, source=cfg.source)
+    rows = check_keys(input_frame(spark, source, [day_cfg.input.key], storage=cfg.store), day_cfg.input)
     attempt = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     run_id = f"backfill_{day}_{attempt}"
-    out = scored_frame(df, day_cfg, ref, run_id=run_id, scored_at=datetime.now(UTC).replace(microsecond=0), loads=loads)
-    try:
-        out.write.mode("overwrite").parquet(history.attempt_path(table, day, attempt))
-    except Exception as exc:
-        known = entry.executor_error(exc)
-        if known is not None:
-            raise known from None
-        raise
+    stage_predictions(source, day_cfg, ref, run_path=history.attempt_path(table, day, attempt), run_id=run_id,
+                      scored_at=datetime.now(UTC).replace(microsecond=0), loads=loads)
     crashpoint.reached("backfill_after_write")
-    staged = history.stage(table, day, attempt)
-    version = history.replace_partition(table, staged, model=cfg.name, day=day, txn_version=(done or 0) + 1, metadata={
+    staged = history.stage(table, day, attempt, cfg.store)
+    version = history.replace_partition(table, staged, model=cfg.name, day=day, txn_version=(done or 0) + 1,
+                                        storage=cfg.store, metadata={
         "model": cfg.name, "model_version": cfg.model.version, "run_id": run_id, "rows": str(staged.total_rows),
         "input": day_cfg.input.path, "model_sha256": ref.sha256})
     return {"date": day, "status": "replaced" if done is not None else "written", "rows": rows,
@@ -98,7 +93,7 @@ def published_run_date(cfg: ModelConfig, redis_url: str) -> str | None:
     """The run_date of the latest publication (the Delta log's record; None when nothing is
     published). ``redis_url`` is unused: the record, not Redis, says what was published."""
     del redis_url
-    head = publication.head(cfg.outputs.delta.path)
+    head = publication.head(cfg.outputs.delta.path, cfg.store)
     return head.run_date if head else None
 
 
@@ -136,7 +131,7 @@ def backfill(spark: SparkSession, cfg: ModelConfig, *, days: list[str], force: b
         online = maybe_publish(spark, cfg, days[-1], redis_url)
         entry.log(f"backfill {cfg.name}: online pointer {online}")
     report = {"model": cfg.name, "history_path": table, "from": days[0], "to": days[-1], "force": force,
-              "dates": results, "online": online, "delta_version": history.table_version(table),
+              "dates": results, "online": online, "delta_version": history.table_version(table, cfg.store),
               "model_loads": int(loads.value[0]), "seconds": round(time.perf_counter() - started, 2)}
     state.write_report(cfg, f"backfill_{days[0]}_{days[-1]}", "backfill", report)
     return report

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -34,7 +33,9 @@ from batchscore.exit import exit_now
 from batchscore.config import load_model_config
 from batchscore.errors import ConfigError
 from batchscore.sinks import delta, publication
+from batchscore import storage as st
 from batchscore.sinks.redis_gc import orphans
+from batchscore.storage import DEFAULT, Storage
 from jobs import entry, state
 from jobs.publish import lazy_loader, store_of, target_of
 
@@ -77,70 +78,62 @@ def _is_run_id(name: str) -> bool:
     return True
 
 
-def _newest_mtime(path: Path) -> float:
-    """The newest modification time of ``path`` and everything under it."""
-    newest = path.stat().st_mtime
-    for parent, dirs, files in os.walk(path):
-        for name in (*dirs, *files):
-            try:
-                newest = max(newest, os.lstat(os.path.join(parent, name)).st_mtime)
-            except FileNotFoundError:
-                continue
-    return newest
-
-
-def _size(path: Path) -> tuple[int, int]:
-    """(files, bytes) under ``path``."""
-    count = size = 0
-    for parent, _dirs, files in os.walk(path):
-        for name in files:
-            count += 1
-            size += os.lstat(os.path.join(parent, name)).st_size
-    return count, size
-
-
-def staged_runs(table: str, *, retention_hours: float, now: float | None = None) -> dict[str, Any]:
+def staged_runs(table: str, *, retention_hours: float, now: float | None = None,
+                storage: Storage = DEFAULT) -> dict[str, Any]:
     """Remove the staged directories ``<table>/runs/<run_id>/`` of runs that were never
     published, that the live Delta version does not use, and whose newest file is older than
-    ``retention_hours``; return what was removed and why the rest was kept."""
-    if "://" in table and not table.startswith("file://"):
-        raise ConfigError(f"{table}: --staged supports local (or mounted) Delta tables only")
-    root = Path(table.removeprefix("file://"))
-    runs = root / "runs"
+    ``retention_hours``; return what was removed and why the rest was kept. Works on local disk
+    and object stores alike (:mod:`batchscore.storage`)."""
+    import pyarrow.fs as pafs
+
+    runs = st.join(table, "runs")
     report: dict[str, Any] = {"removed": [], "kept": {}, "ignored": [], "retention_hours": retention_hours}
-    if not runs.is_dir():
+    fs, path = storage.filesystem(runs)
+    with st.guard(runs, "list staged runs", storage):
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    if not infos:
         return report
     # Every run the log knows: publication records (rollbacks name the run they restore) and any
     # commit's run id. And the live version's own files, whatever the log says about them.
-    known = {p.get("run_id") for p in delta.publications(table)}
-    known |= {h.get("batchscore.run_id") for h in delta.history(table)}
+    known = {p.get("run_id") for p in delta.publications(table, storage)}
+    known |= {h.get("batchscore.run_id") for h in delta.history(table, storage)}
     live: set[str] = set()
-    version = delta.table_version(table)
+    version = delta.table_version(table, storage)
     if version is not None:
-        resolved = root.resolve()
-        for f in delta.files_at(table, version):
+        for f in delta.files_at(table, version, storage):
             try:
-                rel = Path(f).resolve().relative_to(resolved).parts
+                rel = st.relative(table, f).split("/")
             except ValueError:
                 continue
             if len(rel) > 2 and rel[0] == "runs":
                 live.add(rel[1])
+    groups: dict[str, list[Any]] = {}
+    for i in infos:
+        rel = i.path[len(path):].lstrip("/").split("/")
+        if len(rel) == 1 and i.type == pafs.FileType.Directory:
+            groups.setdefault(rel[0], [])
+        elif len(rel) == 1:
+            report["ignored"].append(rel[0])  # a file directly under runs/: not a run's directory
+        elif i.type == pafs.FileType.File:
+            groups.setdefault(rel[0], []).append(i)
     now = time.time() if now is None else now
-    for d in sorted(runs.iterdir()):
-        if not d.is_dir() or d.is_symlink() or not _is_run_id(d.name):
-            report["ignored"].append(d.name)  # not a run's directory: never touched
+    for name in sorted(groups):
+        files = groups[name]
+        if not _is_run_id(name) or (st.is_local(runs) and os.path.islink(os.path.join(path, name))):
+            report["ignored"].append(name)  # not a run's directory: never touched
             continue
-        age_h = (now - _newest_mtime(d)) / 3600
-        if d.name in live:
-            report["kept"][d.name] = "live (files of the current Delta version)"
-        elif d.name in known:
-            report["kept"][d.name] = "published"
+        newest = max((f.mtime.timestamp() for f in files if f.mtime is not None), default=now)
+        age_h = (now - newest) / 3600
+        if name in live:
+            report["kept"][name] = "live (files of the current Delta version)"
+        elif name in known:
+            report["kept"][name] = "published"
         elif age_h < retention_hours:
-            report["kept"][d.name] = f"younger than the retention ({age_h:.1f} h)"
+            report["kept"][name] = f"younger than the retention ({age_h:.1f} h)"
         else:
-            files, size = _size(d)
-            shutil.rmtree(d)
-            report["removed"].append({"run_id": d.name, "age_hours": round(age_h, 1), "files": files, "bytes": size})
+            st.delete_dir(st.join(runs, name), storage)
+            report["removed"].append({"run_id": name, "age_hours": round(age_h, 1), "files": len(files),
+                                      "bytes": sum(int(f.size or 0) for f in files)})
     return report
 
 
@@ -165,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "complete": o.complete}
         if args.staged:
             with store.locked("gc-staged", ttl_s=rc.lock_ttl_seconds):  # no publish in between
-                report["staged"] = staged_runs(cfg.outputs.delta.path, retention_hours=args.staged_retention_hours)
+                report["staged"] = staged_runs(cfg.outputs.delta.path, retention_hours=args.staged_retention_hours,
+                                               storage=cfg.store)
             for r in report["staged"]["removed"]:
                 entry.log(f"gc {cfg.name}: removed staged run {r['run_id']} ({r['files']} files, {r['bytes']:,} bytes, "
                           f"{r['age_hours']:g} h old, never published)")

@@ -29,7 +29,7 @@ def rows(cfg: ModelConfig, store: RedisVersions | None) -> list[dict[str, Any]]:
     content), ``collected``."""
     now = publication.served(store) if store else None
     out = []
-    for h in delta.history(cfg.outputs.delta.path):
+    for h in delta.history(cfg.outputs.delta.path, cfg.store):
         pub = publication.Publication.of(json.loads(h["batchscore.publication"])) if h.get("batchscore.publication") else None
         redis_state = None
         if store is not None and pub is not None:

@@ -2,74 +2,184 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.types import StructType
 
+from batchscore import storage as st
 from batchscore.config import InputTable
-from batchscore.errors import ConfigError, InputDataError
+from batchscore.errors import InputDataError
 from batchscore.sinks.delta import StagedRun, null_count
+from batchscore.storage import DEFAULT, Storage
 
 _NUMERIC = (T.FloatType, T.DoubleType, T.IntegerType, T.LongType, T.ShortType, T.ByteType, T.DecimalType)
 _KEY_TYPES = (T.StringType, T.IntegerType, T.LongType, T.ShortType, T.ByteType)
 
 
-def read_input(spark: SparkSession, spec: InputTable) -> DataFrame:
-    local = "://" not in spec.path
-    if local and not Path(spec.path).exists():
-        raise InputDataError(f"input table {spec.path} not found; check input.path in the model config")
+@dataclass(frozen=True)
+class InputScan:
+    """What the score step reads: the input's columns (Spark types) and either the files its
+    tasks read themselves (URIs, through :mod:`batchscore.storage`) or Spark's own scan."""
+
+    path: str
+    schema: StructType
+    files: list[str] | None  # None: Spark's scan (``df``) feeds the model
+    df: DataFrame | None = None
+    physical: dict[str, str] = field(default_factory=dict)  # logical -> stored name (Delta column mapping)
+    delta_version: int | None = None  # the pinned version of a Delta input
+
+
+# Reader features of a Delta input this reader handles (column mapping: by physical names).
+_DELTA_READER_FEATURES = {"columnMapping", "timestampNtz", "v2Checkpoint", "vacuumProtocolCheck",
+                          "deletionVectors", "variantType", "typeWidening", "typeWidening-preview"}
+
+
+def open_input(spark: SparkSession, spec: InputTable, *, storage: Storage = DEFAULT,
+               source: str = "the model config") -> InputScan:
+    """Open the input without reading it: its schema, and its files when the tasks may read them
+    (``input.read: auto|files``), else Spark's scan. Object-store inputs are always read by the
+    tasks (Spark's Hadoop connectors are not needed); ``read: spark`` on one needs them."""
+    where = f"input table {spec.path}"
+    remote = not st.is_local(spec.path)
+    if not remote and not Path(spec.path).exists():
+        raise InputDataError(f"{where} not found; check input.path in {source}")
+    st.check_reachable(spec.path, storage, what="read the input")
     if spec.format == "delta":
-        return _read_delta(spark, spec.path)
+        return _open_delta(spark, spec, storage, source)
+    if spec.read == "spark":
+        return _spark_scan(spark, spec, spec.path if not remote else spec.path.replace("s3://", "s3a://", 1))
+    files = [u for u, _ in st.list_files(spec.path, storage, suffix=".parquet")] if not st.is_file(spec.path, storage) \
+        else [st.normalize(spec.path)]
+    if not files:
+        raise InputDataError(f"{where}: no Parquet files there (empty input or wrong path); check input.path in {source}")
+    schema = _arrow_schema(files[0], storage, where)
+    missing = [c for c in _needed(spec) if c not in schema.names]
+    if missing and not remote and spec.read == "auto":
+        return _spark_scan(spark, spec, spec.path)  # hive partition columns: Spark's scan reads them
+    if missing and spec.read == "files" and not remote:
+        raise InputDataError(f"{where}: column(s) {missing} are not stored in its Parquet files "
+                             f"(partition columns?); set input.read: spark in {source}")
+    return InputScan(spec.path, _spark_schema(schema), files)
+
+
+def _needed(spec: InputTable) -> list[str]:
+    return [spec.key, *(spec.features or [str(spec.feature_array)])]
+
+
+def _arrow_schema(uri: str, storage: Storage, where: str) -> Any:
     try:
-        return spark.read.parquet(spec.path)
+        return st.parquet_file(uri, storage).schema_arrow
+    except InputDataError as exc:
+        raise InputDataError(f"{where}: cannot read as Parquet ({exc})") from None
+
+
+def _spark_schema(schema: Any) -> StructType:
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(schema)
+
+
+def _spark_scan(spark: SparkSession, spec: InputTable, path: str) -> InputScan:
+    try:
+        df = spark.read.parquet(path)
     except Exception as exc:
         raise InputDataError(f"input table {spec.path}: cannot read as Parquet ({_first_line(exc)})") from None
+    return InputScan(spec.path, df.schema, None, df)
 
 
-def _read_delta(spark: SparkSession, path: str) -> DataFrame:
-    """Read the current version of a Delta table through delta-rs (no Delta jars needed)."""
-    from deltalake import DeltaTable
+def _open_delta(spark: SparkSession, spec: InputTable, storage: Storage, source: str) -> InputScan:
+    """A Delta input through delta-rs: the current version pinned, its protocol checked, column
+    mapping resolved; the tasks read its files (or Spark's scan reads them when asked)."""
+    import pyarrow as pa
 
-    try:
-        files = DeltaTable(path).file_uris()
-    except Exception as exc:
-        raise InputDataError(f"input table {path}: not a Delta table ({_first_line(exc)})") from None
-    if not files:
-        raise InputDataError(f"input table {path}: Delta table has no data files (empty input)")
-    return spark.read.parquet(*files)
+    from batchscore.sinks.delta import _dt, is_table
 
-
-def direct_files(spec: InputTable, *, source: str = "the model config") -> list[str] | None:
-    """The input's Parquet files when the scoring tasks may read them themselves, else None.
-
-    ``input.read: auto`` reads the files directly when the path is local (or ``file://``, i.e. a
-    mount every executor shares) and every needed column is stored in the files (not a hive
-    partition column); ``files`` insists (a clear error otherwise); ``spark`` never does.
-    """
-    if spec.read == "spark":
-        return None
     where = f"input table {spec.path}"
-    if "://" in spec.path and not spec.path.startswith("file://"):
-        if spec.read == "files":
-            raise ConfigError(f"{source}: input.read: files needs a local or mounted path, got {spec.path}; use read: spark")
-        return None
-    path = spec.path.removeprefix("file://")
+    if not is_table(spec.path, storage):
+        raise InputDataError(f"{where}: not a Delta table (no _delta_log); check input.path and input.format in {source}")
+    dt = _dt(spec.path, storage)
+    proto = dt.protocol()
+    unknown = sorted(set(proto.reader_features or []) - _DELTA_READER_FEATURES)
+    if unknown or proto.min_reader_version > 3:
+        raise InputDataError(f"{where}: uses Delta reader feature(s) {unknown or [f'reader version {proto.min_reader_version}']} "
+                             "that batchscore cannot read; export the features to a plain Parquet or Delta table "
+                             f"without them, or set input.read: spark with a Delta-capable Spark in {source}")
+    if "deletionVectors" in (proto.reader_features or []):
+        with st.guard(spec.path, "read deletion vectors", storage):
+            n = sum(b.num_rows for b in dt.deletion_vectors())
+        if n:
+            raise InputDataError(f"{where}: {n} file(s) carry deletion vectors, which batchscore does not apply yet; "
+                                 "rewrite them (OPTIMIZE / REORG TABLE ... APPLY (PURGE)) or set input.read: spark with "
+                                 f"a Delta-capable Spark in {source}")
+    version = int(dt.version())
+    arrow = dt.schema().to_arrow()
+    arrow = pa.schema([pa.field(f.name, f.type) for f in arrow])  # arro3 -> pyarrow
+    physical = {f.name: f.metadata["delta.columnMapping.physicalName"] for f in dt.schema().fields
+                if f.metadata.get("delta.columnMapping.physicalName")}
+    partitions = set(dt.metadata().partition_columns)
+    files = [st.normalize(u) for u in dt.file_uris()]
+    if not files:
+        raise InputDataError(f"{where}: Delta table has no data files (empty input)")
+    needed_parts = [c for c in _needed(spec) if c in partitions]
+    if spec.read == "spark" or needed_parts:
+        if spec.read == "files" or not st.is_local(spec.path) or physical:
+            raise InputDataError(f"{where}: column(s) {needed_parts} are Delta partition columns, which the tasks do not "
+                                 f"read; keep the key and features as data columns, or set input.read: spark in {source}"
+                                 if needed_parts else f"{where}: input.read: spark needs a local Delta table without "
+                                 f"column mapping; use input.read: auto in {source}")
+        df = spark.read.parquet(*files) if not needed_parts else spark.read.parquet(spec.path)
+        return InputScan(spec.path, df.schema, None, df, delta_version=version)
+    return InputScan(spec.path, _spark_schema(arrow), files, physical=physical, delta_version=version)
+
+
+def input_frame(spark: SparkSession, scan: InputScan, columns: list[str], *, storage: Storage = DEFAULT) -> DataFrame:
+    """``columns`` of the input as a DataFrame: Spark's scan, or the tasks reading the files
+    themselves (any store) when Spark cannot (:func:`udfs.file_scan.files_frame`)."""
+    if scan.df is not None:
+        return scan.df.select(*columns)
+    from pyspark.sql.types import StructType as _ST
+
+    from udfs.file_scan import files_frame
+
+    assert scan.files is not None
+    return files_frame(spark, scan.files, _ST([scan.schema[c] for c in columns]), storage=storage,
+                       physical=scan.physical or None)
+
+
+def read_input(spark: SparkSession, spec: InputTable) -> DataFrame:
+    """Spark's scan of a local input (benchmarks, tests); the score step uses :func:`open_input`."""
+    if not Path(spec.path).exists():
+        raise InputDataError(f"input table {spec.path} not found; check input.path in the model config")
     if spec.format == "delta":
         from deltalake import DeltaTable
 
-        files = [f.removeprefix("file://") for f in DeltaTable(path).file_uris()]
-    else:
-        import pyarrow.dataset as ds
+        return spark.read.parquet(*[st.normalize(u) for u in DeltaTable(spec.path).file_uris()])
+    return spark.read.parquet(spec.path)
 
-        files = list(ds.dataset(path, format="parquet").files)
+
+def direct_files(spec: InputTable, *, source: str = "the model config") -> list[str] | None:
+    """The input's Parquet files when the scoring tasks may read them themselves, else None
+    (``input.read: spark``, or columns stored outside the files). See :func:`open_input`."""
+    if spec.read == "spark":
+        return None
+    where = f"input table {spec.path}"
+    path = st.normalize(spec.path)
+    if spec.format == "delta":
+        from deltalake import DeltaTable
+
+        files = [st.normalize(f) for f in DeltaTable(path).file_uris()]
+    else:
+        files = [u for u, _ in st.list_files(path, suffix=".parquet")] if not st.is_file(path) else [path]
     if not files:
         return None
     from udfs.file_scan import physical_columns
 
-    needed = [spec.key, *(spec.features or [str(spec.feature_array)])]
-    missing = [c for c in needed if c not in physical_columns(files[0])]
+    missing = [c for c in _needed(spec) if c not in physical_columns(files[0])]
     if missing:
         if spec.read == "files":
             raise InputDataError(f"{where}: column(s) {missing} are not stored in its Parquet files "
@@ -78,7 +188,7 @@ def direct_files(spec: InputTable, *, source: str = "the model config") -> list[
     return files
 
 
-def check_input(df: DataFrame, spec: InputTable, *, source: str) -> None:
+def check_input(df: DataFrame | InputScan, spec: InputTable, *, source: str) -> None:
     """Refuse missing/mistyped columns with the column, its type and the fix."""
     fields = {f.name: f.dataType for f in df.schema.fields}
     where = f"input table {spec.path}"
@@ -127,7 +237,7 @@ def check_keys(df: DataFrame, spec: InputTable) -> int:
     return rows
 
 
-def check_staged_keys(staged: StagedRun, spec: InputTable) -> int:
+def check_staged_keys(staged: StagedRun, spec: InputTable, storage: Storage = DEFAULT) -> int:
     """The rows of a scored run, refusing an empty input or null keys, from the staged Parquet's
     footers (row counts, null-count statistics): no pass over the input before scoring.
     Duplicate keys are caught by the publish, from the Redis load itself, before the Delta commit
@@ -136,7 +246,7 @@ def check_staged_keys(staged: StagedRun, spec: InputTable) -> int:
     rows = staged.total_rows
     if rows == 0:
         raise InputDataError(f"input table {spec.path} is empty; nothing to score (check the upstream job)")
-    null_keys = null_count(staged, spec.key)
+    null_keys = null_count(staged, spec.key, storage)
     if null_keys:
         raise InputDataError(f"input table {spec.path}: {null_keys} row(s) have a null key in '{spec.key}'; drop or fix them upstream")
     return rows

@@ -22,6 +22,7 @@ from pyspark.sql import SparkSession
 
 from batchscore.exit import exit_now
 from batchscore import redis_layout as layout
+from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
 from batchscore.redis_conn import connect
@@ -29,6 +30,7 @@ from batchscore.registry import check_alias_unchanged, commit_metadata
 from batchscore.sinks import delta, publication, redis_preflight
 from batchscore.sinks.redis import RedisVersions, Version
 from batchscore.sinks.redis_load import make_loader
+from batchscore.storage import DEFAULT, Storage
 from jobs import entry, state
 from jobs.session import build_session
 from udfs.file_scan import fragment_frame, plan_fragments, read_fragments
@@ -45,10 +47,12 @@ def load_version(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: s
     loader = make_loader(url, layout.namespace(cfg.outputs.redis.key_prefix, cfg.name), version.vid,
                          version.buckets, cols, cluster=cfg.outputs.redis.cluster, fence=fence)
 
-    def load(descriptors: Iterator[Any]) -> Iterator[Any]:
-        yield from loader(read_fragments(descriptors, [key, *cols]))
+    store = cfg.store
 
-    frags = plan_fragments(parquet_files(paths), parallelism=spark.sparkContext.defaultParallelism)
+    def load(descriptors: Iterator[Any]) -> Iterator[Any]:
+        yield from loader(read_fragments(descriptors, [key, *cols], storage=store))
+
+    frags = plan_fragments(parquet_files(paths, store), parallelism=spark.sparkContext.defaultParallelism, storage=store)
     try:
         rows = fragment_frame(spark, frags).mapInArrow(load, "b long, n long").collect()
     except Exception as exc:
@@ -80,20 +84,18 @@ def lazy_loader(cfg: ModelConfig, url: str, master: str | None = None) -> public
     return load
 
 
-def parquet_files(paths: list[str]) -> list[str]:
-    """The Parquet files of ``paths``: files as given, directories searched recursively (skipping
-    ``_``/``.``-prefixed names, like Spark)."""
+def parquet_files(paths: list[str], storage: Storage = DEFAULT) -> list[str]:
+    """The Parquet files of ``paths`` (local paths or store URIs): files as given, folders searched
+    recursively (skipping ``_``/``.``-prefixed names, like Spark)."""
     out: list[str] = []
     for p in paths:
-        path = Path(p.removeprefix("file://"))
-        if path.is_file():
-            out.append(str(path))
+        if st.is_file(p, storage):
+            out.append(st.normalize(p))
             continue
-        found = sorted(f for f in path.rglob("*.parquet")
-                       if not any(part.startswith(("_", ".")) for part in f.relative_to(path).parts))
+        found = [u for u, _ in st.list_files(p, storage, suffix=".parquet")]
         if not found:
-            raise PublishRefusedError(f"no Parquet files under {path}; nothing to load into Redis")
-        out.extend(str(f) for f in found)
+            raise PublishRefusedError(f"no Parquet files under {p}; nothing to load into Redis")
+        out.extend(found)
     return out
 
 
@@ -102,7 +104,8 @@ def target_of(cfg: ModelConfig) -> publication.Target:
     return publication.Target(model=cfg.name, table=cfg.outputs.delta.path, key=cfg.input.key,
                               columns=list(cfg.outputs.columns),
                               model_version=cfg.model.version, keep_versions=rc.keep_versions,
-                              gc_grace_seconds=rc.gc_grace_seconds, lock_ttl_seconds=rc.lock_ttl_seconds)
+                              gc_grace_seconds=rc.gc_grace_seconds, lock_ttl_seconds=rc.lock_ttl_seconds,
+                              storage=cfg.store)
 
 
 def store_of(cfg: ModelConfig, url: str) -> RedisVersions:
@@ -121,9 +124,7 @@ def preflight(cfg: ModelConfig, store: RedisVersions, staged: delta.StagedRun) -
 
 def _avg_key_len(cfg: ModelConfig, staged: delta.StagedRun) -> float:
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    first = pq.ParquetFile(Path(staged.run_path).parent.parent / staged.relative_files[0])
+    first = st.parquet_file(staged.uris()[0], cfg.store)
     if first.metadata.num_row_groups == 0:
         return 8.0
     keys = first.read_row_group(0, columns=[cfg.input.key]).column(0).cast("string")
@@ -149,11 +150,11 @@ def publish(spark: SparkSession, cfg: ModelConfig, *, run_id: str, redis_url: st
     started = time.perf_counter()
     run_id = state.check_run_id(run_id)
     scored, validated = _require_validated(cfg, run_id)
-    if delta.committed_version(cfg.outputs.delta.path, cfg.name, run_id) is None:
+    if delta.committed_version(cfg.outputs.delta.path, cfg.name, run_id, cfg.store) is None:
         # A registry alias that moved since scoring (or a changed model.uri) is refused before any side
         # effect; a run already committed (a retry after a crash) converges whatever the alias says now.
         check_alias_unchanged(cfg, scored)
-    staged = delta.stage(cfg.outputs.delta.path, run_id)
+    staged = delta.stage(cfg.outputs.delta.path, run_id, cfg.store)
     if staged.total_rows != int(scored["input_rows"]):
         raise PublishRefusedError(f"{staged.run_path}: {staged.total_rows} staged rows but {scored['input_rows']} scored; re-score the run")
     store = store_of(cfg, redis_url)

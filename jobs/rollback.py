@@ -28,7 +28,7 @@ from jobs.publish import lazy_loader, store_of, target_of
 
 def rollback(cfg: ModelConfig, *, to_version: int, redis_url: str, master: str | None = None) -> dict[str, Any]:
     table = cfg.outputs.delta.path
-    if delta.commit_info(table, to_version) is None:
+    if delta.commit_info(table, to_version, cfg.store) is None:
         raise ConfigError(f"{table}: no Delta version {to_version}; `batchscore history --model-config "
                           f"{cfg.source}` lists the published versions")
     out = publication.rollback(store_of(cfg, redis_url), target_of(cfg), to_version=to_version,

@@ -28,7 +28,7 @@ def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, re
     """The whole pipeline for one run; returns the run report (also written as ``run.json``)."""
     started = time.perf_counter()
     connect(redis_url).close()  # fail fast, before scoring, when Redis is unreachable
-    if any(p.get("run_id") == run_id for p in delta.publications(cfg.outputs.delta.path)):
+    if any(p.get("run_id") == run_id for p in delta.publications(cfg.outputs.delta.path, cfg.store)):
         # A rerun (an Airflow retry) after this run's Delta commit, e.g. Redis failed before the flip:
         # scoring again is refused (the id is published) and not needed; the publish resumes.
         entry.log(f"run {cfg.name}: run {run_id} is already committed to Delta; resuming its publish")
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(score {rep['steps']['score']} s, validate {rep['steps']['validate']} s, publish {rep['steps']['publish']} s)",
             "model loads": f"{rep['model_loads']} ({rep['model_load_seconds']} s)",
             "delta version": rep["delta_version"], "redis version": rep["redis_version"],
-            "report": str(state.run_dir(cfg, run_id) / "run.json")})
+            "report": state.report_uri(cfg, run_id, "run.json")})
         return rep
 
     return entry.guarded(body)

@@ -19,20 +19,27 @@ if __package__ in (None, ""):  # spark-submit jobs/score.py: make the repo impor
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from batchscore.exit import exit_now
+from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ModelError, PublishRefusedError
+from batchscore.exit import exit_now
 from batchscore.sinks import delta
 from jobs import entry, state
-from jobs.inputs import check_input, check_staged_keys, direct_files, read_input
+from jobs.inputs import (
+    InputScan,
+    check_input,
+    check_staged_keys,
+    direct_files,
+    open_input,
+)
 from jobs.session import build_session
 from udfs.backends import check_model, load_backend
 from udfs.device import resolve_device
-from udfs.model_cache import load_accumulator
-from udfs.model_ref import ModelRef, model_ref, read_artifact
 from udfs.file_scan import plan_fragments, with_predictions_from_files
-from udfs.predict_udf import with_predictions
-
+from udfs.model_cache import load_accumulator
+from udfs.model_ref import ModelRef, hash_bytes, read_artifact
+from udfs.predict_udf import Sink, with_predictions
+from udfs.staged_write import StagedWriter, written
 
 Resolved = tuple[str, dict[str, Any] | None]  # (local artifact path, registry info or None)
 
@@ -54,7 +61,9 @@ def check_artifact(cfg: ModelConfig, resolved: Resolved | None = None) -> Any:
     """Hash and load the artifact on the driver and probe it: bad models fail here, clearly.
     ``resolved``: what :func:`resolve_artifact` returned (resolved now when not given)."""
     path, registered = resolved if resolved is not None else resolve_artifact(cfg)
-    ref = model_ref(path, cfg.model.format, cfg.scoring.device, n_features=cfg.input.n_features)
+    data = read_artifact(path, cfg.store)
+    ref = ModelRef(uri=path, sha256=hash_bytes(data), format=cfg.model.format, device=cfg.scoring.device,
+                   n_features=cfg.input.n_features, storage=cfg.store)
     if registered is not None and registered["sha256"] != ref.sha256:
         raise ModelError(f"{path}: the artifact resolved from {cfg.model.uri} changed on disk before scoring "
                          "(content hash differs); rerun")
@@ -63,28 +72,41 @@ def check_artifact(cfg: ModelConfig, resolved: Resolved | None = None) -> Any:
     label = (ref.uri if registered is None else cfg.model.uri if registered["alias"] is None
              else f"{cfg.model.uri} (version {registered['version']})")
     device = resolve_device(ref.device, ref.format, uri=label)
-    backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=label, device=device, precision=ref.precision)
+    backend = load_backend(data, fmt=ref.format, uri=label, device=device, precision=ref.precision)
     check_model(backend, uri=label, n_features=cfg.input.n_features, n_outputs=len(cfg.outputs.columns))
     return ref
 
 
-def scored_frame(df: DataFrame, cfg: ModelConfig, ref: ModelRef, *, run_id: str, scored_at: datetime, loads: Any = None) -> DataFrame:
-    """The staged output: key, the output columns (float32), model_version, run_id, scored_at.
+def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef, *, run_id: str, scored_at: datetime,
+                 loads: Any = None, sink: Sink | None = None) -> DataFrame:
+    """The staged output: key, the output columns (float32), model_version, run_id, scored_at;
+    with a ``sink`` (:class:`udfs.staged_write.StagedWriter`), each task writes those rows itself
+    and the frame is the sink's report (one row per file written).
 
-    ``df`` is the input as Spark reads it (``read_input``); with ``input.read: auto|files`` the
-    tasks read its Parquet files themselves (:mod:`udfs.file_scan`), else Spark's scan feeds them.
+    ``df``: the input (:func:`jobs.inputs.open_input`; a DataFrame is Spark's scan of a local
+    table). When its files can be read by the tasks (``input.read: auto|files``) they read them
+    themselves (:mod:`udfs.file_scan`), else Spark's scan feeds them.
     """
     spec = cfg.input
     options = dict(features=spec.features, feature_array=spec.feature_array, columns=cfg.outputs.columns,
-                   batch_size=cfg.scoring.batch_size, loads=loads)
-    files = direct_files(spec, source=cfg.source)
-    if files is not None:
-        spark = df.sparkSession
-        fragments = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism)
-        pred = with_predictions_from_files(spark, fragments, ref, key=spec.key, key_type=df.schema[spec.key].dataType,
-                                           **options)  # type: ignore[arg-type]
+                   batch_size=cfg.scoring.batch_size, loads=loads, sink=sink)
+    if isinstance(df, InputScan):
+        scan, files, physical = df.df, df.files, df.physical
+        key_type = df.schema[spec.key].dataType
     else:
-        pred = with_predictions(df, ref, key=spec.key, **options)  # type: ignore[arg-type]
+        scan, files, physical = df, direct_files(spec, source=cfg.source), {}
+        key_type = df.schema[spec.key].dataType
+    spark = SparkSession.getActiveSession()
+    assert spark is not None
+    if files is not None:
+        fragments = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism, storage=cfg.store)
+        pred = with_predictions_from_files(spark, fragments, ref, key=spec.key, key_type=key_type, storage=cfg.store,
+                                           physical=physical or None, **options)  # type: ignore[arg-type]
+    else:
+        assert scan is not None
+        pred = with_predictions(scan, ref, key=spec.key, **options)  # type: ignore[arg-type]
+    if sink is not None:
+        return pred
     return pred.select(
         spec.key, *cfg.outputs.columns,
         F.lit(cfg.model.version).alias("model_version"),
@@ -93,36 +115,52 @@ def scored_frame(df: DataFrame, cfg: ModelConfig, ref: ModelRef, *, run_id: str,
     )
 
 
-def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) -> dict[str, Any]:
-    """Score ``cfg``'s input into ``<delta>/runs/<run_id>/`` and write the score report."""
-    started = time.perf_counter()
-    target = state.staged_path(cfg, run_id)  # refuses a run id that could leave its directory
-    if any(p.get("run_id") == run_id for p in delta.publications(cfg.outputs.delta.path)) \
-            or delta.committed_version(cfg.outputs.delta.path, cfg.name, run_id) is not None:
-        raise PublishRefusedError(f"run {run_id} of '{cfg.name}' is already published; use a new --run-id")
-    state.invalidate(cfg, run_id, "validation", "publish", "run")  # whatever judged earlier files is void
-    resolved = resolve_artifact(cfg)
-    ref = check_artifact(cfg, resolved)
-    entry.log(f"score {cfg.name}: model {Path(ref.uri).name} sha256 {ref.sha256[:12]} ({cfg.model.format}, device {cfg.scoring.device}, {cfg.scoring.precision})")
-    df = read_input(spark, cfg.input)
-    check_input(df, cfg.input, source=cfg.source)
-    entry.log(f"score {cfg.name}: scoring {cfg.input.path}")
-    loads = load_accumulator(spark.sparkContext)
-    scored_at = datetime.now(UTC).replace(microsecond=0)
-    out = scored_frame(df, cfg, ref, run_id=run_id, scored_at=scored_at, loads=loads)
+def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef, *, run_path: str, run_id: str,
+                      scored_at: datetime, loads: Any = None) -> list[str]:
+    """Score ``source`` with each task writing its own file under ``run_path`` (replacing what a
+    previous attempt at this run left there); record the files of the attempts Spark kept."""
+    st.delete_dir(run_path, cfg.store)
+    writer = StagedWriter(run_path, cfg.model.version, run_id, scored_at, cfg.store)
     try:
-        out.write.mode("overwrite").parquet(target)
+        rows = scored_frame(source, cfg, ref, run_id=run_id, scored_at=scored_at, loads=loads, sink=writer).collect()
     except Exception as exc:
         known = entry.executor_error(exc)
         if known is not None:
             raise known from None
         raise
-    staged = delta.stage(cfg.outputs.delta.path, run_id)
-    input_rows = check_staged_keys(staged, cfg.input)  # from the scoring pass: no pre-pass over the input
+    files = written(rows)
+    delta.write_manifest(run_path, files, cfg.store)
+    return files
+
+
+def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) -> dict[str, Any]:
+    """Score ``cfg``'s input into ``<delta>/runs/<run_id>/`` and write the score report."""
+    started = time.perf_counter()
+    table, store = cfg.outputs.delta.path, cfg.store
+    target = state.staged_path(cfg, run_id)  # refuses a run id that could leave its directory
+    st.check_reachable(table, store, what="stage predictions")
+    if any(p.get("run_id") == run_id for p in delta.publications(table, store)) \
+            or delta.committed_version(table, cfg.name, run_id, store) is not None:
+        raise PublishRefusedError(f"run {run_id} of '{cfg.name}' is already published; use a new --run-id")
+    state.invalidate(cfg, run_id, "validation", "publish", "run")  # whatever judged earlier files is void
+    resolved = resolve_artifact(cfg)
+    ref = check_artifact(cfg, resolved)
+    entry.log(f"score {cfg.name}: model {ref.uri.rsplit('/', 1)[-1]} sha256 {ref.sha256[:12]} ({cfg.model.format}, device {cfg.scoring.device}, {cfg.scoring.precision})")
+    source = open_input(spark, cfg.input, storage=store, source=cfg.source)
+    check_input(source, cfg.input, source=cfg.source)
+    how = "tasks read its files" if source.files is not None else "Spark's scan"
+    entry.log(f"score {cfg.name}: scoring {cfg.input.path}" + (f" (Delta version {source.delta_version})"
+              if source.delta_version is not None else "") + f"; {how}")
+    loads = load_accumulator(spark.sparkContext)
+    scored_at = datetime.now(UTC).replace(microsecond=0)
+    stage_predictions(source, cfg, ref, run_path=target, run_id=run_id, scored_at=scored_at, loads=loads)
+    staged = delta.stage(table, run_id, store)
+    input_rows = check_staged_keys(staged, cfg.input, store)  # from the scoring pass: no pre-pass over the input
     report = {
         "model": cfg.name, "run_id": run_id, "run_date": run_date, "model_version": cfg.model.version,
         "model_sha256": ref.sha256, "registry": resolved[1], "input_rows": input_rows, "staged_path": target, "digest": staged.digest,
-        "staged_rows": staged.total_rows,
+        "staged_rows": staged.total_rows, "staged_files": len(staged.relative_files), "staged_bytes": sum(staged.sizes),
+        "input_delta_version": source.delta_version,
         "model_loads": int(loads.value[0]), "model_load_seconds": round(float(loads.value[1]), 3),
         "seconds": round(time.perf_counter() - started, 2), "scored_at": scored_at.isoformat(),
     }

@@ -1,7 +1,8 @@
 """Run state on disk: the JSON reports each step writes, which the next step (and Airflow) reads.
 
 Layout: ``<runtime.report_dir>/<model>/<run_id>/{score,validation,publish,run}.json`` and
-``<runtime.report_dir>/<model>/LATEST`` (the last scored run id).
+``<runtime.report_dir>/<model>/LATEST`` (the last scored run id), on local disk or a store
+(``runtime.report_dir: s3://...``, :mod:`batchscore.storage`); each report is written whole.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from batchscore import storage as st
 from batchscore.config import ModelConfig
 from batchscore.errors import ConfigError, PublishRefusedError
 
@@ -33,43 +35,54 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def run_dir(cfg: ModelConfig, run_id: str) -> Path:
-    return Path(cfg.runtime.report_dir) / cfg.name / check_run_id(run_id)
+def run_dir(cfg: ModelConfig, run_id: str) -> str:
+    """The run's report folder: a local path or a URI on the store (``runtime.report_dir``)."""
+    return st.join(cfg.runtime.report_dir, cfg.name, check_run_id(run_id))
+
+
+def report_uri(cfg: ModelConfig, run_id: str, name: str) -> str:
+    return st.join(run_dir(cfg, run_id), name)
 
 
 def staged_path(cfg: ModelConfig, run_id: str) -> str:
     """Where the score step writes a run's Parquet: under the Delta root, invisible until committed."""
-    return f"{cfg.outputs.delta.path.rstrip('/')}/runs/{check_run_id(run_id)}"
+    return st.join(cfg.outputs.delta.path, "runs", check_run_id(run_id))
 
 
 def invalidate(cfg: ModelConfig, run_id: str, *steps: str) -> None:
     """Remove the reports of ``steps`` for ``run_id`` (a re-score voids its earlier judgement)."""
     for step in steps:
-        (run_dir(cfg, run_id) / f"{step}.json").unlink(missing_ok=True)
+        st.delete_file(report_uri(cfg, run_id, f"{step}.json"), cfg.store)
 
 
-def write_report(cfg: ModelConfig, run_id: str, step: str, report: dict[str, Any]) -> Path:
-    d = run_dir(cfg, run_id)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{step}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+def write_report(cfg: ModelConfig, run_id: str, step: str, report: dict[str, Any]) -> str:
+    """Write ``<step>.json`` whole (a rename locally, one PUT on an object store); return where."""
+    uri = report_uri(cfg, run_id, f"{step}.json")
+    st.write_bytes(uri, json.dumps(report, indent=2, sort_keys=True, default=str).encode(), cfg.store)
     if step == "score":
-        (d.parent / "LATEST").write_text(run_id)
-    return path
+        st.write_bytes(st.join(cfg.runtime.report_dir, cfg.name, "LATEST"), run_id.encode(), cfg.store)
+    return uri
+
+
+def write_file(cfg: ModelConfig, run_id: str, name: str, local: str) -> str:
+    """Copy a local file (a histogram PNG) next to the run's reports; return where it is."""
+    uri = report_uri(cfg, run_id, name)
+    if st.is_local(uri) and os.path.abspath(local) == os.path.abspath(uri):
+        return uri
+    st.write_bytes(uri, Path(local).read_bytes(), cfg.store)
+    return uri
 
 
 def read_report(cfg: ModelConfig, run_id: str, step: str) -> dict[str, Any] | None:
-    path = run_dir(cfg, run_id) / f"{step}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    uri = report_uri(cfg, run_id, f"{step}.json")
+    return json.loads(st.read_bytes(uri, cfg.store)) if st.is_file(uri, cfg.store) else None
 
 
 def latest_run_id(cfg: ModelConfig) -> str:
-    path = Path(cfg.runtime.report_dir) / cfg.name / "LATEST"
-    if not path.is_file():
+    uri = st.join(cfg.runtime.report_dir, cfg.name, "LATEST")
+    if not st.is_file(uri, cfg.store):
         raise PublishRefusedError(
-            f"no scored run of model '{cfg.name}' under {path.parent}; run `batchscore score` first "
-            "or pass --run-id"
+            f"no scored run of model '{cfg.name}' under {st.join(cfg.runtime.report_dir, cfg.name)}; run "
+            "`batchscore score` first or pass --run-id"
         )
-    return path.read_text().strip()
+    return st.read_bytes(uri, cfg.store).decode().strip()

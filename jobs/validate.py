@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from batchscore.exit import exit_now
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError, PublishRefusedError, ValidationRejectedError
 from batchscore import redis_layout as layout
+from batchscore import storage as st
 from batchscore.sinks import delta, publication
 from jobs import entry, state
 from jobs.session import build_session
@@ -73,11 +75,11 @@ def load_reference(cfg: ModelConfig) -> tuple[dict[str, Any] | None, dict[str, A
     *completed* publication (committed to Delta and served by Redis); a commit whose flip never
     happened is not a reference (:func:`batchscore.sinks.publication.reference`)."""
     table = cfg.outputs.delta.path
-    pub = publication.reference(table, _served(cfg))
+    pub = publication.reference(table, _served(cfg), cfg.store)
     if pub is None or pub.delta_version is None:
         return None, None, f"first run: nothing published yet at {table}"
     version = pub.delta_version
-    commit = delta.commit_info(table, version) or {}
+    commit = delta.commit_info(table, version, cfg.store) or {}
     source = {"delta_version": version, "publication": pub.seq, "run_id": pub.run_id,
               "model_version": commit.get("batchscore.model_version")}
     if pub.rollback_to is not None:  # a rollback's commit carries the restored version's profile
@@ -158,13 +160,26 @@ def prefetch_imports() -> threading.Thread:
     return t
 
 
+def staged_frame(spark: SparkSession, staged: delta.StagedRun, store: Any) -> Any:
+    """The staged run as a DataFrame: Spark's own Parquet scan on local disk; on an object store
+    the tasks read the files through pyarrow (:func:`udfs.file_scan.files_frame`)."""
+    if st.is_local(staged.table):
+        return spark.read.parquet(*staged.uris())
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from udfs.file_scan import files_frame
+
+    return files_frame(spark, staged.uris(), from_arrow_schema(staged.schema), storage=store)
+
+
 def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str, Any]:
     started = time.perf_counter()
     imports = prefetch_imports()
     scored = state.read_report(cfg, run_id, "score")
     if scored is None:
         raise PublishRefusedError(f"run {run_id} of '{cfg.name}' has no score report; run `batchscore score` first")
-    staged = delta.stage(cfg.outputs.delta.path, run_id)
+    store = cfg.store
+    staged = delta.stage(cfg.outputs.delta.path, run_id, store)
     if scored.get("digest") and scored["digest"] != staged.digest:
         raise PublishRefusedError(f"{staged.run_path}: the staged files changed since `score` wrote them (digest "
                                   f"{staged.digest[:12]}, scored {str(scored['digest'])[:12]}); re-score run {run_id}")
@@ -172,11 +187,11 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str,
     reference, source, no_ref = load_reference(cfg)
     if rules.drift is None:
         reference, no_ref = None, "validation.drift.enabled is false"
-    df = spark.read.parquet(*[f"{staged.run_path}/{Path(r).name}" for r in staged.relative_files])
+    df = staged_frame(spark, staged, store)
     t0 = time.perf_counter()
     bins = rules.drift.bins if rules.drift else cfg.validation.drift.bins
     profile = compute_profile(df, plans_for(cfg, rules, reference), quantiles=rules.quantiles_needed(), bins=bins)
-    if delta.stage(cfg.outputs.delta.path, run_id).digest != staged.digest:
+    if delta.stage(cfg.outputs.delta.path, run_id, store).digest != staged.digest:
         raise PublishRefusedError(f"{staged.run_path}: the staged files changed while they were validated; "
                                   f"re-score run {run_id} and validate it again")
     t1 = time.perf_counter()
@@ -187,10 +202,13 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str,
     passed, blocks, warns = decision(results)
     psi = {r.column: r.observed for r in results if r.rule == "psi" and not r.skipped and r.column}
     d = cfg.validation.drift
-    png = plot_histograms(state.run_dir(cfg, run_id) / "validation.png", profile, reference, psi,
-                          title=f"{cfg.name} run {run_id}: {'passed' if passed else 'REJECTED'}"
-                          + (f" vs published run {source['run_id']}" if reference and source else ""),
-                          thresholds=f"warn > {d.psi.warn}, block > {d.psi.block}")
+    with tempfile.TemporaryDirectory(prefix="batchscore-validate-") as tmp:
+        local = (Path(state.run_dir(cfg, run_id)) if st.is_local(state.run_dir(cfg, run_id)) else Path(tmp)) / "validation.png"
+        plot_histograms(local, profile, reference, psi,
+                        title=f"{cfg.name} run {run_id}: {'passed' if passed else 'REJECTED'}"
+                        + (f" vs published run {source['run_id']}" if reference and source else ""),
+                        thresholds=f"warn > {d.psi.warn}, block > {d.psi.block}")
+        png = state.write_file(cfg, run_id, "validation.png", str(local))
     report = {
         "model": cfg.name, "run_id": run_id, "model_version": cfg.model.version, "passed": passed,
         "digest": staged.digest, "rows_judged": staged.total_rows,
@@ -224,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark = build_session(f"batchscore-validate-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf)
         rep = validate(spark, cfg, run_id=run_id)
         entry.summary(f"validate {cfg.name}", {"run id": run_id, "rows": f"{rep['profile']['rows']:,}",
-                      "passed": rep["passed"], "mode": rep["mode"], "report": str(state.run_dir(cfg, run_id) / "validation.json"),
+                      "passed": rep["passed"], "mode": rep["mode"], "report": state.report_uri(cfg, run_id, "validation.json"),
                       "histogram": rep["histogram_png"], "time": f"{rep['seconds']} s"})
         return rep
 

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+pytest_plugins = ["tests.s3_fixtures"]  # s3_server, s3_env, s3_bucket, s3_server_private (SeaweedFS)
+
 REPO = Path(__file__).resolve().parents[1]
 N_FEATURES = 8
 

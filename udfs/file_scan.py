@@ -19,10 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, StructType
+from pyspark.sql.types import (
+    ArrayType,
+    IntegerType,
+    StringType,
+    StructField,
+    StructType,
+)
 
+from batchscore.storage import DEFAULT, Storage
 from udfs.arrow_input import Piece, features_matrix
 from udfs.model_ref import ModelRef
 from udfs.predict_udf import OUTPUT_ROWS, Sink, output_schema, scored_batches, sunk
@@ -42,7 +48,7 @@ class Fragment:
 
 
 def plan_fragments(files: Sequence[str], *, parallelism: int = 1, max_bytes: int = DEFAULT_TARGET_BYTES,
-                   min_bytes: int = 4 * 1024 * 1024) -> list[Fragment]:
+                   min_bytes: int = 4 * 1024 * 1024, storage: Storage = DEFAULT) -> list[Fragment]:
     """The files' row groups, in order, cut into ``n`` fragments of about equal bytes (row groups
     are the unit; a fragment may span files, as Spark packs small files into one partition).
 
@@ -53,8 +59,10 @@ def plan_fragments(files: Sequence[str], *, parallelism: int = 1, max_bytes: int
     ``local[2]`` score ≈ 10 % faster as 2 fragments than as 8 (``benchmarks/README.md``).
     """
     groups: list[tuple[str, int, int, int]] = []  # path, row group, bytes, rows
+    from batchscore.storage import parquet_file
+
     for path in files:
-        meta = pq.ParquetFile(path).metadata
+        meta = parquet_file(path, storage).metadata
         for i in range(meta.num_row_groups):
             rg = meta.row_group(i)
             if rg.num_rows:
@@ -83,9 +91,11 @@ def plan_fragments(files: Sequence[str], *, parallelism: int = 1, max_bytes: int
     return out
 
 
-def physical_columns(path: str) -> set[str]:
+def physical_columns(path: str, storage: Storage = DEFAULT) -> set[str]:
     """Column names stored in a Parquet file (not hive partition columns from its directory)."""
-    return set(pq.read_schema(path).names)
+    from batchscore.storage import parquet_file
+
+    return set(parquet_file(path, storage).schema_arrow.names)
 
 
 def with_predictions_from_files(
@@ -102,8 +112,12 @@ def with_predictions_from_files(
     loads: Any = None,
     prefetch: int | None = None,
     sink: Sink | None = None,
+    storage: Storage = DEFAULT,
+    physical: dict[str, str] | None = None,
 ) -> DataFrame:
     """``key`` + one float column per output for every row of ``fragments`` (one task each);
+    ``physical``: the names the files store the columns under (Delta column mapping) when they
+    differ;
     with a ``sink`` (see :func:`udfs.predict_udf.with_predictions`), what the sink yields.
 
     ``key_type``: the key's Spark type as Spark's own scan reports it; the key read by pyarrow is
@@ -118,7 +132,7 @@ def with_predictions_from_files(
     schema = StructType([StructField(key, key_type, True), *output_schema(columns).fields])
 
     def pieces(batches: Iterator[pa.RecordBatch]) -> Iterator[Piece]:
-        for rb in read_fragments(batches, read):
+        for rb in read_fragments(batches, read, storage=storage, physical=physical):
             keys = rb.column(0)
             if keys.type != key_arrow:
                 keys = keys.cast(key_arrow)
@@ -138,11 +152,38 @@ def fragment_frame(spark: SparkSession, fragments: Sequence[Fragment]) -> DataFr
 
 
 def read_fragments(descriptors: Iterator[pa.RecordBatch], columns: list[str], *,
-                   rows: int = OUTPUT_ROWS) -> Iterator[pa.RecordBatch]:
+                   rows: int = OUTPUT_ROWS, storage: Storage = DEFAULT,
+                   physical: dict[str, str] | None = None) -> Iterator[pa.RecordBatch]:
     """Inside a task of :func:`fragment_frame`: ``columns`` of every row group its descriptors
-    name, in order, ``rows`` at a time (pyarrow, one thread: the task's CPU budget is one core).
+    name, in order, ``rows`` at a time (pyarrow, one thread: the task's CPU budget is one core),
+    through ``storage`` (local disk or an object store). ``physical``: logical -> stored column
+    name (Delta column mapping); batches carry the logical names.
     Large slices: per-batch costs of pyarrow and of what follows add up at 1k rows."""
+    from batchscore.storage import guard, parquet_file
+
+    stored = [(physical or {}).get(c, c) for c in columns]
     for b in descriptors:
         for part in (p for parts in b.column(0).to_pylist() for p in parts):
-            parquet = pq.ParquetFile(part["path"])
-            yield from parquet.iter_batches(batch_size=rows, row_groups=part["row_groups"], columns=columns, use_threads=False)
+            parquet = parquet_file(part["path"], storage)
+            with guard(part["path"], "read", storage):
+                for rb in parquet.iter_batches(batch_size=rows, row_groups=part["row_groups"], columns=stored,
+                                               use_threads=False):
+                    yield rb if stored == columns else pa.RecordBatch.from_arrays(rb.columns, names=columns)
+
+
+def files_frame(spark: SparkSession, files: Sequence[str], schema: StructType, *, storage: Storage = DEFAULT,
+                physical: dict[str, str] | None = None) -> DataFrame:
+    """A DataFrame of ``schema``'s columns of the Parquet ``files``, read by the tasks themselves
+    through ``storage`` (no Hadoop connector: works for any store :mod:`batchscore.storage`
+    reaches). For validation and key checks over files Spark cannot read itself."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    names = list(schema.names)
+    want = to_arrow_schema(schema, timezone="UTC")
+
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for rb in read_fragments(batches, names, storage=storage, physical=physical):
+            yield rb if rb.schema.equals(want) else rb.cast(want)
+
+    frags = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism, storage=storage)
+    return fragment_frame(spark, frags).mapInArrow(read, schema)

@@ -60,7 +60,7 @@ class ModelCache:
                 self.stats.hits += 1
                 return hit[0], None
             start = time.perf_counter()
-            data = read_artifact(ref.uri)
+            data = read_artifact(ref.uri, ref.storage, sha256=ref.sha256)
             if hash_bytes(data) != ref.sha256:
                 raise ModelError(
                     f"{ref.uri}: artifact changed after the job started (content hash differs); rerun"

@@ -14,7 +14,8 @@ Only active when the environment says so; never set these variables in productio
 Points: ``during_redis_load`` (after a task's first pipelined batch), ``after_redis_load``,
 ``after_delta_commit`` (before the pointer flip), ``after_flip`` (before GC), ``during_gc``
 (after a version's buckets are unlinked, before its control keys), ``rollback_after_restore``
-(between a rollback's Delta restore and its flip), ``backfill_after_write`` (a date's Parquet
+(between a rollback's Delta restore and its flip), ``after_staged_write`` (an executor point: a
+scoring task's Parquet file is written, its result not yet returned), ``backfill_after_write`` (a date's Parquet
 written, not committed).
 """
 

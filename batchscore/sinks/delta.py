@@ -1,6 +1,8 @@
 """Committing Spark-written Parquet as one Delta version with ``deltalake`` (delta-rs).
 
-Spark writes a run's Parquet under ``<table>/runs/<run_id>/``, invisible to Delta readers; its
+The score step's tasks write a run's Parquet under ``<table>/runs/<run_id>/`` (any store:
+:mod:`batchscore.storage`), invisible to Delta readers, and the driver records the files of the
+successful attempts (``_batchscore_manifest.json``); the run's
 *manifest* (:class:`StagedRun`: files, sizes, rows and a content digest) binds validation and
 publication to exactly those bytes. One ``create_write_transaction(mode="overwrite")`` then swaps
 the whole table to those files in a single commit.
@@ -16,43 +18,49 @@ CAS is what makes "commit once" true. Each commit carries the publication record
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
+from batchscore import storage as st
 from batchscore.errors import PublishRefusedError
+from batchscore.storage import DEFAULT, Storage
+
+MANIFEST = "_batchscore_manifest.json"  # the files a score's successful task attempts wrote
 
 
 @dataclass(frozen=True)
 class StagedRun:
     """A staged run's manifest: its files (relative to the table), sizes, rows and digest."""
 
-    run_path: str
+    run_path: str  # URI of the run's folder
     relative_files: list[str]
     sizes: list[int]
     rows: list[int]
     schema: Any  # pyarrow.Schema
     digest: str  # sha256 over every file's name, size and bytes
+    table: str = ""  # URI of the table root the files are relative to
+    stats: list[str] = field(default_factory=list)  # Delta ``stats`` JSON per file (min, max, nullCount)
 
     @property
     def total_rows(self) -> int:
         return sum(self.rows)
 
+    def uris(self) -> list[str]:
+        return [st.join(self.table, rel) for rel in self.relative_files]
 
-def content_digest(root: str, relative_files: list[str]) -> str:
+
+def content_digest(root: str, relative_files: list[str], storage: Storage = DEFAULT) -> str:
     """sha256 over (relative name, size, sha256 of the bytes) of each file, in name order: the
-    identity of a staged run's content (the same files committed to Delta hash the same)."""
+    identity of a staged run's content (the same files committed to Delta hash the same). Reads
+    the bytes through the store (an object store: one GET per file)."""
     import hashlib
 
     outer = hashlib.sha256()
     for rel in sorted(relative_files):
-        inner = hashlib.sha256()
-        path = Path(root) / rel
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 22):
-                inner.update(chunk)
-        outer.update(f"{rel}\0{path.stat().st_size}\0{inner.hexdigest()}\n".encode())
+        uri = st.join(root, rel)
+        outer.update(f"{rel}\0{st.size(uri, storage)}\0{st.sha256(uri, storage)}\n".encode())
     return outer.hexdigest()
 
 
@@ -60,39 +68,131 @@ def app_id(model: str, run_id: str) -> str:
     return f"batchscore/{model}/{run_id}"
 
 
-def stage(table_path: str, run_id: str) -> StagedRun:
-    """List a run's Parquet files and read their footers (row counts, schema): no data is read."""
-    return stage_dir(table_path, Path(table_path) / "runs" / run_id,
+def run_uri(table_path: str, run_id: str) -> str:
+    return st.join(table_path, "runs", run_id)
+
+
+def stage(table_path: str, run_id: str, storage: Storage = DEFAULT) -> StagedRun:
+    """A run's staged files (its manifest when the score step wrote one: exactly the files of the
+    successful task attempts) and their footers (row counts, schema, statistics): no data read
+    except for the digest."""
+    return stage_dir(table_path, run_uri(table_path, run_id), storage,
                      missing=f"no staged Parquet for run {run_id}; run `batchscore score` first")
 
 
-def stage_dir(table_path: str, run_path: Path, *, missing: str) -> StagedRun:
-    """The ``part-*.parquet`` files under ``run_path`` (paths relative to the table), from their
-    footers only; ``missing``: the error (with what to do) when there are none."""
-    import pyarrow.parquet as pq
+def write_manifest(run_path: str, files: list[str], storage: Storage = DEFAULT) -> None:
+    """Record ``files`` (names inside ``run_path``) as the run's content, then delete any other
+    Parquet file there (a failed or speculative task attempt's): what is staged is what was
+    reported by the attempts Spark kept."""
+    keep = set(files)
+    st.write_bytes(st.join(run_path, MANIFEST), json.dumps({"files": sorted(files)}).encode(), storage)
+    for uri, _ in st.list_files(run_path, storage, suffix=".parquet", recursive=False):
+        if uri.rsplit("/", 1)[1] not in keep:
+            st.delete_file(uri, storage)
 
-    files = sorted(run_path.glob("part-*.parquet"))
+
+def _listed(run_path: str, storage: Storage) -> list[tuple[str, int]]:
+    manifest = st.join(run_path, MANIFEST)
+    if st.is_file(manifest, storage):
+        names = json.loads(st.read_bytes(manifest, storage))["files"]
+        return [(st.join(run_path, n), st.size(st.join(run_path, n), storage)) for n in names]
+    return [(u, n) for u, n in st.list_files(run_path, storage, suffix=".parquet", recursive=False)
+            if u.rsplit("/", 1)[1].startswith("part-")]
+
+
+def stage_dir(table_path: str, run_path: str, storage: Storage = DEFAULT, *, missing: str) -> StagedRun:
+    """The staged Parquet files under ``run_path`` (paths relative to the table), from their
+    footers only; ``missing``: the error (with what to do) when there are none."""
+    files = _listed(run_path, storage)
     if not files:
         raise PublishRefusedError(f"{missing} (nothing under {run_path})")
-    rows, sizes, rel = [], [], []
+    rows, sizes, rel, stats = [], [], [], []
     schema = None
-    for f in files:
-        md = pq.read_metadata(f)
+    for uri, n in files:
+        md = st.parquet_file(uri, storage).metadata
         rows.append(md.num_rows)
-        sizes.append(f.stat().st_size)
-        rel.append(f.relative_to(table_path).as_posix())
+        sizes.append(n)
+        rel.append(st.relative(table_path, uri))
+        stats.append(file_stats(md))
         schema = schema or md.schema.to_arrow_schema()
-    return StagedRun(str(run_path), rel, sizes, rows, schema, content_digest(table_path, rel))
+    return StagedRun(st.normalize(run_path), rel, sizes, rows, schema, content_digest(table_path, rel, storage),
+                     table=st.normalize(table_path), stats=stats)
 
 
-def null_count(staged: StagedRun, column: str) -> int:
+def _stat_value(v: Any) -> Any:
+    import datetime as dt
+
+    if isinstance(v, dt.datetime):
+        return (v if v.tzinfo else v.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if isinstance(v, bytes):
+        return None
+    if isinstance(v, float) and math.isnan(v):  # not a usable bound
+        return None
+    return v
+
+
+def file_stats(md: Any) -> str:
+    """Delta per-file statistics (``numRecords``, ``minValues``, ``maxValues``, ``nullCount`` of
+    every top-level column) from a Parquet footer, so engines can skip files."""
+    schema = md.schema.to_arrow_schema()
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for j, name in enumerate(schema.names):
+        lo = hi = None
+        n_null, complete = 0, True
+        for g in range(md.num_row_groups):
+            s = md.row_group(g).column(j).statistics
+            if s is None or not s.has_min_max:
+                complete = complete and (s is not None and s.null_count == md.row_group(g).num_rows)
+                n_null += s.null_count if s is not None and s.has_null_count else 0
+                continue
+            n_null += s.null_count if s.has_null_count else 0
+            lo = s.min if lo is None or s.min < lo else lo
+            hi = s.max if hi is None or s.max > hi else hi
+        nulls[name] = n_null
+        if complete and lo is not None and _stat_value(lo) is not None and _stat_value(hi) is not None:
+            mins[name], maxs[name] = _stat_value(lo), _stat_value(hi)
+    return json.dumps({"numRecords": md.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls},
+                      default=str)
+
+
+def add_actions(staged: StagedRun, storage: Storage = DEFAULT, *, partition: dict[str, str | None] | None = None) -> list[Any]:
+    """The AddActions that commit ``staged``, each with its statistics; the sizes are checked
+    against the store right before (delta-rs does not validate paths or sizes)."""
+    from deltalake.transaction import AddAction
+
+    now_ms = int(time.time() * 1000)
+    out = []
+    for i, (rel, size, n) in enumerate(zip(staged.relative_files, staged.sizes, staged.rows, strict=True)):
+        uri = st.join(staged.table, rel)
+        if st.size(uri, storage) != size:
+            raise PublishRefusedError(f"{uri}: staged file changed size since staging; rerun the score step")
+        stats = staged.stats[i] if i < len(staged.stats) else json.dumps({"numRecords": n})
+        out.append(AddAction(rel, size, dict(partition or {}), now_ms, True, stats))
+    return out
+
+
+def _dt(table_path: str, storage: Storage, **kw: Any) -> Any:
+    from deltalake import DeltaTable
+
+    with st.guard(table_path, "open the Delta table", storage):
+        return DeltaTable(table_path, storage_options=storage.options(table_path) or None, **kw)
+
+
+def is_table(table_path: str, storage: Storage = DEFAULT) -> bool:
+    from deltalake import DeltaTable
+
+    with st.guard(table_path, "open the Delta table", storage):
+        return bool(DeltaTable.is_deltatable(table_path, storage_options=storage.options(table_path) or None))
+
+
+def null_count(staged: StagedRun, column: str, storage: Storage = DEFAULT) -> int:
     """Nulls in ``column`` of a staged run, from the Parquet footers' statistics (no data read;
     a row group without statistics is read)."""
-    import pyarrow.parquet as pq
-
     total = 0
-    for rel in staged.relative_files:
-        f = pq.ParquetFile(Path(staged.run_path).parent.parent / rel)
+    for uri in staged.uris():
+        f = st.parquet_file(uri, storage)
         idx = f.schema_arrow.get_field_index(column)
         for g in range(f.metadata.num_row_groups):
             stats = f.metadata.row_group(g).column(idx).statistics
@@ -103,33 +203,28 @@ def null_count(staged: StagedRun, column: str) -> int:
     return total
 
 
-def duplicate_keys(paths: list[str], column: str, *, sample: int = 3) -> tuple[int, list[Any]]:
+def duplicate_keys(paths: list[str], column: str, *, sample: int = 3, storage: Storage = DEFAULT) -> tuple[int, list[Any]]:
     """(how many rows repeat a key, a few repeated keys) over the Parquet files ``paths``: one read
     of the key column, run only when a load came up short."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    keys = pa.concat_arrays([c for p in paths for c in pq.read_table(p, columns=[column]).column(0).chunks])
+    keys = pa.concat_arrays([c for p in paths for c in st.parquet_file(p, storage).read(columns=[column]).column(0).chunks])
     values, counts = np.unique(keys.to_numpy(zero_copy_only=False), return_counts=True)
     repeated = values[counts > 1]
     return int((counts[counts > 1] - 1).sum()), [v.item() if hasattr(v, "item") else v for v in repeated[:sample]]
 
 
-def table_version(table_path: str) -> int | None:
+def table_version(table_path: str, storage: Storage = DEFAULT) -> int | None:
     """The table's current version, or None when there is no Delta table yet."""
-    from deltalake import DeltaTable
-
-    return DeltaTable(table_path).version() if DeltaTable.is_deltatable(table_path) else None
+    return _dt(table_path, storage).version() if is_table(table_path, storage) else None
 
 
-def committed_version(table_path: str, model: str, run_id: str) -> int | None:
+def committed_version(table_path: str, model: str, run_id: str, storage: Storage = DEFAULT) -> int | None:
     """The Delta version that committed ``run_id``, or None if it is not committed."""
-    from deltalake import DeltaTable
-
-    if not DeltaTable.is_deltatable(table_path):
+    if not is_table(table_path, storage):
         return None
-    dt = DeltaTable(table_path)
+    dt = _dt(table_path, storage)
     if dt.transaction_version(app_id(model, run_id)) is None:
         return None
     for entry in dt.history():
@@ -138,11 +233,11 @@ def committed_version(table_path: str, model: str, run_id: str) -> int | None:
     raise PublishRefusedError(f"{table_path}: run {run_id} is committed but its commit was not found in the history")
 
 
-def publications(table_path: str) -> list[dict[str, Any]]:
+def publications(table_path: str, storage: Storage = DEFAULT) -> list[dict[str, Any]]:
     """The publication records in the table's log, newest first, each with its ``delta_version``
     (commits without one, e.g. a vacuum, are skipped)."""
     out = []
-    for h in history(table_path):
+    for h in history(table_path, storage):
         raw = h.get("batchscore.publication")
         if raw:
             out.append({**json.loads(raw), "delta_version": int(h["version"])})
@@ -153,91 +248,88 @@ class CommitConflict(Exception):
     """The table moved past the expected version: someone else committed first."""
 
 
-def _cas(expected: int | None, table_path: str, action: str) -> Any:
+def _cas(expected: int | None, table_path: str, action: str, storage: Storage) -> Any:
     """The snapshot a commit builds on: exactly version ``expected`` (None: no table yet)."""
-    from deltalake import DeltaTable
-
     if expected is None:
-        if DeltaTable.is_deltatable(table_path):
+        if is_table(table_path, storage):
             raise CommitConflict(f"{table_path}: a table appeared while this publication ran; not {action}")
         return None
-    return DeltaTable(table_path, version=expected)
+    return _dt(table_path, storage, version=expected)
 
 
 def commit(table_path: str, staged: StagedRun, *, model: str, run_id: str, metadata: dict[str, str],
-           expected: int | None = None, check: Any = None) -> int:
+           expected: int | None = None, check: Any = None, storage: Storage = DEFAULT) -> int:
     """Make ``staged`` the table's content in one commit on top of version ``expected`` (refused
     with :class:`CommitConflict` when the table moved since); ``check()`` runs right before the
-    commit (the fencing-token check). Returns the new version."""
-    from deltalake import DeltaTable, Schema, Transaction
+    commit (the fencing-token check). On object stores delta-rs writes the log entry with a
+    conditional PUT (create-if-absent), never a rename: a racing commit of the same version loses.
+    Returns the new version."""
+    from deltalake import Schema, Transaction
     from deltalake.exceptions import CommitFailedError
-    from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+    from deltalake.transaction import CommitProperties, create_table_with_add_actions
 
-    now_ms = int(time.time() * 1000)
-    actions = []
-    for rel, size, n in zip(staged.relative_files, staged.sizes, staged.rows, strict=True):
-        # Stat right before commit: delta-rs does not validate paths or sizes.
-        real = Path(table_path) / rel
-        if real.stat().st_size != size:
-            raise PublishRefusedError(f"{real}: staged file changed size since staging; rerun the score step")
-        actions.append(AddAction(rel, size, {}, now_ms, True, json.dumps({"numRecords": n})))
+    actions = add_actions(staged, storage)
     props = CommitProperties(
         custom_metadata={f"batchscore.{k}": v for k, v in {**metadata, "run_id": run_id}.items()},
         app_transactions=[Transaction(app_id=app_id(model, run_id), version=1)], max_commit_retries=0,
     )
     schema = Schema.from_arrow(staged.schema)
-    dt = _cas(expected, table_path, "committing")
+    dt = _cas(expected, table_path, "committing", storage)
     if check is not None:
         check()
     try:
-        if dt is not None:
-            dt.create_write_transaction(actions, "overwrite", schema, commit_properties=props)
-        else:
-            create_table_with_add_actions(table_path, schema, actions, mode="error", commit_properties=props)
+        with st.guard(table_path, "commit to the Delta table", storage):
+            try:
+                if dt is not None:
+                    dt.create_write_transaction(actions, "overwrite", schema, commit_properties=props)
+                else:
+                    create_table_with_add_actions(table_path, schema, actions, mode="error", commit_properties=props,
+                                                  storage_options=storage.options(table_path) or None)
+            except CommitFailedError:
+                raise
+            except Exception as exc:  # delta-rs reports "table already exists" for mode="error" generically
+                if expected is None and is_table(table_path, storage):
+                    raise CommitConflict(f"{table_path}: another publisher created the table first") from exc
+                raise
     except CommitFailedError as exc:
         raise CommitConflict(f"{table_path}: version {0 if expected is None else expected + 1} was committed by "
                              "someone else while this publication ran") from exc
-    except Exception as exc:  # delta-rs reports "table already exists" for mode="error" as a generic error
-        if expected is None and DeltaTable.is_deltatable(table_path):
-            raise CommitConflict(f"{table_path}: another publisher created the table first") from exc
-        raise
     return (expected + 1) if expected is not None else 0
 
 
-def history(table_path: str) -> list[dict[str, Any]]:
+def history(table_path: str, storage: Storage = DEFAULT) -> list[dict[str, Any]]:
     """The table's commits, newest first (custom metadata appears as ``batchscore.*`` keys)."""
-    from deltalake import DeltaTable
-
-    return DeltaTable(table_path).history() if DeltaTable.is_deltatable(table_path) else []
+    return _dt(table_path, storage).history() if is_table(table_path, storage) else []
 
 
-def commit_info(table_path: str, version: int) -> dict[str, Any] | None:
+def commit_info(table_path: str, version: int, storage: Storage = DEFAULT) -> dict[str, Any] | None:
     """The history entry of one version, or None when the table has no such version."""
-    return next((h for h in history(table_path) if int(h.get("version", -1)) == version), None)
+    return next((h for h in history(table_path, storage) if int(h.get("version", -1)) == version), None)
 
 
-def files_at(table_path: str, version: int) -> list[str]:
-    """Absolute paths of the data files of ``version`` (to reload Redis from it)."""
-    from deltalake import DeltaTable
-
-    return [u.removeprefix("file://") for u in DeltaTable(table_path, version=version).file_uris()]
+def files_at(table_path: str, version: int, storage: Storage = DEFAULT) -> list[str]:
+    """URIs (absolute paths when local) of the data files of ``version`` (to reload Redis from it)."""
+    return [st.normalize(u) for u in _dt(table_path, storage, version=version).file_uris()]
 
 
-def manifest_at(table_path: str, version: int) -> StagedRun:
+def manifest_at(table_path: str, version: int, storage: Storage = DEFAULT) -> StagedRun:
     """The manifest of the files Delta ``version`` holds (the same digest as the staged run that
     committed them)."""
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
-    root = Path(table_path).resolve()
-    files = sorted(Path(f).resolve() for f in files_at(table_path, version))
-    rel = [f.relative_to(root).as_posix() for f in files]
-    mds = [pq.read_metadata(f) for f in files]
+    dt = _dt(table_path, storage, version=version)
+    root = st.normalize(dt.table_uri)
+    acts = pa.table(dt.get_add_actions(flatten=False)).select(["path", "size_bytes"]).to_pylist()
+    rel = sorted(a["path"] for a in acts)
+    sizes = {a["path"]: int(a["size_bytes"]) for a in acts}
+    mds = [st.parquet_file(st.join(root, r), storage).metadata for r in rel]
     schema = mds[0].schema.to_arrow_schema() if mds else None
-    return StagedRun(str(root), rel, [f.stat().st_size for f in files], [m.num_rows for m in mds], schema,
-                     content_digest(str(root), rel))
+    return StagedRun(root, rel, [sizes[r] for r in rel], [m.num_rows for m in mds], schema,
+                     content_digest(root, rel, storage), table=root, stats=[file_stats(m) for m in mds])
 
 
-def restore(table_path: str, version: int, *, metadata: dict[str, str], expected: int, check: Any = None) -> int:
+def restore(table_path: str, version: int, *, metadata: dict[str, str], expected: int, check: Any = None,
+            storage: Storage = DEFAULT) -> int:
     """Restore the table to ``version`` in one new commit on top of ``expected`` (compare-and-set,
     as :func:`commit`), carrying ``metadata``; return the new version.
 
@@ -247,14 +339,15 @@ def restore(table_path: str, version: int, *, metadata: dict[str, str], expected
     from deltalake.exceptions import CommitFailedError
     from deltalake.transaction import CommitProperties
 
-    source = commit_info(table_path, version) or {}
+    source = commit_info(table_path, version, storage) or {}
     carried = {k: v for k, v in source.items() if k.startswith("batchscore.") and k != "batchscore.rollback_to"}
     custom = {**carried, **{f"batchscore.{k}": v for k, v in metadata.items()}, "batchscore.rollback_to": str(version)}
-    dt = _cas(expected, table_path, "restoring")
+    dt = _cas(expected, table_path, "restoring", storage)
     if check is not None:
         check()
     try:
-        dt.restore(version, commit_properties=CommitProperties(custom_metadata=custom, max_commit_retries=0))
+        with st.guard(table_path, "restore the Delta table", storage):
+            dt.restore(version, commit_properties=CommitProperties(custom_metadata=custom, max_commit_retries=0))
     except CommitFailedError as exc:
         raise CommitConflict(f"{table_path}: version {expected + 1} was committed by someone else during the "
                              "rollback") from exc

@@ -1,6 +1,6 @@
 """The date-partitioned Delta history table that backfills write, one partition per ``run_date``.
 
-Spark writes a date's Parquet (without the partition column) under
+The scoring tasks write a date's Parquet (without the partition column) under
 ``<table>/run_date=<d>/<attempt>/``. One delta-rs ``create_write_transaction(mode="overwrite")``
 with ``partition_filters=[("run_date", "=", d)]`` then replaces that date's partition, and only it,
 in a single commit carrying the app transaction ``(batchscore-backfill/<model>/<d>, n)``: the
@@ -10,13 +10,11 @@ attempts stay on disk until a Delta ``vacuum``.
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
 from typing import Any
 
 from batchscore.errors import PublishRefusedError
-from batchscore.sinks.delta import StagedRun, stage_dir
+from batchscore.sinks.delta import StagedRun, _dt, add_actions, is_table, stage_dir
+from batchscore.storage import DEFAULT, Storage, guard, join
 
 PARTITION = "run_date"
 
@@ -26,28 +24,24 @@ def app_id(model: str, day: str) -> str:
 
 
 def attempt_path(table_path: str, day: str, attempt: str) -> str:
-    """Where Spark writes one attempt at a date (invisible to Delta readers until committed)."""
-    return f"{table_path.rstrip('/')}/{PARTITION}={day}/{attempt}"
+    """Where the tasks write one attempt at a date (invisible to Delta readers until committed)."""
+    return join(table_path, f"{PARTITION}={day}", attempt)
 
 
-def date_version(table_path: str, model: str, day: str) -> int | None:
+def date_version(table_path: str, model: str, day: str, storage: Storage = DEFAULT) -> int | None:
     """The app-transaction version recorded for ``day`` (how often it was committed), or None."""
-    from deltalake import DeltaTable
-
-    if not DeltaTable.is_deltatable(table_path):
+    if not is_table(table_path, storage):
         return None
-    return DeltaTable(table_path).transaction_version(app_id(model, day))
+    return _dt(table_path, storage).transaction_version(app_id(model, day))
 
 
-def table_version(table_path: str) -> int | None:
-    from deltalake import DeltaTable
-
-    return DeltaTable(table_path).version() if DeltaTable.is_deltatable(table_path) else None
+def table_version(table_path: str, storage: Storage = DEFAULT) -> int | None:
+    return _dt(table_path, storage).version() if is_table(table_path, storage) else None
 
 
-def stage(table_path: str, day: str, attempt: str) -> StagedRun:
-    """List an attempt's Parquet files and read their footers (row counts, schema): no data is read."""
-    return stage_dir(table_path, Path(attempt_path(table_path, day, attempt)),
+def stage(table_path: str, day: str, attempt: str, storage: Storage = DEFAULT) -> StagedRun:
+    """An attempt's Parquet files (its manifest) and their footers (row counts, schema, statistics)."""
+    return stage_dir(table_path, attempt_path(table_path, day, attempt), storage,
                      missing=f"no Parquet written for {day}; rerun the backfill for that date")
 
 
@@ -58,11 +52,9 @@ def _table_schema(staged: StagedRun) -> Any:
     return pa.schema([*fields, pa.field(PARTITION, pa.string())])
 
 
-def _check_columns(table_path: str, want: Any) -> None:
+def _check_columns(table_path: str, want: Any, storage: Storage) -> None:
     """Refuse a commit whose columns differ from the table's (e.g. the model's outputs changed)."""
-    from deltalake import DeltaTable
-
-    have = [f.name for f in DeltaTable(table_path).schema().fields]
+    have = [f.name for f in _dt(table_path, storage).schema().fields]
     if have != want.names:
         raise PublishRefusedError(
             f"history table {table_path} has columns {have} but this backfill writes {want.names}; "
@@ -71,17 +63,12 @@ def _check_columns(table_path: str, want: Any) -> None:
 
 
 def replace_partition(table_path: str, staged: StagedRun, *, model: str, day: str, txn_version: int,
-                      metadata: dict[str, str]) -> int:
+                      metadata: dict[str, str], storage: Storage = DEFAULT) -> int:
     """Make ``staged`` the whole content of partition ``day`` in one commit; return the new version."""
-    from deltalake import DeltaTable, Schema, Transaction
-    from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+    from deltalake import Schema, Transaction
+    from deltalake.transaction import CommitProperties, create_table_with_add_actions
 
-    now_ms = int(time.time() * 1000)
-    actions = []
-    for rel, size, n in zip(staged.relative_files, staged.sizes, staged.rows, strict=True):
-        if (Path(table_path) / rel).stat().st_size != size:  # delta-rs does not check paths or sizes
-            raise PublishRefusedError(f"{table_path}/{rel}: file changed size since it was written; rerun the date")
-        actions.append(AddAction(rel, size, {PARTITION: day}, now_ms, True, json.dumps({"numRecords": n})))
+    actions = add_actions(staged, storage, partition={PARTITION: day})
     props = CommitProperties(
         custom_metadata={f"batchscore.{k}": v for k, v in {**metadata, PARTITION: day}.items()},
         app_transactions=[Transaction(app_id=app_id(model, day), version=txn_version)],
@@ -89,13 +76,14 @@ def replace_partition(table_path: str, staged: StagedRun, *, model: str, day: st
     )
     arrow_schema = _table_schema(staged)
     schema = Schema.from_arrow(arrow_schema)
-    if DeltaTable.is_deltatable(table_path):
-        _check_columns(table_path, arrow_schema)
-        DeltaTable(table_path).create_write_transaction(
-            actions, "overwrite", schema, partition_by=[PARTITION],
-            partition_filters=[(PARTITION, "=", day)], commit_properties=props,
-        )
-    else:
-        create_table_with_add_actions(table_path, schema, actions, mode="error", partition_by=[PARTITION],
-                                      commit_properties=props)
-    return int(DeltaTable(table_path).version())
+    with guard(table_path, "commit to the history table", storage):
+        if is_table(table_path, storage):
+            _check_columns(table_path, arrow_schema, storage)
+            _dt(table_path, storage).create_write_transaction(
+                actions, "overwrite", schema, partition_by=[PARTITION],
+                partition_filters=[(PARTITION, "=", day)], commit_properties=props,
+            )
+        else:
+            create_table_with_add_actions(table_path, schema, actions, mode="error", partition_by=[PARTITION],
+                                          commit_properties=props, storage_options=storage.options(table_path) or None)
+    return int(_dt(table_path, storage).version())

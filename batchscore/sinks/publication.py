@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -40,6 +39,7 @@ from batchscore.errors import InfrastructureError, InputDataError, PublishRefuse
 from batchscore.sinks import crashpoint, delta
 from batchscore.sinks.redis import RedisVersions, ShortLoad, Version
 from batchscore.sinks.redis_gc import collect
+from batchscore.storage import DEFAULT, Storage
 
 #: ``loader(paths, version, fence) -> {bucket: entities}``: load Parquet ``paths`` into ``version``.
 Loader = Callable[[list[str], Version, tuple[str, str]], dict[int, int]]
@@ -83,6 +83,7 @@ class Target:
     keep_versions: int
     gc_grace_seconds: float
     lock_ttl_seconds: int
+    storage: Storage = DEFAULT  # how the table's store is reached (variable names only)
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,9 @@ class Outcome:
 
 # -- reading the record --------------------------------------------------------------------------
 
-def head(table: str) -> Publication | None:
+def head(table: str, storage: Storage = DEFAULT) -> Publication | None:
     """The newest publication in the Delta log (the leader's record)."""
-    pubs = delta.publications(table)
+    pubs = delta.publications(table, storage)
     return Publication.of(pubs[0]) if pubs else None
 
 
@@ -114,10 +115,10 @@ def _agreed(rec: Publication | None, pointer: str | None) -> Publication | None:
     return rec if rec is not None and pointer == rec.redis_version else None
 
 
-def reference(table: str, served_pub: Publication | None) -> Publication | None:
+def reference(table: str, served_pub: Publication | None, storage: Storage = DEFAULT) -> Publication | None:
     """The validation reference: the last *completed* publication (committed and served). When
     Redis serves nothing (a fresh or wiped server), the Delta head (reconcile restores it)."""
-    pubs = [Publication.of(p) for p in delta.publications(table)]
+    pubs = [Publication.of(p) for p in delta.publications(table, storage)]
     if served_pub is None:
         return pubs[0] if pubs else None
     return next((p for p in pubs if p is not None and p.seq <= served_pub.seq), None)
@@ -136,7 +137,7 @@ def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, ru
             f"validation judged ({validated_digest[:12]}); run `batchscore validate --run-id {run_id}` again")
     with store.locked(run_id, ttl_s=target.lock_ttl_seconds):                      # 1. fence
         _reconcile(store, target, loader, log)                                     # 2. repair
-        current = head(target.table)                                               # 3. decide
+        current = head(target.table, target.storage)                                               # 3. decide
         before, pointer = Publication.of(store.served_record()), store.current()
         done = _already(target, run_id, current, staged.digest)
         if done is not None:  # a retry after the flip: only the collection may be left to do
@@ -148,7 +149,7 @@ def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, ru
             raise PublishRefusedError(
                 f"run {run_id} is for {run_date}, older than the published run {current.run_id} ({current.run_date}); "
                 "pass --allow-older to replace newer scores with older ones, or backfill it into the history table")
-        expected_dv = delta.table_version(target.table)
+        expected_dv = delta.table_version(target.table, target.storage)
         version = store.resume(run_id=run_id, digest=staged.digest, columns=target.columns)   # 4. load
         if version is None:
             preflight()
@@ -156,7 +157,7 @@ def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, ru
                                      model_version=target.model_version, digest=staged.digest)
         if version.state == "loading":
             log(f"{store.ns}: loading {staged.total_rows:,} entities into Redis version {version.vid}")
-            version = _load_verified(store, target, loader, [staged.run_path], version)  # 5. verify
+            version = _load_verified(store, target, loader, staged.uris(), version)  # 5. verify
         else:
             log(f"{store.ns}: Redis version {version.vid} already holds this content; reusing it")
         crashpoint.reached("after_redis_load")
@@ -178,12 +179,12 @@ def rollback(store: RedisVersions, target: Target, *, to_version: int, loader: L
     """A new publication whose content is Delta version ``to_version``'s: Redis ready (the kept
     version with the same digest, else reloaded from Delta) -> one restore commit -> flip."""
     with store.locked(f"rollback-to-{to_version}", ttl_s=target.lock_ttl_seconds):
-        pubs = {p["delta_version"]: Publication.of(p) for p in delta.publications(target.table)}
+        pubs = {p["delta_version"]: Publication.of(p) for p in delta.publications(target.table, target.storage)}
         old = pubs.get(to_version)
         if old is None:
             raise PublishRefusedError(
                 f"{target.table}: Delta version {to_version} is not a publication; `batchscore history` lists them")
-        current = head(target.table)
+        current = head(target.table, target.storage)
         assert current is not None
         if old.digest == current.digest:  # the latest publication has that content already (a rerun
             # after a crash between restore and flip, or a rollback to the head): finish serving it
@@ -191,13 +192,13 @@ def rollback(store: RedisVersions, target: Target, *, to_version: int, loader: L
                 "already; making sure Redis serves it")
             return _reconcile(store, target, loader, log)
         before, pointer = Publication.of(store.served_record()), store.current()
-        expected_dv = delta.table_version(target.table)
+        expected_dv = delta.table_version(target.table, target.storage)
         assert expected_dv is not None
         version, reloaded = _ready(store, target, old, to_version, loader, owner=f"rollback-to-{to_version}")
         pub = Publication(seq=current.seq + 1, run_id=old.run_id, run_date=old.run_date, digest=old.digest,
                           redis_version=version.vid, kind="rollback", rows=old.rows, rollback_to=to_version)
         try:
-            dv = delta.restore(target.table, to_version, expected=expected_dv,
+            dv = delta.restore(target.table, to_version, expected=expected_dv, storage=target.storage,
                                check=lambda: store.check_fence("restore the Delta table"),
                                metadata={"publication": json.dumps(pub.record(), sort_keys=True),
                                          "redis_version": version.vid})
@@ -229,7 +230,7 @@ def gc(store: RedisVersions, target: Target, *, keep: int, grace_s: float, loade
 # -- the steps -----------------------------------------------------------------------------------
 
 def _reconcile(store: RedisVersions, target: Target, loader: Loader, log: Log) -> Outcome:
-    leader = head(target.table)
+    leader = head(target.table, target.storage)
     rec, pointer = Publication.of(store.served_record()), store.current()
     now = _agreed(rec, pointer)
     if leader is None:
@@ -256,7 +257,7 @@ def _ready(store: RedisVersions, target: Target, pub: Publication, delta_version
     kept = store.complete(pub.redis_version, pub.digest)
     if kept is not None:
         return kept, False
-    manifest = delta.manifest_at(target.table, delta_version)
+    manifest = delta.manifest_at(target.table, delta_version, target.storage)
     if manifest.digest != pub.digest:
         raise PublishRefusedError(f"{target.table}: Delta version {delta_version}'s files do not match its "
                                   "publication record (digest); the table was changed outside batchscore")
@@ -265,7 +266,7 @@ def _ready(store: RedisVersions, target: Target, pub: Publication, delta_version
         version = store.allocate(run_id=owner, rows=manifest.total_rows, columns=target.columns,
                                  model_version=target.model_version, digest=pub.digest,
                                  extra={"restored_from_delta": str(delta_version)})
-        paths = [f"{manifest.run_path}/{rel}" for rel in manifest.relative_files]
+        paths = manifest.uris()
         version = _load_verified(store, target, loader, paths, version)
     return version, True
 
@@ -280,8 +281,7 @@ def _load_verified(store: RedisVersions, target: Target, loader: Loader, paths: 
         try:
             return store.verify(version, loader(paths, version, store.fence()))
         except ShortLoad:
-            files = [str(f) for p in paths for f in (sorted(Path(p).glob("*.parquet")) if Path(p).is_dir() else [p])]
-            repeated, sample = delta.duplicate_keys(files, target.key)
+            repeated, sample = delta.duplicate_keys(paths, target.key, storage=target.storage)
             if not repeated:
                 raise  # lost by the server, not repeated: a reload fixes it
             raise InputDataError(
@@ -296,7 +296,7 @@ def _load_verified(store: RedisVersions, target: Target, loader: Loader, paths: 
 def _already(target: Target, run_id: str, current: Publication | None, digest: str) -> Publication | None:
     """The served publication of ``run_id`` when it is the current one with this content; refuse a
     superseded one, or the same run id with other content."""
-    mine = [Publication.of(p) for p in delta.publications(target.table)]
+    mine = [Publication.of(p) for p in delta.publications(target.table, target.storage)]
     mine = [p for p in mine if p is not None and p.run_id == run_id and p.kind == "publish"]
     if not mine:
         return None
@@ -321,7 +321,8 @@ def _commit(target: Target, staged: delta.StagedRun, pub: Publication, metadata:
             "rows": str(staged.total_rows), "digest": staged.digest}
     try:
         return delta.commit(target.table, staged, model=target.model, run_id=pub.run_id, metadata=meta,
-                            expected=expected, check=lambda: store.check_fence("commit to Delta"))
+                            expected=expected, check=lambda: store.check_fence("commit to Delta"),
+                            storage=target.storage)
     except delta.CommitConflict as exc:
         raise InfrastructureError(f"{exc}; nothing was served from this try, rerun the publish") from exc
 

@@ -1,0 +1,76 @@
+"""A model project whose every location is on a real S3 server (SeaweedFS on loopback)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+
+def upload(local: Path, uri: str, env: dict[str, str]) -> None:
+    """Copy a local file or folder to ``uri`` through pyarrow's S3 filesystem."""
+    import pyarrow.fs as pafs
+
+    from batchscore.storage import Storage
+
+    fs, path = Storage().filesystem(uri)
+    if local.is_dir():
+        pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    else:
+        with fs.open_output_stream(path) as out:
+            out.write(local.read_bytes())
+
+
+@pytest.fixture
+def s3_project(make_config: Callable[..., Path], s3_bucket: str, s3_env: dict[str, str], tmp_path: Path
+               ) -> Callable[..., Path]:
+    """``make(**overrides)``: a model config whose model, input, Delta table, history table and
+    reports are all under a fresh bucket (``s3a://`` for the input, to exercise the alias). The
+    local copies of the model and features stay under ``tmp_path`` as the reference."""
+
+    def make(**overrides: Any) -> Path:
+        local_cfg = yaml.safe_load(make_config(**{k: v for k, v in overrides.items() if k in ("rows", "layers", "fmt")}).read_text())
+        model, feats = Path(local_cfg["model"]["uri"]), Path(local_cfg["input"]["path"])
+        upload(model, f"{s3_bucket}/models/{model.name}", s3_env)
+        upload(feats, f"{s3_bucket}/features/part-0.parquet", s3_env)
+        cfg = {**local_cfg}
+        cfg["model"] = {**cfg["model"], "uri": f"{s3_bucket}/models/{model.name}"}
+        cfg["input"] = {**cfg["input"], "path": f"{s3_bucket.replace('s3://', 's3a://')}/features"}
+        cfg["outputs"] = {**cfg["outputs"], "delta": {"path": f"{s3_bucket}/predictions"},
+                          "history": {"path": f"{s3_bucket}/history"}}
+        cfg["runtime"] = {"report_dir": f"{s3_bucket}/runs"}
+        for k, v in overrides.items():
+            if k not in ("rows", "layers", "fmt"):
+                cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+        path = tmp_path / "s3-model.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        (tmp_path / "local-features.parquet").write_bytes(feats.read_bytes())
+        return path
+
+    return make
+
+
+def local_scores(cfg_path: Path) -> dict[int, float]:
+    """The ONNX model run directly on the local copy of the features (the reference)."""
+    import onnxruntime as ort
+
+    d = cfg_path.parent
+    table = pq.read_table(d / "local-features.parquet")
+    feats = [c for c in table.column_names if c.startswith("f")]
+    x = np.column_stack([table[c].to_numpy() for c in feats]).astype(np.float32)
+    sess = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return dict(zip(table["user_id"].to_pylist(), out[:, 0].tolist(), strict=True))
+
+
+def delta_table(uri: str, version: int | None = None) -> Any:
+    from deltalake import DeltaTable
+
+    from batchscore.storage import Storage
+
+    return DeltaTable(uri, version=version, storage_options=Storage().options(uri))

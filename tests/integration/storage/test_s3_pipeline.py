@@ -1,0 +1,95 @@
+"""The whole pipeline with every location on a real S3 server (SeaweedFS on loopback): score,
+validate, publish, lookup, a second run, rollback, history and backfill. Values read back from the
+store with deltalake and from Redis equal the model's own outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from batchscore import ScoreReader
+from batchscore import storage as st
+from batchscore.config import load_model_config
+from jobs import backfill as backfill_job
+from jobs import history as history_job
+from jobs import rollback as rollback_job
+from jobs import run as run_job
+from jobs import state
+from tests.integration.storage.conftest import delta_table, local_scores
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+
+
+def test_pipeline_on_s3_reads_back_the_models_scores(spark: Any, s3_project: Any, redis_url: str,
+                                                     tmp_path: Path) -> None:
+    path = s3_project(rows=3000)
+    cfg = load_model_config(path)
+    assert cfg.input.path.startswith("s3://")  # s3a:// is an alias
+    want = local_scores(path)
+
+    rep = run_job.run(spark, cfg, run_id="s1", run_date="2026-11-30", redis_url=redis_url)
+    dt = delta_table(cfg.outputs.delta.path)
+    assert dt.version() == rep["delta_version"] == 0
+    got = dt.to_pyarrow_table()
+    assert got.num_rows == 3000
+    assert dict(zip(got["user_id"].to_pylist(), got["score"].to_pylist(), strict=True)) == want  # bit-exact
+    assert set(got["run_id"].to_pylist()) == {"s1"}
+    # Every committed file carries full statistics: engines can skip files.
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    assert actions and all(a["num_records"] and a["min.score"] is not None and a["max.user_id"] is not None
+                           and a["null_count.score"] == 0 for a in actions)
+    assert min(a["min.user_id"] for a in actions) == min(want) and max(a["max.user_id"] for a in actions) == max(want)
+
+    found = ScoreReader(redis_url, prefix="t").get_many("m", list(want))
+    assert all(found[str(k)] is not None and found[str(k)].value == want[k] for k in want)  # type: ignore[union-attr]
+    # The reports live on the store, next to nothing on local disk.
+    for step in ("score", "validation", "publish", "run"):
+        assert st.is_file(state.report_uri(cfg, "s1", f"{step}.json")), step
+    assert st.is_file(state.report_uri(cfg, "s1", "validation.png"))
+    assert state.latest_run_id(cfg) == "s1"
+    assert json.loads(st.read_bytes(state.report_uri(cfg, "s1", "score.json")))["input_rows"] == 3000
+    assert not (tmp_path / "predictions").exists() and not (tmp_path / "runs").exists()
+
+
+def test_second_run_rollback_history_and_backfill_on_s3(spark: Any, s3_project: Any, redis_url: str,
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = s3_project(rows=1500)
+    cfg = load_model_config(path)
+    want = local_scores(path)
+    first = run_job.run(spark, cfg, run_id="a", run_date="2026-11-29", redis_url=redis_url)
+    # A second model version over the same entities.
+    from jobs.demo import write_onnx_mlp
+    from tests.integration.storage.conftest import upload
+
+    model2 = write_onnx_mlp(tmp_path / "model2.onnx", (8, 16, 1), seed=99)
+    upload(model2, f"{cfg.model.uri.rsplit('/', 1)[0]}/model2.onnx", {})
+    cfg2 = cfg.model_copy(update={"model": cfg.model.model_copy(update={"uri": f"{cfg.model.uri.rsplit('/', 1)[0]}/model2.onnx",
+                                                                         "version": "v2"})})
+    second = run_job.run(spark, cfg2, run_id="b", run_date="2026-11-30", redis_url=redis_url)
+    assert second["delta_version"] == first["delta_version"] + 1
+    reader = ScoreReader(redis_url, prefix="t", pointer_ttl=0)
+    assert reader.get("m", next(iter(want))).model_version == "v2"  # type: ignore[union-attr]
+
+    assert rollback_job.main(["--model-config", str(path), "--to-version", str(first["delta_version"])]) == 0
+    back = reader.get_many("m", list(want))
+    assert all(back[str(k)].value == want[k] and back[str(k)].model_version == "v1" for k in want)  # type: ignore[union-attr]
+    live = delta_table(cfg.outputs.delta.path).to_pyarrow_table()
+    assert set(live["run_id"].to_pylist()) == {"a"} and live.num_rows == 1500
+
+    capsys.readouterr()
+    assert history_job.main(["--model-config", str(path), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["delta_version"] for r in rows] == [2, 1, 0] and rows[0]["redis"] == "current"
+
+    rep = backfill_job.backfill(spark, cfg, days=["2026-11-01", "2026-11-02"])
+    hist = delta_table(backfill_job.history_path(cfg)).to_pyarrow_table()
+    assert hist.num_rows == 3000 and sorted(set(hist["run_date"].to_pylist())) == ["2026-11-01", "2026-11-02"]
+    day1 = hist.filter(pa.compute.equal(hist["run_date"], "2026-11-01"))
+    assert dict(zip(day1["user_id"].to_pylist(), day1["score"].to_pylist(), strict=True)) == want
+    assert [d["status"] for d in rep["dates"]] == ["written", "written"]
+    again = backfill_job.backfill(spark, cfg, days=["2026-11-01"])
+    assert again["dates"][0]["status"] == "skipped"
