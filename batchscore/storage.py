@@ -270,6 +270,8 @@ def guard(uri: str, what: str, storage: Storage = DEFAULT) -> Iterator[None]:
     except (OSError, ValueError, RuntimeError) as exc:
         raise storage_error(exc, uri, what, storage) from exc
     except Exception as exc:  # delta-rs raises its own exception types (DeltaError, ...)
+        if type(exc).__name__ == "CommitFailedError":  # a lost race, not a store failure: the caller decides
+            raise
         if type(exc).__module__.startswith(("deltalake", "_internal", "pyarrow")):
             raise storage_error(exc, uri, what, storage) from exc
         raise

@@ -102,13 +102,20 @@ def _open_delta(spark: SparkSession, spec: InputTable, storage: Storage, source:
     where = f"input table {spec.path}"
     if not is_table(spec.path, storage):
         raise InputDataError(f"{where}: not a Delta table (no _delta_log); check input.path and input.format in {source}")
-    dt = _dt(spec.path, storage)
+    fix = ("export the features to a plain Parquet or Delta table without them, or set input.read: spark with a "
+           f"Delta-capable Spark in {source}")
+    try:
+        dt = _dt(spec.path, storage)
+    except InputDataError as exc:
+        if "not supported" not in str(exc).lower() and "unsupported" not in str(exc).lower():
+            raise
+        detail = str(exc).split("(", 1)[-1].rstrip(")")
+        raise InputDataError(f"{where}: uses a Delta protocol feature batchscore cannot read ({detail}); {fix}") from None
     proto = dt.protocol()
     unknown = sorted(set(proto.reader_features or []) - _DELTA_READER_FEATURES)
     if unknown or proto.min_reader_version > 3:
         raise InputDataError(f"{where}: uses Delta reader feature(s) {unknown or [f'reader version {proto.min_reader_version}']} "
-                             "that batchscore cannot read; export the features to a plain Parquet or Delta table "
-                             f"without them, or set input.read: spark with a Delta-capable Spark in {source}")
+                             f"that batchscore cannot read; {fix}")
     if "deletionVectors" in (proto.reader_features or []):
         with st.guard(spec.path, "read deletion vectors", storage):
             n = sum(b.num_rows for b in dt.deletion_vectors())

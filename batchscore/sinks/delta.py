@@ -277,23 +277,20 @@ def commit(table_path: str, staged: StagedRun, *, model: str, run_id: str, metad
     dt = _cas(expected, table_path, "committing", storage)
     if check is not None:
         check()
-    try:
-        with st.guard(table_path, "commit to the Delta table", storage):
-            try:
-                if dt is not None:
-                    dt.create_write_transaction(actions, "overwrite", schema, commit_properties=props)
-                else:
-                    create_table_with_add_actions(table_path, schema, actions, mode="error", commit_properties=props,
-                                                  storage_options=storage.options(table_path) or None)
-            except CommitFailedError:
-                raise
-            except Exception as exc:  # delta-rs reports "table already exists" for mode="error" generically
-                if expected is None and is_table(table_path, storage):
-                    raise CommitConflict(f"{table_path}: another publisher created the table first") from exc
-                raise
-    except CommitFailedError as exc:
-        raise CommitConflict(f"{table_path}: version {0 if expected is None else expected + 1} was committed by "
-                             "someone else while this publication ran") from exc
+    with st.guard(table_path, "commit to the Delta table", storage):  # CommitConflict passes through
+        try:
+            if dt is not None:
+                dt.create_write_transaction(actions, "overwrite", schema, commit_properties=props)
+            else:
+                create_table_with_add_actions(table_path, schema, actions, mode="error", commit_properties=props,
+                                              storage_options=storage.options(table_path) or None)
+        except CommitFailedError as exc:
+            raise CommitConflict(f"{table_path}: version {0 if expected is None else expected + 1} was committed by "
+                                 "someone else while this publication ran") from exc
+        except Exception as exc:  # delta-rs reports "table already exists" for mode="error" generically
+            if expected is None and is_table(table_path, storage):
+                raise CommitConflict(f"{table_path}: another publisher created the table first") from exc
+            raise
     return (expected + 1) if expected is not None else 0
 
 
@@ -345,10 +342,10 @@ def restore(table_path: str, version: int, *, metadata: dict[str, str], expected
     dt = _cas(expected, table_path, "restoring", storage)
     if check is not None:
         check()
-    try:
-        with st.guard(table_path, "restore the Delta table", storage):
+    with st.guard(table_path, "restore the Delta table", storage):  # CommitConflict passes through
+        try:
             dt.restore(version, commit_properties=CommitProperties(custom_metadata=custom, max_commit_retries=0))
-    except CommitFailedError as exc:
-        raise CommitConflict(f"{table_path}: version {expected + 1} was committed by someone else during the "
-                             "rollback") from exc
+        except CommitFailedError as exc:
+            raise CommitConflict(f"{table_path}: version {expected + 1} was committed by someone else during the "
+                                 "rollback") from exc
     return expected + 1
