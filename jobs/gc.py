@@ -110,19 +110,19 @@ def staged_runs(table: str, *, retention_hours: float, now: float | None = None,
     groups: dict[str, list[Any]] = {}
     for i in infos:
         rel = i.path[len(path):].lstrip("/").split("/")
-        if len(rel) == 1 and i.type == pafs.FileType.Directory:
-            groups.setdefault(rel[0], [])
-        elif len(rel) == 1:
+        if len(rel) == 1 and i.type != pafs.FileType.Directory:
             report["ignored"].append(rel[0])  # a file directly under runs/: not a run's directory
-        elif i.type == pafs.FileType.File:
-            groups.setdefault(rel[0], []).append(i)
+        else:
+            groups.setdefault(rel[0], []).append(i)  # the run's folder itself, its files and sub-folders
     now = time.time() if now is None else now
     for name in sorted(groups):
-        files = groups[name]
+        entries = groups[name]
+        files = [f for f in entries if f.type == pafs.FileType.File]
         if not _is_run_id(name) or (st.is_local(runs) and os.path.islink(os.path.join(path, name))):
             report["ignored"].append(name)  # not a run's directory: never touched
             continue
-        newest = max((f.mtime.timestamp() for f in files if f.mtime is not None), default=now)
+        # newest of its files and folders (an object store's "folders" have no time; an empty run is old)
+        newest = max((f.mtime.timestamp() for f in entries if f.mtime is not None), default=0.0)
         age_h = (now - newest) / 3600
         if name in live:
             report["kept"][name] = "live (files of the current Delta version)"

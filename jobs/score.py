@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
-from batchscore.errors import ModelError, PublishRefusedError
+from batchscore.errors import InputDataError, ModelError, PublishRefusedError
 from batchscore.exit import exit_now
 from batchscore.sinks import delta
 from jobs import entry, state
@@ -129,6 +129,8 @@ def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef, *, run
             raise known from None
         raise
     files = written(rows)
+    if not files:
+        raise InputDataError(f"input table {cfg.input.path} is empty; nothing to score (check the upstream job)")
     delta.write_manifest(run_path, files, cfg.store)
     return files
 

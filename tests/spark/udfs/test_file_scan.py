@@ -16,7 +16,7 @@ import pytest
 from deltalake import write_deltalake
 
 from batchscore.config import load_model_config
-from batchscore.errors import ConfigError, InputDataError
+from batchscore.errors import InputDataError
 from jobs.demo import mlp_forward, mlp_weights
 from jobs.inputs import direct_files, read_input
 from jobs.score import scored_frame
@@ -129,6 +129,3 @@ def test_partition_columns_fall_back_and_files_mode_explains(spark: Any, tmp_pat
     strict = config(tmp_path, make_config, table, read="files")
     with pytest.raises(InputDataError, match=r"not stored in its Parquet files.*input.read: spark"):
         direct_files(strict.input, source="m.yaml")
-    remote = strict.input.model_copy(update={"path": "s3a://bucket/features"})
-    with pytest.raises(ConfigError, match=r"input.read: files needs a local or mounted path"):
-        direct_files(remote, source="m.yaml")

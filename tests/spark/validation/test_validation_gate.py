@@ -127,7 +127,7 @@ def test_constant_scores_are_blocked_with_default_thresholds_and_the_png_shows_b
     assert redis.Redis.from_url(redis_url).get(pointer).decode() == live  # readers still see run a
 
     png = rej["histogram_png"]
-    assert Path(png).parent == state.run_dir(cfg, "zeros")
+    assert Path(png).parent == Path(state.run_dir(cfg, "zeros"))
     w, h = _png_size(png)
     assert (w, h) == (720, 288)
     import matplotlib.image as mpimg
@@ -193,7 +193,7 @@ def test_inf_scores_are_rejected_by_the_gate_with_exit_3_not_a_crash(
     fin = _rule(rej, "finite", "block")
     assert fin["column"] == "score" and fin["passed"] is False and fin["observed"] == 30
     assert any(b.startswith("finite score: 30 of 20,000 scores are ±inf") for b in rej["blocking"]), rej["blocking"]
-    strict = _no_nonfinite_json(state.run_dir(cfg, "infs") / "validation.json")
+    strict = _no_nonfinite_json(Path(state.run_dir(cfg, "infs")) / "validation.json")
     col = strict["profile"]["columns"]["score"]
     finite = x[np.isfinite(x)].astype(np.float64)
     assert (col["posinf"], col["neginf"], col["nans"]) == (20, 10, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ def test_warn_failure_publishes_and_is_reported_then_the_cli_rejects_a_block_fai
     assert code == EXIT_REJECTED
     assert "judged against published run r1 (Delta version 0)" in out
     assert "psi" in out and "FAIL" in out
-    report_path = state.run_dir(cfg, "bad") / "validation.json"
+    report_path = Path(state.run_dir(cfg, "bad")) / "validation.json"
     assert f"report: {report_path}" in out and f"histogram: {report_path.with_suffix('.png')}" in out
     assert "batchscore: error: run bad of 'm' rejected: psi score" in err
     assert DeltaTable(cfg.outputs.delta.path).version() == 0
