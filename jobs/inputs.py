@@ -124,8 +124,7 @@ def _open_delta(spark: SparkSession, spec: InputTable, storage: Storage, source:
                                  "rewrite them (OPTIMIZE / REORG TABLE ... APPLY (PURGE)) or set input.read: spark with "
                                  f"a Delta-capable Spark in {source}")
     version = int(dt.version())
-    arrow = dt.schema().to_arrow()
-    arrow = pa.schema([pa.field(f.name, f.type) for f in arrow])  # arro3 -> pyarrow
+    arrow = pa.schema(dt.schema().to_arrow())  # arro3 -> pyarrow (Arrow C schema interface)
     physical = {f.name: f.metadata["delta.columnMapping.physicalName"] for f in dt.schema().fields
                 if f.metadata.get("delta.columnMapping.physicalName")}
     partitions = set(dt.metadata().partition_columns)

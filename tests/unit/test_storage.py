@@ -1,0 +1,93 @@
+"""Locations as URIs (batchscore.storage) and the config's storage section."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import yaml
+
+from batchscore import storage as st
+from batchscore.config import load_model_config
+from batchscore.errors import ConfigError, InfrastructureError, InputDataError
+
+
+@pytest.mark.parametrize(("uri", "scheme", "norm"), [
+    ("/data/x/", "local", "/data/x"),
+    ("file:///data/x", "local", "/data/x"),
+    ("s3://b/k/", "s3", "s3://b/k"),
+    ("s3a://b/k", "s3", "s3://b/k"),
+    ("gs://b/k", "gs", "gs://b/k"),
+    ("abfss://c@acct.dfs.core.windows.net/p", "abfss", "abfss://c@acct.dfs.core.windows.net/p"),
+    ("hdfs://nn:8020/p", "hdfs", "hdfs://nn:8020/p"),
+])
+def test_schemes_and_normal_forms(uri: str, scheme: str, norm: str) -> None:
+    assert st.scheme(uri) == scheme and st.normalize(uri) == norm
+    assert st.join(uri, "runs", "/r1/") == f"{norm}/runs/r1"
+    assert st.relative(uri, st.join(uri, "runs/r1/part-0.parquet")) == "runs/r1/part-0.parquet"
+
+
+def test_an_unknown_scheme_is_refused_with_the_supported_ones() -> None:
+    with pytest.raises(ConfigError, match=r"ftp://.*use a local path, file://, s3:// \(s3a://\), gs://, abfss:// or hdfs://"):
+        st.scheme("ftp://host/x")
+
+
+def test_storage_carries_names_and_captured_values_never_shows_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_KEY", "AKIDEXAMPLE")
+    monkeypatch.setenv("MY_SECRET", "s3cr3t-value")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    s = st.Storage(env=(("AWS_ACCESS_KEY_ID", "MY_KEY"), ("AWS_SECRET_ACCESS_KEY", "MY_SECRET"))).captured()
+    assert "s3cr3t-value" not in repr(s) and "MY_SECRET" in repr(s)
+    opts = s.options("s3://b/k")
+    assert opts["AWS_SECRET_ACCESS_KEY"] == "s3cr3t-value" and opts["AWS_ALLOW_HTTP"] == "true"
+    assert opts["AWS_REGION"] == "us-east-1"  # the default when none is set
+    monkeypatch.delenv("MY_SECRET")  # an executor without the variable still has the driver's value
+    shipped = pickle.loads(pickle.dumps(s))
+    assert shipped.value("AWS_SECRET_ACCESS_KEY") == "s3cr3t-value"
+    assert st.Storage(env=s.env).value("AWS_SECRET_ACCESS_KEY") is None
+    assert st.Storage().options("/local/path") == {}
+
+
+@pytest.mark.parametrize(("message", "kind", "needle"), [
+    ("AWS Error NETWORK_CONNECTION during HeadObject operation: curlCode: 7, Couldn't connect to server",
+     InfrastructureError, "storage endpoint http://127.0.0.1:9 is unreachable"),
+    ("Error performing GET ... HTTP error: error sending request for url", InfrastructureError, "unreachable"),
+    ("AWS Error ACCESS_DENIED during HeadObject operation: No response body. 403", ConfigError, "refused the credentials"),
+    ("AWS Error NO_SUCH_BUCKET: NoSuchBucket: The specified bucket does not exist", InputDataError,
+     "bucket 'data' does not exist"),
+    ("Path does not exist 'data/x': Not found", InputDataError, "not found; check the location"),
+])
+def test_store_failures_become_one_line_errors(monkeypatch: pytest.MonkeyPatch, message: str, kind: type,
+                                               needle: str) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    err = st.storage_error(OSError(message), "s3://data/x", "read")
+    assert isinstance(err, kind) and needle in str(err) and str(err).startswith("s3://data/x: cannot read")
+    assert "\n" not in str(err)
+
+
+def _cfg(tmp_path: Path, **extra: object) -> Path:
+    d = {"name": "m", "model": {"uri": "s3a://b/model.onnx", "format": "onnx", "version": "v1"},
+         "input": {"path": "s3a://b/features", "key": "k", "features": ["a"]},
+         "outputs": {"delta": {"path": "s3://b/pred/"}}, "runtime": {"report_dir": "s3://b/runs"}, **extra}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def test_config_locations_are_uris_and_s3a_is_s3(tmp_path: Path) -> None:
+    cfg = load_model_config(_cfg(tmp_path))
+    assert (cfg.model.uri, cfg.input.path, cfg.outputs.delta.path, cfg.runtime.report_dir) == (
+        "s3://b/model.onnx", "s3://b/features", "s3://b/pred", "s3://b/runs")
+
+
+def test_the_storage_section_names_variables_and_refuses_values(tmp_path: Path) -> None:
+    cfg = load_model_config(_cfg(tmp_path, storage={"AWS_SECRET_ACCESS_KEY": "SCORING_SECRET"}))
+    assert cfg.store.env == (("AWS_SECRET_ACCESS_KEY", "SCORING_SECRET"),)
+    with pytest.raises(ConfigError, match="give the name of an environment variable") as e:
+        load_model_config(_cfg(tmp_path, storage={"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCY"}))
+    assert "wJalrXUtnFEMI" not in str(e.value)
+    with pytest.raises(ConfigError, match="unknown storage option 'AWS_PASSWORD'"):
+        load_model_config(_cfg(tmp_path, storage={"AWS_PASSWORD": "X"}))
+    with pytest.raises(ConfigError, match="unsupported storage scheme 'ftp://'"):
+        load_model_config(_cfg(tmp_path, input={"path": "ftp://h/x", "key": "k", "features": ["a"]}))
