@@ -56,8 +56,10 @@ $(STAMP): pyproject.toml
 
 env: check-prereqs $(STAMP)
 
+# STORE=s3: every location on a throwaway S3 server on 127.0.0.1 (SeaweedFS), as on a cluster without a shared disk
+STORE ?= local
 demo: env
-	$(VPY) -m jobs.demo --model-config conf/models/demo.yaml
+	$(VPY) -m jobs.demo --model-config conf/models/demo.yaml --store $(STORE)
 
 test-unit: env
 	$(VPY) -m pytest tests/unit -q

@@ -140,30 +140,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--run-date", default=None)
     p.add_argument("--setup-only", action="store_true", help="only generate the demo model and data")
+    p.add_argument("--store", choices=["local", "s3"], default="local",
+                   help="s3: every location (model, features, Delta table, reports) on a throwaway S3 server on "
+                   "127.0.0.1 (SeaweedFS, from the dev extra), as on a cluster without a shared disk")
     args = p.parse_args(argv)
     ensure_demo(args.model_config, args.rows)
     if args.setup_only:
         return 0
+    if args.store == "s3":
+        return _on_s3(args)
+    return _demo(args, args.model_config)
+
+
+def _on_s3(args: argparse.Namespace) -> int:
+    """The same demo with every location on a throwaway S3 server (SeaweedFS on 127.0.0.1)."""
+    import yaml
+
+    from batchscore import storage as st
+    from batchscore.config import load_model_config
+    from batchscore.local_s3 import LocalS3
+
+    local = load_model_config(args.model_config)
+    with LocalS3(buckets=("demo",)) as s3:
+        os.environ.update(s3.env())
+        print(f"demo: started a throwaway S3 server (SeaweedFS) at {s3.endpoint}; bucket s3://demo")
+        st.write_bytes("s3://demo/models/model.onnx", Path(local.model_path).read_bytes())
+        st.write_bytes("s3://demo/features/part-0.parquet", Path(local.input.path).read_bytes())
+        raw = yaml.safe_load(Path(args.model_config).read_text())
+        raw["model"]["uri"] = "s3://demo/models/model.onnx"
+        raw["input"]["path"] = "s3a://demo/features"  # s3a:// is an alias of s3://
+        raw["outputs"]["delta"]["path"] = "s3://demo/predictions"
+        raw["runtime"] = {"report_dir": "s3://demo/runs"}
+        cfg_path = Path(local.outputs.delta.path).parent / "demo-s3.yaml"
+        cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        print(f"demo: config with every location on the store: {cfg_path}")
+        return _demo(args, str(cfg_path), reference=(local.model_path, local.input.path))
+
+
+def _demo(args: argparse.Namespace, cfg_path: str, reference: tuple[str, str] | None = None) -> int:
     from batchscore.cli import lookup
     from batchscore.config import load_model_config
     from batchscore.local_redis import LocalRedis
     from jobs import run as run_job
 
-    cfg = load_model_config(args.model_config)
+    cfg = load_model_config(cfg_path)
+    model_path, features_path = reference or (cfg.model_path, cfg.input.path)
     server = None
     if not os.environ.get(cfg.outputs.redis.url_env):
         server = LocalRedis().start()
         os.environ[cfg.outputs.redis.url_env] = server.url
         print(f"demo: {cfg.outputs.redis.url_env} unset; started a throwaway {Path(server.exe or 'redis-server').name} on 127.0.0.1:{server.port}")
     try:
-        run_args = ["--model-config", args.model_config] + (["--run-date", args.run_date] if args.run_date else [])
+        run_args = ["--model-config", cfg_path] + (["--run-date", args.run_date] if args.run_date else [])
         code = run_job.main(run_args)
         if code != 0:
             return code
         keys = [0, 1, 42, 4242, args.rows - 1]
         print("\nlookups (batchscore lookup):")
-        lookup(["--model-config", args.model_config, *map(str, keys)])
-        want = expected_scores(cfg.model_path, cfg.input.path, cfg.input.key, keys, cfg.input.features or [])
+        lookup(["--model-config", cfg_path, *map(str, keys)])
+        want = expected_scores(model_path, features_path, cfg.input.key, keys, cfg.input.features or [])
         print("\nthe model run directly on the same rows (onnxruntime, outside Spark):")
         for k, v in zip(keys, want, strict=True):
             print(f"{k}\t" + " ".join(f"{c}={x:.6g}" for c, x in zip(cfg.outputs.columns, v, strict=True)))
