@@ -63,7 +63,8 @@ class ModelArtifact(_Strict):
         "the default lookup (the flavour's file, else the one *.onnx / *.pt|*.pth / *.pt2 file) is not enough")
     cache_dir: str | None = Field(
         default=None, description="models:/ URIs: where the driver keeps resolved artifacts as <sha256>.<ext>; "
-        "storage every executor can read (default: $BATCHSCORE_MODEL_CACHE_DIR, else <outputs.delta.path>/_models)")
+        "a local folder every executor can read, or a store URI (s3://...) the executors fetch from (default: "
+        "$BATCHSCORE_MODEL_CACHE_DIR, else <outputs.delta.path>/_models)")
 
     @field_validator("uri", mode="before")
     @classmethod
@@ -105,8 +106,9 @@ class InputTable(_Strict):
     feature_array: str | None = None
     feature_count: int | None = Field(default=None, gt=0)
     read: Literal["auto", "files", "spark"] = Field(
-        default="auto", description="files: Python workers read the Parquet files themselves (local or "
-        "mounted paths); spark: Spark's scan feeds the model; auto: files when possible")
+        default="auto", description="files: Python workers read the Parquet files themselves (any store: local "
+        "disk, s3://, gs://, ...); spark: Spark's scan feeds the model (object stores then need Spark's Hadoop "
+        "connectors); auto: files when possible")
 
     @model_validator(mode="after")
     def _one_feature_source(self) -> InputTable:

@@ -6,7 +6,10 @@ is read once, then everything uses that version number), downloads that version'
 picks the model file, checks the MLflow signature (when the version has one) against the config's
 features and outputs, and stores the file content-addressed as ``<cache_dir>/<sha256><ext>``. The
 executors get only that path and hash (``udfs.model_ref.ModelRef``) and never call the registry:
-``cache_dir`` must therefore be storage every executor can read, like the Delta root.
+``cache_dir`` must therefore be storage every executor can read, like the Delta root: a local
+folder they all mount, or a store URI (the default ``<outputs.delta.path>/_models`` on ``s3://``:
+the driver uploads the file there and each executor fetches it into its own content-addressed
+cache, :func:`udfs.model_ref.read_artifact`).
 
 Which file is the model (the convention, see README "Models from MLflow"):
 

@@ -11,8 +11,8 @@ validation, or abandoned): the ``<outputs.delta.path>/runs/<run_id>/`` directori
 not the run of any publication (nor of any commit) in the Delta log, whose files the live Delta
 version does not use, and whose newest file is older than ``--staged-retention-hours`` (default
 168, i.e. 7 days; a run being scored or waiting for its publish is younger). It runs under the
-model's publish lock, so it never races a publish, and reports what it removed. Local (or
-mounted) tables only.
+model's publish lock, so it never races a publish, and reports what it removed. Any store
+(local disk, ``s3://`` ...).
 """
 
 from __future__ import annotations

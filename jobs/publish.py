@@ -41,7 +41,7 @@ def load_version(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: s
     """Load the Parquet ``paths`` (files or directories) into Redis ``version`` from the executors;
     return bucket counts. Each task reads its share of the files with pyarrow (one fragment per
     core, :mod:`udfs.file_scan`) and hashes keys to buckets in numpy: no rows through the JVM,
-    no shuffle (the staged files are on storage every node mounts, as for the Delta commit).
+    no shuffle (the tasks read the staged files from the store themselves: local disk or s3://...).
     Every task checks the publish lock's token (``fence``) before each pipelined round."""
     key, cols = cfg.input.key, list(cfg.outputs.columns)
     loader = make_loader(url, layout.namespace(cfg.outputs.redis.key_prefix, cfg.name), version.vid,

@@ -4,6 +4,10 @@
   matrix (one strided column copy each; nulls become NaN).
 * ``matrix_from_list``: an ``array<float>`` column -> its flat values buffer reshaped to
   ``(rows, width)`` (zero-copy for float32 without nulls; no ``np.vstack`` over objects).
+* ``packed_matrix``: the matrix of a batch whose features arrive partly packed into one
+  ``array<float>`` column (what :func:`udfs.predict_udf.with_predictions` asks Spark's JVM for:
+  one Arrow vector per batch instead of one per feature, see :class:`Packing`) and partly as
+  columns; all packed and in order is the zero-copy reshape of ``matrix_from_list``.
 * ``assemble``: re-cut a stream of ``(passthrough, matrix)`` pieces into batches of exactly
   ``size`` rows (the last one shorter), whatever Spark's Arrow batch size is; a piece that covers
   a whole batch is sliced, not copied.
@@ -12,6 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,6 +72,35 @@ def features_matrix(batch: Any, features: Sequence[str] | None, feature_array: s
     if features:
         return matrix_from_columns([get(c) for c in features])
     return matrix_from_list(get(str(feature_array)), width, column=str(feature_array))
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where each of ``width`` features is in a batch: the ones at ``packed`` positions (in that
+    order) are the elements of the ``array<float>`` column ``array``; the others are the columns
+    ``columns`` (``(position, column name)``)."""
+
+    width: int
+    array: str | None
+    packed: tuple[int, ...]
+    columns: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def all_packed(self) -> bool:
+        return self.array is not None and self.packed == tuple(range(self.width))
+
+
+def packed_matrix(batch: pa.RecordBatch, packing: Packing) -> np.ndarray:
+    """The float32 ``(rows, width)`` matrix of ``batch`` laid out as ``packing`` says (nulls -> NaN)."""
+    if packing.all_packed:
+        return matrix_from_list(batch.column(packing.array), packing.width, column=str(packing.array))
+    x = np.empty((batch.num_rows, packing.width), dtype=np.float32)
+    if packing.array is not None:
+        x[:, np.asarray(packing.packed, dtype=np.intp)] = matrix_from_list(
+            batch.column(packing.array), len(packing.packed), column=packing.array)
+    for j, name in packing.columns:
+        x[:, j] = _float32(batch.column(name))
+    return x
 
 
 Piece = tuple[Any, np.ndarray]  # (an Arrow array carried along row for row, or None; the matrix)

@@ -1,7 +1,7 @@
 """Scoring straight from the input's Parquet files: Spark schedules, the Python worker reads.
 
 ``batchscore score`` normally hands Spark's scan to ``mapInArrow`` (Parquet -> JVM rows -> Arrow
--> Python). For a plain Parquet or Delta table whose files every executor can open, this path
+-> Python). For a plain Parquet or Delta table (on local disk or any store :mod:`batchscore.storage` reaches), this path
 skips the JVM side of the data entirely: the driver lists the files' row groups and cuts them into
 fragments of about equal bytes, one per core (more when they would exceed ≈ 128 MB, Spark's
 default ``maxPartitionBytes``; :func:`plan_fragments`); each Spark task gets one fragment's

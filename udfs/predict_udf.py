@@ -11,6 +11,15 @@ worker, not per task or batch; the closure captures only the picklable :class:`M
 each Arrow batch into one float32 matrix (``udfs.arrow_input``), re-cut the rows into batches of
 exactly ``batch_size`` across Arrow batches, and, when the model runs on a GPU (``prefetch``),
 convert the next batch in a second thread while the model runs on the current one.
+
+:func:`with_predictions` asks the JVM for the float and double feature columns packed into one
+``array<float>`` column (``F.array`` of the columns cast to float: the same float32 values the
+Python-side cast gives) rather than one Arrow vector per feature: Spark's Arrow writer costs per
+row *per vector* (and checks the batch's byte size over every vector after each row), so on a
+table of 500 feature columns the JVM side was most of the cost; one packed vector needs half the
+JVM time of 500 and arrives in Python as a zero-copy ``(rows, width)`` matrix
+(``benchmarks/README.md``, "Wide inputs"). Other column types (integers, decimals, booleans) still
+come as columns and are cast in Python as before, so their checks and errors are unchanged.
 """
 
 from __future__ import annotations
@@ -24,11 +33,11 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import FloatType, StructField, StructType
+from pyspark.sql.types import ArrayType, DoubleType, FloatType, StructField, StructType
 
 from batchscore.errors import ModelError
 from udfs import model_cache
-from udfs.arrow_input import Piece, assemble, features_matrix
+from udfs.arrow_input import Packing, Piece, assemble, features_matrix, matrix_from_list, packed_matrix
 from udfs.model_cache import load_event
 from udfs.model_ref import ModelRef
 
@@ -189,15 +198,56 @@ def with_predictions(
     ``sink``: consumes the scored batches inside the same task (e.g. writes them to storage,
     :class:`udfs.staged_write.StagedWriter`); the frame is then what the sink yields."""
     width = len(features) if features else (ref.n_features or 0)
-    inputs = list(features) if features else [str(feature_array)]
+    inputs, to_matrix = _scan_inputs(df, key, features, feature_array, width)
     schema = StructType([df.schema[key], *output_schema(columns).fields])
     names = [key, *columns]
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        pieces = ((b.column(0), features_matrix(b, features, feature_array, width)) for b in batches)
+        pieces = ((b.column(0), to_matrix(b)) for b in batches)
         yield from scored_batches(ref, pieces, names=names, batch_size=batch_size, loads=loads, prefetch=prefetch)
 
     return df.select(key, *inputs).mapInArrow(*sunk(score, schema, sink))
+
+
+_PACKED = "__batchscore_features"
+
+
+def _scan_inputs(
+    df: DataFrame, key: str, features: list[str] | None, feature_array: str | None, width: int
+) -> tuple[list[Column], Callable[[pa.RecordBatch], np.ndarray]]:
+    """The columns to hand ``mapInArrow`` after the key, and how a batch of them becomes the matrix.
+
+    ``features``: the float/double ones packed into one ``array<float>`` (cast to float in the
+    JVM: Java's double->float rounding is IEEE round-to-nearest, as Arrow's cast is), the others
+    as columns by position. ``feature_array``: an ``array<double>`` is cast to ``array<float>``
+    (half the bytes through Arrow; zero-copy in Python). Names are the inputs' positions, so any
+    column name (dots, case) resolves as a plain ``select`` would.
+    """
+    prefix = _PACKED
+    while prefix == key or key.startswith(prefix):  # no output name may equal the key
+        prefix = f"_{prefix}"
+    if not features:
+        name = str(feature_array)
+        dtype = df.select(name).schema.fields[0].dataType
+        col = F.col(name)
+        if isinstance(dtype, ArrayType) and isinstance(dtype.elementType, DoubleType):
+            col = col.cast(ArrayType(FloatType(), dtype.containsNull))
+
+        def from_array(b: pa.RecordBatch) -> np.ndarray:
+            return matrix_from_list(b.column(1), width, column=name)
+
+        return [col.alias(prefix)], from_array
+    fields = df.select(*features).schema.fields
+    floats = tuple(j for j, f in enumerate(fields) if isinstance(f.dataType, (FloatType, DoubleType)))
+    others = [j for j in range(len(features)) if j not in set(floats)]
+    cols = [F.array(*[F.col(features[j]).cast(FloatType()) for j in floats]).alias(prefix)] if floats else []
+    cols += [F.col(features[j]).alias(f"{prefix}_{j}") for j in others]
+    packing = Packing(width, prefix if floats else None, floats, tuple((j, f"{prefix}_{j}") for j in others))
+
+    def from_packed(b: pa.RecordBatch) -> np.ndarray:
+        return packed_matrix(b, packing)
+
+    return cols, from_packed
 
 
 def predict_column(
