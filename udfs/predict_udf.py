@@ -37,7 +37,14 @@ from pyspark.sql.types import ArrayType, DoubleType, FloatType, StructField, Str
 
 from batchscore.errors import ModelError
 from udfs import model_cache
-from udfs.arrow_input import Packing, Piece, assemble, features_matrix, matrix_from_list, packed_matrix
+from udfs.arrow_input import (
+    Packing,
+    Piece,
+    assemble,
+    features_matrix,
+    matrix_from_list,
+    packed_matrix,
+)
 from udfs.model_cache import load_event
 from udfs.model_ref import ModelRef
 
@@ -100,7 +107,7 @@ def _prefetched(pieces: Iterator[Piece], depth: int) -> Iterator[Piece]:
                 if not put(piece):
                     return
             put(_END)
-        except BaseException as exc:  # re-raised in the consuming (task) thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming (task) thread
             put(exc)
 
     thread = threading.Thread(target=produce, name="batchscore-prefetch", daemon=True)

@@ -93,3 +93,14 @@ def test_second_run_rollback_history_and_backfill_on_s3(spark: Any, s3_project: 
     assert [d["status"] for d in rep["dates"]] == ["written", "written"]
     again = backfill_job.backfill(spark, cfg, days=["2026-11-01"])
     assert again["dates"][0]["status"] == "skipped"
+
+    # gc --staged on the store: a run scored and never published goes once past the retention.
+    from jobs import gc as gc_job
+    from jobs import score as score_job
+
+    score_job.score(spark, cfg, run_id="never", run_date="2026-11-30")
+    later = __import__("time").time() + 10 * 86400
+    report = gc_job.staged_runs(cfg.outputs.delta.path, retention_hours=24, now=later, storage=cfg.store)
+    assert [r["run_id"] for r in report["removed"]] == ["never"] and set(report["kept"]) == {"a", "b"}
+    assert not st.list_files(f"{cfg.outputs.delta.path}/runs/never", suffix=".parquet")
+    assert delta_table(cfg.outputs.delta.path).to_pyarrow_table().num_rows == 1500  # the live version intact
