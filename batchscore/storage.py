@@ -137,7 +137,9 @@ class Storage:
             return {}
         out = {o: v for o in OPTIONS[fam] if (v := self.value(o)) is not None}
         if fam == "s3":
-            out.setdefault("AWS_REGION", "us-east-1")
+            if "AWS_REGION" not in out:  # AWS itself: the bucket's own region; another store: any
+                bucket = normalize(uri).split("://", 1)[1].split("/", 1)[0]
+                out["AWS_REGION"] = _bucket_region(bucket) if "AWS_ENDPOINT_URL" not in out else "us-east-1"
             if out.get("AWS_ENDPOINT_URL", "").startswith("http://"):
                 out.setdefault("AWS_ALLOW_HTTP", "true")
         return out
@@ -150,14 +152,15 @@ class Storage:
             return _local_fs(), os.path.abspath(norm)
         rest = norm.split("://", 1)[1]
         if fam == "s3":
-            return _s3_fs(self._key("s3")), rest
+            return _s3_fs(tuple(sorted(self.options(uri).items()))), rest
         if fam == "gs":
             return _gcs_fs(self._key("gs")), rest
         if fam == "abfss":
             container_account, _, path = rest.partition("/")
             container, _, host = container_account.partition("@")
             account = host.split(".", 1)[0] or (self.value("AZURE_STORAGE_ACCOUNT_NAME") or "")
-            return _azure_fs(account, self._key("abfss")), f"{container}/{path}".rstrip("/")
+            with guard(uri, "set up Azure credentials", self):
+                return _azure_fs(account, self._key("abfss")), f"{container}/{path}".rstrip("/")
         authority, _, path = rest.partition("/")
         return _hdfs_fs(authority), "/" + path
 
@@ -169,6 +172,17 @@ class Storage:
 
 
 DEFAULT = Storage()
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_region(bucket: str) -> str:
+    """An AWS bucket's region (one anonymous HEAD, cached); us-east-1 when it cannot be told."""
+    import pyarrow.fs as pafs
+
+    try:
+        return str(pafs.resolve_s3_region(bucket))
+    except (OSError, ValueError):
+        return "us-east-1"
 
 
 @functools.lru_cache(maxsize=1)
@@ -207,9 +221,12 @@ def _azure_fs(account: str, opts: tuple[tuple[str, str], ...]) -> Any:
     import pyarrow.fs as pafs
 
     o = dict(opts)
-    return pafs.AzureFileSystem(account_name=account, account_key=o.get("AZURE_STORAGE_ACCOUNT_KEY"),
-                                sas_token=o.get("AZURE_STORAGE_SAS_TOKEN"), client_id=o.get("AZURE_CLIENT_ID"),
-                                client_secret=o.get("AZURE_CLIENT_SECRET"), tenant_id=o.get("AZURE_TENANT_ID"))
+    kw: dict[str, Any] = {"account_key": o.get("AZURE_STORAGE_ACCOUNT_KEY"), "sas_token": o.get("AZURE_STORAGE_SAS_TOKEN")}
+    if o.get("AZURE_CLIENT_SECRET"):  # a service principal
+        kw.update(client_id=o.get("AZURE_CLIENT_ID"), client_secret=o["AZURE_CLIENT_SECRET"], tenant_id=o.get("AZURE_TENANT_ID"))
+    elif o.get("AZURE_CLIENT_ID") and not (kw["account_key"] or kw["sas_token"]):  # a user-assigned managed identity
+        kw.update(client_id=o["AZURE_CLIENT_ID"])  # (workload identity's tenant id alone is not a credential)
+    return pafs.AzureFileSystem(account_name=account, **{k: v for k, v in kw.items() if v})
 
 
 @functools.lru_cache(maxsize=4)

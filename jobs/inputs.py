@@ -138,7 +138,8 @@ def _open_delta(spark: SparkSession, spec: InputTable, storage: Storage, source:
                                  f"read; keep the key and features as data columns, or set input.read: spark in {source}"
                                  if needed_parts else f"{where}: input.read: spark needs a local Delta table without "
                                  f"column mapping; use input.read: auto in {source}")
-        df = spark.read.parquet(*files) if not needed_parts else spark.read.parquet(spec.path)
+        # exactly the pinned version's files; hive-style partition values from their paths
+        df = spark.read.option("basePath", st.normalize(spec.path)).parquet(*files)
         return InputScan(spec.path, df.schema, None, df, delta_version=version)
     return InputScan(spec.path, _spark_schema(arrow), files, physical=physical, delta_version=version)
 

@@ -64,11 +64,14 @@ def read_artifact(path: str, storage: Storage = DEFAULT, *, sha256: str | None =
         raise ModelError(f"model artifact {path} not found; check model.uri in the model config")
     data = st.read_bytes(path, storage)
     if cached is not None and hash_bytes(data) == sha256:  # only verified bytes enter the cache
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".fetch-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, cached)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".fetch-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, cached)
+        except OSError:  # an unwritable cache only costs the next job a fetch (set BATCHSCORE_ARTIFACT_CACHE)
+            pass
     return data
 
 

@@ -10,9 +10,11 @@ attempts stay on disk until a Delta ``vacuum``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from batchscore.errors import PublishRefusedError
+from batchscore.errors import InfrastructureError, PublishRefusedError
 from batchscore.sinks.delta import StagedRun, _dt, add_actions, is_table, stage_dir
 from batchscore.storage import DEFAULT, Storage, guard, join
 
@@ -62,6 +64,15 @@ def _check_columns(table_path: str, want: Any, storage: Storage) -> None:
         )
 
 
+@contextmanager
+def _conflict(table_path: str, day: str, failed: type[BaseException]) -> Iterator[None]:
+    try:
+        yield
+    except failed as exc:
+        raise InfrastructureError(f"{table_path}: another commit landed while {day} was being committed; rerun the "
+                                  "backfill for that date (it commits once)") from exc
+
+
 def replace_partition(table_path: str, staged: StagedRun, *, model: str, day: str, txn_version: int,
                       metadata: dict[str, str], storage: Storage = DEFAULT) -> int:
     """Make ``staged`` the whole content of partition ``day`` in one commit; return the new version."""
@@ -76,7 +87,9 @@ def replace_partition(table_path: str, staged: StagedRun, *, model: str, day: st
     )
     arrow_schema = _table_schema(staged)
     schema = Schema.from_arrow(arrow_schema)
-    with guard(table_path, "commit to the history table", storage):
+    from deltalake.exceptions import CommitFailedError
+
+    with guard(table_path, "commit to the history table", storage), _conflict(table_path, day, CommitFailedError):
         if is_table(table_path, storage):
             _check_columns(table_path, arrow_schema, storage)
             _dt(table_path, storage).create_write_transaction(

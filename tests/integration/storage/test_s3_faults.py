@@ -108,6 +108,11 @@ def test_two_committers_racing_one_table_version_on_s3(s3_project: Any, redis_ur
     live = delta_table(table).to_pyarrow_table()
     assert delta_table(table).version() == 1 and live.num_rows == {"x": 20, "y": 30}[won[0]]
     assert delta_table(table).history()[0]["batchscore.run_id"] == won[0]
+    # A committer that read the table before that commit (a paused publisher, a slow retry) is refused
+    # by the compare-and-set on the version it read, not merely by losing a simultaneous PUT.
+    with pytest.raises(delta.CommitConflict):
+        delta.commit(table, staged[lost[0]], model="m", run_id=lost[0], metadata={}, expected=0, storage=store)
+    assert delta_table(table).version() == 1 and delta_table(table).to_pyarrow_table().num_rows == live.num_rows
 
 
 def test_store_stopped_mid_run_exits_4_naming_the_endpoint_then_rerun_converges(
