@@ -12,6 +12,8 @@ declare -A TESTS=(
   [renewal_does_nothing]="tests/integration/publish/test_protocol_primitives.py::test_the_lock_is_renewed_while_a_publish_outlives_its_ttl"
   [reference_is_first_version]="tests/integration/publish/test_publication_safety.py::test_16_a_commit_that_was_never_served_is_not_the_reference_and_reconcile_finishes_it"
   [null_key_check_removed]="tests/integration/test_bad_input.py -k null"
+  [failed_attempts_committed]="tests/integration/storage/test_s3_faults.py::test_a_task_killed_after_writing_its_file_commits_its_rows_once"
+  [commit_ignores_expected]="tests/integration/storage/test_s3_faults.py::test_two_committers_racing_one_table_version_on_s3"
   [resume_ignores_content]="tests/integration/publish/test_protocol_primitives.py::test_resume_reuses_only_a_version_of_the_same_content tests/integration/publish/test_publication_safety.py::test_5_a_loaded_version_is_reused_only_for_the_same_content"
 )
 missed=0
