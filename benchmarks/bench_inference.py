@@ -8,7 +8,14 @@ columns, under ``.batchscore/bench/``, generated once), two ONNX MLPs (light 32-
 slows all of them alike. Prints rows/s medians and, for each bar, the median of the per-round
 ratios; exits 1 when a bar is missed.
 
-    .venv/bin/python benchmarks/bench_inference.py [--rows 1000000] [--reps 5]
+Three more input shapes, each scored by batchscore's Spark-scan path (``input.read: spark``:
+``udfs.predict_udf.with_predictions`` on ``spark.read.parquet``, case ``batchscore``) and by
+``predict_batch_udf`` on the same frame: ``wide`` (``--wide-rows``, default 200k rows x 500
+columns, every 4th float64, the rest float32; 500->64->1), ``array`` (``--array-rows``, default
+500k rows, one ``array<float>`` column of 64; 64->64->1) and ``multi`` (the 1M x 32 table, a
+32->64->4 model: four output columns).
+
+    .venv/bin/python benchmarks/bench_inference.py [--rows 1000000] [--reps 5] [--wide-rows 200000] [--array-rows 500000]
 """
 
 from __future__ import annotations
@@ -31,16 +38,26 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-from jobs.demo import feature_matrix, write_onnx_mlp  # noqa: E402
+from jobs.demo import feature_matrix, write_onnx_mlp
 
 OUT = REPO / ".batchscore" / "bench"
 N_FEATURES = 32
 MODELS = {"light": ((32, 64, 1), 4096), "heavy": ((32, 512, 512, 512, 1), 1024)}  # layers, batch size
+WIDE, ARRAY = 500, 64  # feature columns of the wide table, array length of the array table
+SHAPES = {  # shape: (model layers, batch size); their "batchscore" case is the Spark-scan path
+    "wide": ((WIDE, 64, 1), 4096),
+    "array": ((ARRAY, 64, 1), 4096),
+    "multi": ((N_FEATURES, 64, 4), 4096),
+}
 FILES = 8
-BARS = [  # (model, case, baseline case, minimum ratio)
+BARS = [  # (model or shape, case, baseline case, minimum ratio)
     ("light", "batchscore", "identity mapInArrow", 0.85),
     ("light", "batchscore", "predict_batch_udf", 1.15),
     ("heavy", "batchscore", "raw ORT (2 threads)", 0.90),
+    ("light", "batchscore read=spark", "predict_batch_udf", 1.2),  # the narrow shape on Spark's scan
+    ("wide", "batchscore", "predict_batch_udf", 1.2),
+    ("array", "batchscore", "predict_batch_udf", 1.2),
+    ("multi", "batchscore", "predict_batch_udf", 1.2),
 ]
 
 
@@ -56,6 +73,41 @@ def make_data(rows: int) -> Path:
         cols = {"id": pa.array(part.astype(np.int64))}
         cols.update({f"f{i}": pa.array(x[part, i]) for i in range(N_FEATURES)})
         pq.write_table(pa.table(cols), path / f"part-{p}.parquet", row_group_size=1 << 16)
+    (path / "_SUCCESS").touch()
+    return path
+
+
+def make_wide_data(rows: int) -> Path:
+    """``id`` + ``WIDE`` feature columns, every 4th float64 and the rest float32."""
+    import pyarrow.parquet as pq
+
+    path = OUT / f"wide-{rows}x{WIDE}"
+    if (path / "_SUCCESS").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    x = feature_matrix(rows, WIDE, seed=12)
+    for p, part in enumerate(np.array_split(np.arange(rows), FILES)):
+        cols = {"id": pa.array(part.astype(np.int64))}
+        cols.update({f"f{i}": pa.array(x[part, i].astype(np.float64) if i % 4 == 3 else x[part, i]) for i in range(WIDE)})
+        pq.write_table(pa.table(cols), path / f"part-{p}.parquet", row_group_size=1 << 16)
+    (path / "_SUCCESS").touch()
+    return path
+
+
+def make_array_data(rows: int) -> Path:
+    """``id`` + ``emb``: one ``array<float>`` column of ``ARRAY`` values per row."""
+    import pyarrow.parquet as pq
+
+    path = OUT / f"array-{rows}x{ARRAY}"
+    if (path / "_SUCCESS").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    x = feature_matrix(rows, ARRAY, seed=13)
+    for p, part in enumerate(np.array_split(np.arange(rows), FILES)):
+        emb = pa.ListArray.from_arrays(pa.array(np.arange(0, len(part) * ARRAY + 1, ARRAY, dtype=np.int32)),
+                                       pa.array(x[part].ravel()))
+        pq.write_table(pa.table({"id": pa.array(part.astype(np.int64)), "emb": emb}), path / f"part-{p}.parquet",
+                       row_group_size=1 << 16)
     (path / "_SUCCESS").touch()
     return path
 
@@ -104,7 +156,7 @@ def spark_cases(spark, data: Path, models: dict[str, Path]) -> dict[tuple[str, s
         ("-", "identity mapInArrow"): noop(df.mapInArrow(same, df.schema)),
     }
     for name, path in models.items():
-        layers, batch = MODELS[name]
+        _layers, batch = MODELS[name]
 
         def make_predict_fn(path: str = str(path)):  # type: ignore[no-untyped-def]
             import onnxruntime as ort
@@ -133,16 +185,86 @@ def spark_cases(spark, data: Path, models: dict[str, Path]) -> dict[tuple[str, s
     return cases
 
 
+def ort_predict_fn(path: str, outputs: list[str] | None = None):  # type: ignore[no-untyped-def]
+    """``predict_batch_udf``'s ``make_predict_fn``: ORT with ``spark.task.cpus`` threads (as
+    batchscore), float32 input (a frame with float64 columns arrives as float64); ``outputs``: a
+    dict of columns for a struct return type."""
+
+    def make_predict_fn():  # type: ignore[no-untyped-def]
+        import onnxruntime as ort
+        from pyspark import TaskContext
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = int(TaskContext.get().cpus()), 1
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0].name
+
+        def predict(x):  # type: ignore[no-untyped-def]
+            out = sess.run(None, {inp: x.astype(np.float32, copy=False)})[0]
+            return out if outputs is None else {c: out[:, j] for j, c in enumerate(outputs)}
+
+        return predict
+
+    return make_predict_fn
+
+
+def shape_cases(spark, data: dict[str, Path], models: dict[str, Path]) -> dict[tuple[str, str], Callable[[], None]]:  # type: ignore[no-untyped-def]
+    """Per shape: batchscore's Spark-scan path and ``predict_batch_udf`` over the same frame."""
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import FloatType, StructField, StructType
+
+    from udfs.model_ref import model_ref
+    from udfs.predict_udf import with_predictions
+
+    def noop(frame) -> Callable[[], None]:  # type: ignore[no-untyped-def]
+        return lambda: frame.write.format("noop").mode("overwrite").save()
+
+    cases: dict[tuple[str, str], Callable[[], None]] = {}
+    for shape, path in models.items():
+        layers, batch = SHAPES[shape]
+        df = spark.read.parquet(str(data[shape]))
+        ref = model_ref(str(path), "onnx", "cpu", n_features=layers[0])
+        columns = ["score"] if layers[-1] == 1 else [f"score{j}" for j in range(layers[-1])]
+        feats = None if shape == "array" else [f"f{i}" for i in range(layers[0])]
+        if layers[-1] == 1:
+            pbu = predict_batch_udf(ort_predict_fn(str(path)), return_type=FloatType(), batch_size=batch,
+                                    input_tensor_shapes=[[layers[0]]] if shape == "array" else None)
+        else:
+            struct = StructType([StructField(c, FloatType()) for c in columns])
+            pbu = predict_batch_udf(ort_predict_fn(str(path), columns), return_type=struct, batch_size=batch)
+        arg = F.col("emb") if feats is None else F.struct(*feats)
+        if shape == "wide":
+            cases[(shape, "scan")] = noop(df)
+        cases[(shape, "predict_batch_udf")] = noop(df.select("id", pbu(arg).alias("score")))
+        if shape == "wide":  # the same UDF fed one array column: Spark's Arrow writer then costs as batchscore's
+            pbu_array = predict_batch_udf(ort_predict_fn(str(path)), return_type=FloatType(), batch_size=batch,
+                                          input_tensor_shapes=[[layers[0]]])
+            cases[(shape, "predict_batch_udf array")] = noop(df.select("id", pbu_array(F.array(*feats)).alias("score")))
+        out = with_predictions(df, ref, key="id", features=feats, feature_array="emb" if feats is None else None,
+                               columns=columns, batch_size=batch)
+        cases[(shape, "batchscore")] = noop(out)
+    return cases
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--wide-rows", type=int, default=200_000)
+    ap.add_argument("--array-rows", type=int, default=500_000)
     args = ap.parse_args()
     data = make_data(args.rows)
     models = {n: OUT / f"{n}.onnx" for n in MODELS}
     for n, p in models.items():
         if not p.exists():
             write_onnx_mlp(p, MODELS[n][0])
+    shape_data = {"wide": make_wide_data(args.wide_rows), "array": make_array_data(args.array_rows), "multi": data}
+    shape_models = {n: OUT / f"{n}-{'x'.join(map(str, SHAPES[n][0]))}.onnx" for n in SHAPES}
+    for n, p in shape_models.items():
+        if not p.exists():
+            write_onnx_mlp(p, SHAPES[n][0])
+    rows = {"wide": args.wide_rows, "array": args.array_rows}  # the others: --rows
 
     from jobs.session import build_session
 
@@ -150,6 +272,8 @@ def main() -> int:
     x = feature_matrix(args.rows, N_FEATURES)
     cases = {(n, "raw ORT (2 threads)"): raw_ort(p, x, MODELS[n][1]) for n, p in models.items()}
     cases.update(spark_cases(spark, data, models))
+    cases.update(shape_cases(spark, shape_data, shape_models))
+    del x
     times: dict[tuple[str, str], list[float]] = {k: [] for k in cases}
     for rep in range(args.reps + 1):  # round 0 is the warm-up
         for key, run in cases.items():
@@ -158,14 +282,17 @@ def main() -> int:
             if rep:
                 times[key].append(time.perf_counter() - t)
         print(f"round {rep}/{args.reps} done" + (" (warm-up)" if not rep else ""), file=sys.stderr, flush=True)
-    rate = {k: args.rows / statistics.median(v) for k, v in times.items()}
+    n_rows = {k: rows.get(k[0], args.rows) for k in times}
+    rate = {k: n_rows[k] / statistics.median(v) for k, v in times.items()}
     spark.stop()
 
-    print(f"\n{args.rows:,} rows x {N_FEATURES} float32, local[2], {os.cpu_count()} CPUs, median of {args.reps}")
-    print(f"{'model':6} {'case':22} {'rows/s':>12} {'min..max rows/s':>24}")
+    print(f"\nlight/heavy/multi: {args.rows:,} rows x {N_FEATURES} float32; wide: {args.wide_rows:,} rows x {WIDE} "
+          f"(1/4 float64); array: {args.array_rows:,} rows x array<float>({ARRAY}); local[2], {os.cpu_count()} CPUs, "
+          f"median of {args.reps}; load average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(f"{'model':6} {'case':24} {'rows/s':>12} {'min..max rows/s':>24}")
     for (model, case), r in rate.items():
-        lo, hi = args.rows / max(times[(model, case)]), args.rows / min(times[(model, case)])
-        print(f"{model:6} {case:22} {r:12,.0f} {lo:11,.0f}..{hi:<11,.0f}")
+        lo, hi = n_rows[(model, case)] / max(times[(model, case)]), n_rows[(model, case)] / min(times[(model, case)])
+        print(f"{model:6} {case:24} {r:12,.0f} {lo:11,.0f}..{hi:<11,.0f}")
     ok = True
     print("\nbars (median of the per-round ratios: both cases ran in the same round, so the VM's drift")
     print("between rounds cancels; the ratio of the medians above is shown beside it):")
@@ -179,6 +306,11 @@ def main() -> int:
     for model in MODELS:
         r = rate[(model, "batchscore")] / rate[(model, "predict_batch_udf")]
         print(f"  {model:6} batchscore / predict_batch_udf: {r:.2f}x; / raw ORT: {rate[(model, 'batchscore')] / rate[(model, 'raw ORT (2 threads)')]:.2f}x")
+    per_round = [tb / tc for tb, tc in zip(times[("heavy", "predict_batch_udf")], times[("heavy", "batchscore read=spark")], strict=True)]
+    print(f"  heavy  batchscore read=spark / predict_batch_udf: {statistics.median(per_round):.2f}x (no bar: the model's cost)")
+    per_round = [tb / tc for tb, tc in zip(times[("wide", "predict_batch_udf array")], times[("wide", "batchscore")], strict=True)]
+    print(f"  wide   batchscore / predict_batch_udf array: {statistics.median(per_round):.2f}x (no bar; rounds "
+          f"{min(per_round):.2f}..{max(per_round):.2f})")
     (OUT / "inference.json").write_text(json.dumps({" | ".join(k): v for k, v in rate.items()}, indent=1))
     return 0 if ok else 1
 

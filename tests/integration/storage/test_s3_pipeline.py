@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
 
 def test_pipeline_on_s3_reads_back_the_models_scores(spark: Any, s3_project: Any, redis_url: str,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, s3_env: dict[str, str]) -> None:
     path = s3_project(rows=3000)
     cfg = load_model_config(path)
     assert cfg.input.path.startswith("s3://")  # s3a:// is an alias
@@ -53,6 +53,12 @@ def test_pipeline_on_s3_reads_back_the_models_scores(spark: Any, s3_project: Any
     assert state.latest_run_id(cfg) == "s1"
     assert json.loads(st.read_bytes(state.report_uri(cfg, "s1", "score.json")))["input_rows"] == 3000
     assert not (tmp_path / "predictions").exists() and not (tmp_path / "runs").exists()
+    # The store's secret is in no report, no Spark conf value, no Delta commit's metadata.
+    secret = s3_env["AWS_SECRET_ACCESS_KEY"]
+    reports = [st.read_bytes(u).decode() for u, _ in st.list_files(cfg.runtime.report_dir, suffix=".json")]
+    assert len(reports) >= 4 and not any(secret in r for r in reports)
+    assert not any(secret in str(v) for _, v in spark.sparkContext.getConf().getAll())
+    assert secret not in json.dumps(dt.history(), default=str)
 
 
 def test_second_run_rollback_history_and_backfill_on_s3(spark: Any, s3_project: Any, redis_url: str,

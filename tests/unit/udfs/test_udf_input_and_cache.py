@@ -10,7 +10,14 @@ import pytest
 
 from batchscore.errors import InputDataError, ModelError
 from jobs.demo import feature_matrix, mlp_forward, mlp_weights, write_onnx_mlp
-from udfs.arrow_input import assemble, features_matrix, matrix_from_columns, matrix_from_list
+from udfs.arrow_input import (
+    Packing,
+    assemble,
+    features_matrix,
+    matrix_from_columns,
+    matrix_from_list,
+    packed_matrix,
+)
 from udfs.model_cache import LoadStatsParam, ModelCache
 from udfs.model_ref import model_ref
 from udfs.predict_udf import scored_batches
@@ -48,6 +55,30 @@ def test_ragged_or_null_array_rows_are_refused_by_name() -> None:
 def test_struct_fields_are_looked_up_by_name() -> None:
     s = pa.StructArray.from_arrays([pa.array([1.0, 2.0]), pa.array([3.0, 4.0])], ["b", "a"])
     np.testing.assert_array_equal(features_matrix(s, ["a", "b"], None, 2), [[3, 1], [4, 2]])
+
+
+def test_packed_features_are_a_zero_copy_matrix_when_all_are_in_the_array() -> None:
+    x = feature_matrix(6, 3)
+    arr = pa.ListArray.from_arrays(pa.array(np.arange(0, 19, 3), pa.int32()), pa.array(x.ravel()))
+    batch = pa.RecordBatch.from_arrays([pa.array(np.arange(6)), arr], names=["k", "p"])
+    m = packed_matrix(batch, Packing(3, "p", (0, 1, 2)))
+    np.testing.assert_array_equal(m, x)
+    assert np.shares_memory(m, arr.values.to_numpy())
+    with_null = pa.array([[1.0, None, 3.0]], pa.list_(pa.float32()))  # a null feature value, as F.array gives it
+    got = packed_matrix(pa.RecordBatch.from_arrays([with_null], names=["p"]), Packing(3, "p", (0, 1, 2)))
+    assert got[0, 0] == 1 and np.isnan(got[0, 1]) and got[0, 2] == 3
+
+
+def test_packed_and_column_features_go_back_to_their_positions() -> None:
+    packed = pa.array([[0.5, 2.5], [1.5, None]], pa.list_(pa.float32()))  # features 3 and 0
+    batch = pa.RecordBatch.from_arrays(
+        [packed, pa.array([7, None], pa.int64()), pa.array([8, 9], pa.int32())], names=["p", "c1", "c2"])
+    m = packed_matrix(batch, Packing(4, "p", (3, 0), ((1, "c1"), (2, "c2"))))
+    assert m.dtype == np.float32 and m.flags.c_contiguous
+    np.testing.assert_array_equal(m[0], [2.5, 7, 8, 0.5])
+    assert np.isnan(m[1, 0]) and np.isnan(m[1, 1]) and list(m[1, 2:]) == [9, 1.5]
+    only_columns = packed_matrix(batch, Packing(2, None, (), ((0, "c2"), (1, "c1"))))
+    np.testing.assert_array_equal(only_columns[0], [8, 7])
 
 
 def test_assemble_cuts_exact_batches_across_arrow_batches_in_order() -> None:
