@@ -199,7 +199,8 @@ def _s3_fs(opts: tuple[tuple[str, str], ...]) -> Any:
     o = dict(opts)
     endpoint = o.get("AWS_ENDPOINT_URL")
     kw: dict[str, Any] = {"region": o.get("AWS_REGION", "us-east-1"), "connect_timeout": 5, "request_timeout": 60,
-                          "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
+                          "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+                          "allow_delayed_open": True}  # an object below the part size is one PUT, not 3 requests
     if endpoint:
         scheme_, _, host = endpoint.partition("://")
         kw.update(endpoint_override=host or scheme_, scheme=scheme_ if host else "https")
@@ -322,7 +323,7 @@ def write_bytes(uri: str, data: bytes, storage: Storage = DEFAULT) -> None:
                 f.write(data)
             os.replace(tmp, path)
         else:
-            with fs.open_output_stream(path) as f:
+            with fs.open_output_stream(path) as f:  # a small object: one PUT (delayed open)
                 f.write(data)
 
 

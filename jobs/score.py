@@ -116,7 +116,7 @@ def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef, *, 
 
 
 def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef, *, run_path: str, run_id: str,
-                      scored_at: datetime, loads: Any = None) -> list[str]:
+                      scored_at: datetime, loads: Any = None) -> dict[str, str]:
     """Score ``source`` with each task writing its own file under ``run_path`` (replacing what a
     previous attempt at this run left there); record the files of the attempts Spark kept."""
     st.delete_dir(run_path, cfg.store)
@@ -156,7 +156,7 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
     loads = load_accumulator(spark.sparkContext)
     scored_at = datetime.now(UTC).replace(microsecond=0)
     stage_predictions(source, cfg, ref, run_path=target, run_id=run_id, scored_at=scored_at, loads=loads)
-    staged = delta.stage(table, run_id, store)
+    staged = delta.stage(table, run_id, store, writers_hashes=True)  # validate and publish re-read the bytes
     input_rows = check_staged_keys(staged, cfg.input, store)  # from the scoring pass: no pre-pass over the input
     report = {
         "model": cfg.name, "run_id": run_id, "run_date": run_date, "model_version": cfg.model.version,

@@ -160,16 +160,17 @@ def prefetch_imports() -> threading.Thread:
     return t
 
 
-def staged_frame(spark: SparkSession, staged: delta.StagedRun, store: Any) -> Any:
-    """The staged run as a DataFrame: Spark's own Parquet scan on local disk; on an object store
-    the tasks read the files through pyarrow (:func:`udfs.file_scan.files_frame`)."""
+def staged_frame(spark: SparkSession, staged: delta.StagedRun, store: Any, columns: list[str]) -> Any:
+    """``columns`` of the staged run as a DataFrame: Spark's own Parquet scan on local disk; on an
+    object store the tasks read those columns through pyarrow (:func:`udfs.file_scan.files_frame`)."""
     if st.is_local(staged.table):
-        return spark.read.parquet(*staged.uris())
+        return spark.read.parquet(*staged.uris()).select(*columns)
+    import pyarrow as pa
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from udfs.file_scan import files_frame
 
-    return files_frame(spark, staged.uris(), from_arrow_schema(staged.schema), storage=store)
+    return files_frame(spark, staged.uris(), from_arrow_schema(pa.schema([staged.schema.field(c) for c in columns])), storage=store)
 
 
 def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str, Any]:
@@ -187,7 +188,7 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str,
     reference, source, no_ref = load_reference(cfg)
     if rules.drift is None:
         reference, no_ref = None, "validation.drift.enabled is false"
-    df = staged_frame(spark, staged, store)
+    df = staged_frame(spark, staged, store, list(cfg.outputs.columns))
     t0 = time.perf_counter()
     bins = rules.drift.bins if rules.drift else cfg.validation.drift.bins
     profile = compute_profile(df, plans_for(cfg, rules, reference), quantiles=rules.quantiles_needed(), bins=bins)

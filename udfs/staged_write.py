@@ -27,7 +27,35 @@ from batchscore.storage import DEFAULT, Storage
 
 REPORT = StructType([StructField("file", StringType(), False), StructField("rows", LongType(), False),
                      StructField("bytes", LongType(), False), StructField("partition", LongType(), False),
-                     StructField("attempt", LongType(), False)])
+                     StructField("attempt", LongType(), False), StructField("sha256", StringType(), False)])
+
+
+class _Hashing:
+    """A write-only file object: hashes (sha256) and counts what passes to ``out``."""
+
+    def __init__(self, out: Any) -> None:
+        import hashlib
+
+        self.out, self.sha, self.size, self.closed = out, hashlib.sha256(), 0, False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.sha.update(view)
+        self.out.write(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
 ROW_GROUP_ROWS = 1 << 20
 
 
@@ -69,7 +97,8 @@ class StagedWriter:
         with st.guard(uri, "write staged predictions", self.storage):
             if st.is_local(uri):
                 fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            with fs.open_output_stream(path) as out:
+            with fs.open_output_stream(path) as raw:
+                out = _Hashing(raw)
                 for b in batches:
                     extra = self.constants(b.num_rows)
                     b = pa.RecordBatch.from_arrays([*b.columns, *(a for _, a in extra)],
@@ -85,19 +114,21 @@ class StagedWriter:
                 st.delete_file(uri, self.storage)
                 return
             size = st.size(uri, self.storage)
+            if size != out.size:
+                raise OSError(f"{uri}: {size} bytes on the store, {out.size} written")
         crashpoint.reached("after_staged_write")  # fault tests: the attempt dies after writing its file
         yield pa.RecordBatch.from_pylist([{"file": name, "rows": rows, "bytes": size, "partition": part,
-                                           "attempt": attempt}], schema=pa.schema(
+                                           "attempt": attempt, "sha256": out.sha.hexdigest()}], schema=pa.schema(
             [("file", pa.string()), ("rows", pa.int64()), ("bytes", pa.int64()), ("partition", pa.int64()),
-             ("attempt", pa.int64())]))
+             ("attempt", pa.int64()), ("sha256", pa.string())]))
 
 
-def written(rows: list[Any]) -> list[str]:
-    """The file names of the collected report rows (one per partition Spark kept), checked for
-    uniqueness per partition."""
-    seen: dict[int, str] = {}
+def written(rows: list[Any]) -> dict[str, str]:
+    """``{file name: sha256}`` of the collected report rows (one per partition Spark kept),
+    checked for uniqueness per partition."""
+    seen: dict[int, Any] = {}
     for r in rows:
         if int(r["partition"]) in seen:
-            raise RuntimeError(f"two results for partition {r['partition']}: {seen[int(r['partition'])]}, {r['file']}")
-        seen[int(r["partition"])] = str(r["file"])
-    return sorted(seen.values())
+            raise RuntimeError(f"two results for partition {r['partition']}: {seen[int(r['partition'])]['file']}, {r['file']}")
+        seen[int(r["partition"])] = r
+    return {str(r["file"]): str(r["sha256"]) for r in sorted(seen.values(), key=lambda r: str(r["file"]))}

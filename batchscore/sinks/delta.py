@@ -55,12 +55,18 @@ def content_digest(root: str, relative_files: list[str], storage: Storage = DEFA
     """sha256 over (relative name, size, sha256 of the bytes) of each file, in name order: the
     identity of a staged run's content (the same files committed to Delta hash the same). Reads
     the bytes through the store (an object store: one GET per file)."""
+    return _digest({rel: (st.size(st.join(root, rel), storage), st.sha256(st.join(root, rel), storage))
+                    for rel in relative_files})
+
+
+def _digest(files: dict[str, tuple[int, str]]) -> str:
+    """sha256 over ``relative name -> (size, sha256 of the bytes)``, in name order."""
     import hashlib
 
     outer = hashlib.sha256()
-    for rel in sorted(relative_files):
-        uri = st.join(root, rel)
-        outer.update(f"{rel}\0{st.size(uri, storage)}\0{st.sha256(uri, storage)}\n".encode())
+    for rel in sorted(files):
+        size, sha = files[rel]
+        outer.update(f"{rel}\0{size}\0{sha}\n".encode())
     return outer.hexdigest()
 
 
@@ -72,38 +78,47 @@ def run_uri(table_path: str, run_id: str) -> str:
     return st.join(table_path, "runs", run_id)
 
 
-def stage(table_path: str, run_id: str, storage: Storage = DEFAULT) -> StagedRun:
+def stage(table_path: str, run_id: str, storage: Storage = DEFAULT, *, writers_hashes: bool = False) -> StagedRun:
     """A run's staged files (its manifest when the score step wrote one: exactly the files of the
     successful task attempts) and their footers (row counts, schema, statistics): no data read
-    except for the digest."""
-    return stage_dir(table_path, run_uri(table_path, run_id), storage,
+    except for the digest. ``writers_hashes``: take each file's sha256 from the manifest (what its
+    task hashed while writing it: the score step, right after) instead of reading the bytes back;
+    validate and publish always read them, so what they judge and commit is what is there."""
+    return stage_dir(table_path, run_uri(table_path, run_id), storage, writers_hashes=writers_hashes,
                      missing=f"no staged Parquet for run {run_id}; run `batchscore score` first")
 
 
-def write_manifest(run_path: str, files: list[str], storage: Storage = DEFAULT) -> None:
-    """Record ``files`` (names inside ``run_path``) as the run's content, then delete any other
-    Parquet file there (a failed or speculative task attempt's): what is staged is what was
-    reported by the attempts Spark kept."""
+def write_manifest(run_path: str, files: dict[str, str], storage: Storage = DEFAULT) -> None:
+    """Record ``files`` (names inside ``run_path`` -> the sha256 their writers computed) as the
+    run's content, then delete any other Parquet file there (a failed or speculative task
+    attempt's): what is staged is what was reported by the attempts Spark kept."""
     keep = set(files)
-    st.write_bytes(st.join(run_path, MANIFEST), json.dumps({"files": sorted(files)}).encode(), storage)
+    st.write_bytes(st.join(run_path, MANIFEST), json.dumps({"files": sorted(files), "sha256": files},
+                                                           sort_keys=True).encode(), storage)
     for uri, _ in st.list_files(run_path, storage, suffix=".parquet", recursive=False):
         if uri.rsplit("/", 1)[1] not in keep:
             st.delete_file(uri, storage)
 
 
-def _listed(run_path: str, storage: Storage) -> list[tuple[str, int]]:
+def _listed(run_path: str, storage: Storage) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """``[(uri, size)]`` of the run's files and the writers' sha256 by name (empty without a manifest)."""
+    on_store = dict(st.list_files(run_path, storage, suffix=".parquet", recursive=False))
     manifest = st.join(run_path, MANIFEST)
     if st.is_file(manifest, storage):
-        names = json.loads(st.read_bytes(manifest, storage))["files"]
-        return [(st.join(run_path, n), st.size(st.join(run_path, n), storage)) for n in names]
-    return [(u, n) for u, n in st.list_files(run_path, storage, suffix=".parquet", recursive=False)
-            if u.rsplit("/", 1)[1].startswith("part-")]
+        doc = json.loads(st.read_bytes(manifest, storage))
+        listed = []
+        for n in doc["files"]:
+            uri = st.join(run_path, n)
+            listed.append((uri, on_store[uri] if uri in on_store else st.size(uri, storage)))
+        return listed, dict(doc.get("sha256") or {})
+    return [(u, n) for u, n in on_store.items() if u.rsplit("/", 1)[1].startswith("part-")], {}
 
 
-def stage_dir(table_path: str, run_path: str, storage: Storage = DEFAULT, *, missing: str) -> StagedRun:
+def stage_dir(table_path: str, run_path: str, storage: Storage = DEFAULT, *, missing: str,
+              writers_hashes: bool = False) -> StagedRun:
     """The staged Parquet files under ``run_path`` (paths relative to the table), from their
     footers only; ``missing``: the error (with what to do) when there are none."""
-    files = _listed(run_path, storage)
+    files, hashes = _listed(run_path, storage)
     if not files:
         raise PublishRefusedError(f"{missing} (nothing under {run_path})")
     rows, sizes, rel, stats = [], [], [], []
@@ -115,8 +130,10 @@ def stage_dir(table_path: str, run_path: str, storage: Storage = DEFAULT, *, mis
         rel.append(st.relative(table_path, uri))
         stats.append(file_stats(md))
         schema = schema or md.schema.to_arrow_schema()
-    return StagedRun(st.normalize(run_path), rel, sizes, rows, schema, content_digest(table_path, rel, storage),
-                     table=st.normalize(table_path), stats=stats)
+    known = {st.relative(table_path, st.join(run_path, n)): h for n, h in hashes.items()}
+    digest = (_digest({r: (s, known[r]) for r, s in zip(rel, sizes, strict=True)})
+              if writers_hashes and all(r in known for r in rel) else content_digest(table_path, rel, storage))
+    return StagedRun(st.normalize(run_path), rel, sizes, rows, schema, digest, table=st.normalize(table_path), stats=stats)
 
 
 def _stat_value(v: Any) -> Any:
