@@ -404,6 +404,8 @@ def parquet_file(uri: str, storage: Storage = DEFAULT) -> Any:
     import pyarrow.parquet as pq
 
     with guard(uri, "read Parquet footer", storage):
+        # pre_buffer (coalesced parallel range reads) measured slower here: its IO threads compete
+        # with the model for the task's core (benchmarks/README.md, "Storage")
         return pq.ParquetFile(open_input(uri, storage))
 
 
