@@ -85,15 +85,21 @@ def namespace_script(private: Path, hidden: list[Path], env_dir: Path) -> str:
     the fresh tmpfs; the job environment is bind-mounted before the repo holding it is covered."""
     q = shlex.quote
     outer = [h for h in hidden if h in private.parents]
-    if any(h == env_dir or h in env_dir.parents for h in outer):
-        raise ValueError(f"{env_dir} would be hidden before it is bind-mounted")
     venv = private / VENV_INSIDE
     lines = ["set -eu"]
+    source = env_dir
+    if any(h == env_dir or h in env_dir.parents for h in outer):
+        # The job environment lives under a directory hidden first (a checkout under /tmp): bind it to
+        # a staging point on a namespace-private tmpfs over /mnt first (nothing changes on the host).
+        stage = Path("/mnt/batchscore-venv")
+        lines += ["mount -t tmpfs -o mode=0755 batchscore-stage /mnt", f"mkdir -p {q(str(stage))}",
+                  f"mount --bind {q(str(env_dir))} {q(str(stage))}"]
+        source = stage
     lines += [f"mount -t tmpfs -o mode=1777 batchscore-hidden {q(str(d))}" for d in outer]
     lines += [f"mkdir -p {q(str(private))}",
               f"mount -t tmpfs -o mode=0755 batchscore-worker {q(str(private))}",
               "mkdir -p " + " ".join(q(str(d)) for d in (venv, private / "work", private / "local", private / "cache")),
-              f"mount --bind {q(str(env_dir))} {q(str(venv))}",
+              f"mount --bind {q(str(source))} {q(str(venv))}",
               f"mount -o remount,bind,ro {q(str(venv))}"]
     lines += [f"mount -t tmpfs -o mode=0755 batchscore-hidden {q(str(d))}" for d in hidden if d not in outer]
     return "\n".join([*lines, 'exec "$@"'])
