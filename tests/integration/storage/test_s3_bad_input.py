@@ -19,6 +19,7 @@ from batchscore import storage as st
 from batchscore.local_redis import LocalRedis
 from jobs import run as run_job
 from tests.integration.storage.conftest import delta_table, upload
+from tests.integration.test_bad_input import _variant  # the same world-dict variant writer
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -60,15 +61,6 @@ def world(tmp_path_factory: pytest.TempPathFactory, spark: Any, s3_server: Any) 
         assert run_job.main(["--model-config", str(d / "base.yaml"), "--run-id", "baseline"]) == 0
         yield {"dir": d, "base": base, "url": server.url, "bucket": bucket, "secret": s3_server.secret_key}
     mp.undo()
-
-
-def _variant(world: dict[str, Any], name: str, **section: dict[str, Any]) -> Path:
-    cfg = yaml.safe_load(yaml.safe_dump(world["base"]))
-    for key, patch in section.items():
-        cfg[key].update(patch)
-    path = world["dir"] / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def _state(world: dict[str, Any]) -> tuple[int, bytes | None]:
