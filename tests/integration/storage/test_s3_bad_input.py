@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,9 @@ from batchscore import storage as st
 from batchscore.local_redis import LocalRedis
 from jobs import run as run_job
 from tests.integration.storage.conftest import delta_table, upload
-from tests.integration.test_bad_input import _variant  # the same world-dict variant writer
+from tests.integration.test_bad_input import (
+    _variant,  # the same world-dict variant writer
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
