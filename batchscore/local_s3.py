@@ -334,7 +334,7 @@ class LocalS3:
                 status, body = self._request("GET", "/", timeout=1.0)
                 if status == 200:
                     missing = [b for b in self.buckets if f"<Name>{b}</Name>" not in body.decode(errors="replace")]
-                    if not missing:
+                    if not missing and self._volumes_ready():
                         return
                     first_ok = first_ok or time.monotonic()
                     if time.monotonic() - first_ok > 1.0:  # -bucket made none: create them (or say why not)
@@ -350,6 +350,24 @@ class LocalS3:
                 raise BatchscoreError(f"weed mini S3 not ready on {self.endpoint} after {self.start_timeout:.0f}s "
                                       f"({last}); log {self.log_path}: {self._log_tail()}")
             time.sleep(0.05)
+
+    def _volumes_ready(self) -> bool:
+        """On a restart over existing data: the master knows as many volumes as the data dir holds
+        (until then a GET of an old object can fail with INTERNAL_FAILURE)."""
+        import json
+
+        assert self._data_dir is not None and self._ports is not None
+        on_disk = len(list(Path(self._data_dir).rglob("*.dat")))
+        if on_disk == 0:
+            return True
+        try:
+            conn = http.client.HTTPConnection(_HOST, self._ports["master.port"], timeout=1.0)
+            conn.request("GET", "/vol/status")
+            body = conn.getresponse().read()
+            conn.close()
+        except OSError:
+            return False
+        return body.count(b'"Id"') >= on_disk or json.loads(body or b"{}") is None
 
     def _request(self, method: str, path: str, *, timeout: float = 10.0) -> tuple[int, bytes]:
         url = self.endpoint + path
