@@ -61,55 +61,38 @@ BARS = [  # (model or shape, case, baseline case, minimum ratio)
 ]
 
 
-def make_data(rows: int) -> Path:
+def _write_once(path: Path, rows: int, width: int, seed: int | None,
+                columns: Callable[[np.ndarray, np.ndarray], dict[str, pa.Array]]) -> Path:
+    """``FILES`` Parquet files under ``path``: ``id`` + ``columns(row ids, features)`` over a
+    ``(rows, width)`` feature matrix, generated only when ``path`` has none yet (``_SUCCESS``)."""
     import pyarrow.parquet as pq
 
-    path = OUT / f"features-{rows}"
     if (path / "_SUCCESS").exists():
         return path
     path.mkdir(parents=True, exist_ok=True)
-    x = feature_matrix(rows, N_FEATURES)
+    x = feature_matrix(rows, width) if seed is None else feature_matrix(rows, width, seed=seed)
     for p, part in enumerate(np.array_split(np.arange(rows), FILES)):
-        cols = {"id": pa.array(part.astype(np.int64))}
-        cols.update({f"f{i}": pa.array(x[part, i]) for i in range(N_FEATURES)})
+        cols = {"id": pa.array(part.astype(np.int64)), **columns(part, x)}
         pq.write_table(pa.table(cols), path / f"part-{p}.parquet", row_group_size=1 << 16)
     (path / "_SUCCESS").touch()
     return path
+
+
+def make_data(rows: int) -> Path:
+    return _write_once(OUT / f"features-{rows}", rows, N_FEATURES, None,
+                       lambda part, x: {f"f{i}": pa.array(x[part, i]) for i in range(N_FEATURES)})
 
 
 def make_wide_data(rows: int) -> Path:
     """``id`` + ``WIDE`` feature columns, every 4th float64 and the rest float32."""
-    import pyarrow.parquet as pq
-
-    path = OUT / f"wide-{rows}x{WIDE}"
-    if (path / "_SUCCESS").exists():
-        return path
-    path.mkdir(parents=True, exist_ok=True)
-    x = feature_matrix(rows, WIDE, seed=12)
-    for p, part in enumerate(np.array_split(np.arange(rows), FILES)):
-        cols = {"id": pa.array(part.astype(np.int64))}
-        cols.update({f"f{i}": pa.array(x[part, i].astype(np.float64) if i % 4 == 3 else x[part, i]) for i in range(WIDE)})
-        pq.write_table(pa.table(cols), path / f"part-{p}.parquet", row_group_size=1 << 16)
-    (path / "_SUCCESS").touch()
-    return path
+    return _write_once(OUT / f"wide-{rows}x{WIDE}", rows, WIDE, 12, lambda part, x: {
+        f"f{i}": pa.array(x[part, i].astype(np.float64) if i % 4 == 3 else x[part, i]) for i in range(WIDE)})
 
 
 def make_array_data(rows: int) -> Path:
     """``id`` + ``emb``: one ``array<float>`` column of ``ARRAY`` values per row."""
-    import pyarrow.parquet as pq
-
-    path = OUT / f"array-{rows}x{ARRAY}"
-    if (path / "_SUCCESS").exists():
-        return path
-    path.mkdir(parents=True, exist_ok=True)
-    x = feature_matrix(rows, ARRAY, seed=13)
-    for p, part in enumerate(np.array_split(np.arange(rows), FILES)):
-        emb = pa.ListArray.from_arrays(pa.array(np.arange(0, len(part) * ARRAY + 1, ARRAY, dtype=np.int32)),
-                                       pa.array(x[part].ravel()))
-        pq.write_table(pa.table({"id": pa.array(part.astype(np.int64)), "emb": emb}), path / f"part-{p}.parquet",
-                       row_group_size=1 << 16)
-    (path / "_SUCCESS").touch()
-    return path
+    return _write_once(OUT / f"array-{rows}x{ARRAY}", rows, ARRAY, 13, lambda part, x: {"emb": pa.ListArray.from_arrays(
+        pa.array(np.arange(0, len(part) * ARRAY + 1, ARRAY, dtype=np.int32)), pa.array(x[part].ravel()))})
 
 
 def raw_ort(model: Path, x: np.ndarray, batch: int) -> Callable[[], None]:
