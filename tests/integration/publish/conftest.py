@@ -80,12 +80,17 @@ def start_cli(verb: str, cfg_path: Path, url: str, *args: str, **env: str) -> su
     )
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+def wait_for(cond: Callable[[], Any], timeout: float = 60, what: str = "condition",
+             proc: subprocess.Popen[str] | None = None) -> Any:
+    """Poll ``cond`` until it is truthy; with ``proc``, fail at once (with its output) if it exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = cond()
         if got:
             return got
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"the process exited ({proc.returncode}) before {what}:\n{out[-3000:]}")
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
 

@@ -77,9 +77,11 @@ def test_slots_migrated_during_a_cluster_load_and_a_killed_load_then_rerun(
     stage_run(cfg, "k1", keys, (keys % 1000 + 5).astype(np.float32))
     rc = RedisCluster.from_url(redis_cluster)
     src, dst = rc.get_primaries()[:2]
+    # The killed publisher's lock lapses after its TTL (5 s); a publish started before then is refused.
+    wait_for(lambda: not rc.exists(layout.lock_key("t:mv")), 30, "the dead publisher's lock to lapse")
     proc = start_publish(path, "k1", redis_cluster, BATCHSCORE_PAUSE_AT="during_redis_load:3")
     try:
-        wait_for(lambda: rc.get(layout.run_key("t:mv", "k1")), 120, "the load to start")
+        wait_for(lambda: rc.get(layout.run_key("t:mv", "k1")), 120, "the load to start", proc)
         moved = subprocess.run(
             [cli_binary(), "--cluster", "reshard", f"{src.host}:{src.port}", "--cluster-from", _node_id(rc, src),
              "--cluster-to", _node_id(rc, dst), "--cluster-slots", "600", "--cluster-yes"],
