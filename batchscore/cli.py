@@ -11,8 +11,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from batchscore.exit import exit_now
 from batchscore.errors import EXIT_BAD_INPUT, EXIT_OK, BatchscoreError
+from batchscore.exit import exit_now
 
 SPARK_VERBS = {
     "run": "score -> validate -> publish, in one Spark application",
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return lookup(rest)
     if verb in SPARK_VERBS:
         try:
-            module = importlib.import_module(f"jobs.{verb}")
+            module = importlib.import_module(f"batchscore.jobs.{verb}")
         except ImportError as exc:
             print(f"batchscore: error: `{verb}` needs the job environment ({exc.name} missing); "
                   "install it with: pip install 'batchscore[spark]'", file=sys.stderr)

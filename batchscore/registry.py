@@ -5,11 +5,11 @@ resolved on the DRIVER only.
 is read once, then everything uses that version number), downloads that version's artifacts,
 picks the model file, checks the MLflow signature (when the version has one) against the config's
 features and outputs, and stores the file content-addressed as ``<cache_dir>/<sha256><ext>``. The
-executors get only that path and hash (``udfs.model_ref.ModelRef``) and never call the registry:
+executors get only that path and hash (``batchscore.udfs.model_ref.ModelRef``) and never call the registry:
 ``cache_dir`` must therefore be storage every executor can read, like the Delta root: a local
 folder they all mount, or a store URI (the default ``<outputs.delta.path>/_models`` on ``s3://``:
 the driver uploads the file there and each executor fetches it into its own content-addressed
-cache, :func:`udfs.model_ref.read_artifact`).
+cache, :func:`batchscore.udfs.model_ref.read_artifact`).
 
 Which file is the model (the convention, see README "Models from MLflow"):
 
@@ -49,7 +49,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from batchscore.config import ModelConfig, RegistryRef
-from batchscore.errors import BatchscoreError, ConfigError, InfrastructureError, ModelError, missing_extra
+from batchscore.errors import (
+    BatchscoreError,
+    ConfigError,
+    InfrastructureError,
+    ModelError,
+    missing_extra,
+)
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 CACHE_ENV = "BATCHSCORE_MODEL_CACHE_DIR"

@@ -9,7 +9,7 @@ slows all of them alike. Prints rows/s medians and, for each bar, the median of 
 ratios; exits 1 when a bar is missed.
 
 Three more input shapes, each scored by batchscore's Spark-scan path (``input.read: spark``:
-``udfs.predict_udf.with_predictions`` on ``spark.read.parquet``, case ``batchscore``) and by
+``batchscore.udfs.scoring.with_predictions`` on ``spark.read.parquet``, case ``batchscore``) and by
 ``predict_batch_udf`` on the same frame: ``wide`` (``--wide-rows``, default 200k rows x 500
 columns, every 4th float64, the rest float32; 500->64->1), ``array`` (``--array-rows``, default
 500k rows, one ``array<float>`` column of 64; 64->64->1) and ``multi`` (the 1M x 32 table, a
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-from jobs.demo import feature_matrix, write_onnx_mlp
+from batchscore.testing.demo_data import feature_matrix, write_onnx_mlp
 
 OUT = REPO / ".batchscore" / "bench"
 N_FEATURES = 32
@@ -117,8 +117,8 @@ def spark_cases(spark, data: Path, models: dict[str, Path]) -> dict[tuple[str, s
     from pyspark.sql.types import FloatType
 
     from batchscore.config import ModelConfig
-    from jobs.score import scored_frame
-    from udfs.model_ref import model_ref
+    from batchscore.jobs.score import scored_frame
+    from batchscore.udfs.model_ref import model_ref
 
     df = spark.read.parquet(str(data))
     feats = [f"f{i}" for i in range(N_FEATURES)]
@@ -197,8 +197,8 @@ def shape_cases(spark, data: dict[str, Path], models: dict[str, Path]) -> dict[t
     from pyspark.sql import functions as F
     from pyspark.sql.types import FloatType, StructField, StructType
 
-    from udfs.model_ref import model_ref
-    from udfs.predict_udf import with_predictions
+    from batchscore.udfs.model_ref import model_ref
+    from batchscore.udfs.scoring import with_predictions
 
     def noop(frame) -> Callable[[], None]:  # type: ignore[no-untyped-def]
         return lambda: frame.write.format("noop").mode("overwrite").save()
@@ -249,7 +249,7 @@ def main() -> int:
             write_onnx_mlp(p, SHAPES[n][0])
     rows = {"wide": args.wide_rows, "array": args.array_rows}  # the others: --rows
 
-    from jobs.session import build_session
+    from batchscore.jobs.session import build_session
 
     spark = build_session("batchscore-bench-inference", master="local[2]", conf={"spark.ui.showConsoleProgress": "false"})
     x = feature_matrix(args.rows, N_FEATURES)

@@ -31,8 +31,8 @@ from bench_inference import MODELS, N_FEATURES, OUT, make_data  # noqa: E402
 from bench_publish import pipe_file, redis_cli_pipe  # noqa: E402
 
 from batchscore.config import load_model_config  # noqa: E402
-from batchscore.local_redis import LocalRedis  # noqa: E402
-from jobs.demo import write_onnx_mlp  # noqa: E402
+from batchscore.testing.demo_data import write_onnx_mlp  # noqa: E402
+from batchscore.testing.local_redis import LocalRedis  # noqa: E402
 
 GOALS = {  # (model, stage ratio) -> bar; ratio = stage throughput / ceiling throughput
     ("light", "score"): 0.7, ("heavy", "score"): 0.9, ("light", "publish"): 0.9, ("heavy", "publish"): 0.9}
@@ -57,8 +57,8 @@ def config(work: Path, model: str, data: Path) -> Path:
 
 def score_core(spark: object, cfg: object) -> float:
     """Seconds of the scoring core alone: the same scored frame into the ``noop`` sink."""
-    from jobs.inputs import read_input
-    from jobs.score import check_artifact, scored_frame
+    from batchscore.jobs.inputs import read_input
+    from batchscore.jobs.score import check_artifact, scored_frame
 
     ref = check_artifact(cfg)  # type: ignore[arg-type]
     df = read_input(spark, cfg.input)  # type: ignore[arg-type, attr-defined]
@@ -69,7 +69,7 @@ def score_core(spark: object, cfg: object) -> float:
 
 
 def bench_model(spark: object, model: str, data: Path, work: Path, rows: int) -> dict[str, float]:
-    from jobs.run import run
+    from batchscore.jobs.run import run
 
     cfg = load_model_config(config(work, model, data))
     score_core(spark, cfg)  # warm-up: JIT, model cache, page cache
@@ -91,7 +91,7 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=5_000_000)
     p.add_argument("--models", nargs="+", default=["light", "heavy"], choices=sorted(MODELS))
     args = p.parse_args()
-    from jobs.session import build_session
+    from batchscore.jobs.session import build_session
 
     data = make_data(args.rows)
     spark = build_session("bench-pipeline", master="local[2]", conf={"spark.ui.showConsoleProgress": "false",

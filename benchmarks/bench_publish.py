@@ -31,12 +31,12 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 from batchscore import redis_layout as layout  # noqa: E402
 from batchscore.config import load_model_config  # noqa: E402
-from batchscore.local_redis import LocalRedis, cli_binary  # noqa: E402
+from batchscore.jobs.publish import load_version  # noqa: E402
+from batchscore.jobs.session import build_session  # noqa: E402
 from batchscore.redis_conn import connect  # noqa: E402
 from batchscore.sinks import delta  # noqa: E402
 from batchscore.sinks.redis import RedisVersions  # noqa: E402
-from jobs.publish import load_version  # noqa: E402
-from jobs.session import build_session  # noqa: E402
+from batchscore.testing.local_redis import LocalRedis, cli_binary  # noqa: E402
 
 FILES = 8
 

@@ -4,9 +4,9 @@ loopback) vs every location on local disk, same data, same session (``make bench
 
 One Spark session (local[2]), one generated table (``--rows``, default 1M: ``id`` int64 + 32
 float32 features, 8 files; ``bench_inference.make_data``) uploaded once to a ``weed mini`` bucket
-(``batchscore.local_s3.LocalS3``), the light (32->64->1) and heavy (32->512->512->512->1) ONNX
+(``batchscore.testing.local_s3.LocalS3``), the light (32->64->1) and heavy (32->512->512->512->1) ONNX
 MLPs on disk and uploaded. For each model, one warm-up round, then ``--reps`` rounds (default 3),
-each running ``jobs.run.run`` twice: all locations local (``model.uri``, ``input.path``,
+each running ``batchscore.jobs.run.run`` twice: all locations local (``model.uri``, ``input.path``,
 ``outputs.delta.path``, ``outputs.history.path``, ``runtime.report_dir``) and all on ``s3://``
 (the order alternates between rounds); every run gets fresh table/report locations and a fresh
 redis-server, so every run does the same work (a first publication). Steps' seconds come from
@@ -54,9 +54,9 @@ from bench_inference import MODELS, N_FEATURES, OUT, make_data  # noqa: E402
 
 from batchscore.config import load_model_config  # noqa: E402
 from batchscore.errors import BatchscoreError  # noqa: E402
-from batchscore.local_redis import LocalRedis, free_port  # noqa: E402
-from batchscore.local_s3 import LocalS3, weed_binary  # noqa: E402
-from jobs.demo import write_onnx_mlp  # noqa: E402
+from batchscore.testing.demo_data import write_onnx_mlp  # noqa: E402
+from batchscore.testing.local_redis import LocalRedis, free_port  # noqa: E402
+from batchscore.testing.local_s3 import LocalS3, weed_binary  # noqa: E402
 
 BUCKET = "bench"
 BARS = {"score": 0.8, "publish": 0.8}  # s3/local throughput, median of the per-round ratios
@@ -98,12 +98,12 @@ class StoreProbe:
 
 
 class StepMeter:
-    """Wraps ``jobs.run``'s score/validate/publish so each S3 run records the store's counters
+    """Wraps ``batchscore.jobs.run``'s score/validate/publish so each S3 run records the store's counters
     around each step (one metrics GET + one /proc read per step: milliseconds, outside the steps'
     own timers) and the reports the steps return."""
 
     def __init__(self) -> None:
-        import jobs.run as run_mod
+        import batchscore.jobs.run as run_mod
 
         self.probe: StoreProbe | None = None
         self.steps: dict[str, dict[str, float]] = {}
@@ -135,11 +135,11 @@ PROFILED = {  # --profile: driver-side calls timed in both cases (module, names)
                            "open_input", "parquet_file", "sha256", "check_reachable"),
     "batchscore.sinks.delta": ("stage_dir", "content_digest", "publications", "committed_version", "is_table",
                                "history", "commit", "write_manifest", "null_count", "add_actions"),
-    "jobs.state": ("write_report", "write_file", "read_report", "invalidate"),
-    "jobs.score": ("resolve_artifact", "check_artifact", "open_input", "check_input", "stage_predictions",
+    "batchscore.jobs.state": ("write_report", "write_file", "read_report", "invalidate"),
+    "batchscore.jobs.score": ("resolve_artifact", "check_artifact", "open_input", "check_input", "stage_predictions",
                    "check_staged_keys", "plan_fragments"),
-    "jobs.validate": ("load_reference", "staged_frame", "compute_profile", "evaluate", "plot_histograms"),
-    "jobs.publish": ("store_of", "preflight", "parquet_files", "plan_fragments", "load_version"),
+    "batchscore.jobs.validate": ("load_reference", "staged_frame", "compute_profile", "evaluate", "plot_histograms"),
+    "batchscore.jobs.publish": ("store_of", "preflight", "parquet_files", "plan_fragments", "load_version"),
     "batchscore.sinks.publication": ("publish",),
 }
 
@@ -235,7 +235,7 @@ def stored_bytes(case: str, root: str, fs: Any) -> tuple[int, int]:
 
 def one_run(spark: Any, meter: StepMeter, probe: StoreProbe, fs: Any, work: Path, model: str, case: str,
             tag: str, locations: dict[str, str], profiler: Profiler | None = None) -> dict[str, Any]:
-    from jobs.run import run
+    from batchscore.jobs.run import run
 
     cfg = load_model_config(config(work, model, case, tag, locations))
     meter.reset(probe if case == "s3" else None)
@@ -327,7 +327,7 @@ def main() -> int:
             locations[f"local:{m}"] = str(OUT / f"{m}.onnx")
             locations[f"s3:{m}"] = f"s3://{BUCKET}/models/{m}.onnx"
 
-        from jobs.session import build_session
+        from batchscore.jobs.session import build_session
 
         spark = build_session("bench-storage", master="local[2]", conf={"spark.ui.showConsoleProgress": "false",
                                                                         "spark.sql.shuffle.partitions": "2"})

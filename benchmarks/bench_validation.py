@@ -31,7 +31,7 @@ WORK = REPO / ".batchscore" / "bench" / "validation"
 def write_config(rows: int) -> Path:
     import yaml
 
-    from jobs.demo import write_features, write_onnx_mlp
+    from batchscore.testing.demo_data import write_features, write_onnx_mlp
 
     model, feats = WORK / "light.onnx", WORK / f"features-{rows}.parquet"
     if not model.exists():
@@ -62,11 +62,11 @@ def write_config(rows: int) -> Path:
 def one_run(cfg_path: str, run_id: str, commit: bool) -> dict[str, float]:
     """Child process: score + validate one run (and commit it as the reference when asked)."""
     from batchscore.config import load_model_config
+    from batchscore.jobs import state
+    from batchscore.jobs.score import score
+    from batchscore.jobs.session import build_session
+    from batchscore.jobs.validate import IMPORT_SECONDS, prefetch_imports, validate
     from batchscore.sinks import delta
-    from jobs import state
-    from jobs.score import score
-    from jobs.session import build_session
-    from jobs.validate import IMPORT_SECONDS, prefetch_imports, validate
 
     cfg = load_model_config(cfg_path)
     spark = build_session("bench-validation", master=cfg.spark.master, conf=cfg.spark.conf)

@@ -1,8 +1,8 @@
 """GPU check of the scoring core, without Spark (``make gpu-check``; not part of ``make bench``).
 
 The heavy MLP (32->512->512->512->1, sigmoid) as TorchScript, scored from a host float32 matrix
-through batchscore's own path (``udfs.device.resolve_device`` -> ``udfs.backends`` ->
-``udfs.predict_udf.score_pieces``: batches re-cut to ``--batch``, the next batch prepared in a
+through batchscore's own path (``batchscore.udfs.device.resolve_device`` -> ``batchscore.udfs.backends`` ->
+``batchscore.udfs.scoring.score_pieces``: batches re-cut to ``--batch``, the next batch prepared in a
 second thread, host->device copy, float32 scores back on the host) vs raw torch on tensors already
 on the GPU (the ceiling: no copies, no Python per batch beyond the call). Prints rows/s for both and
 the ratio (target >= 0.9x), and checks that the two give the same scores.
@@ -29,10 +29,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jobs.demo import feature_matrix, write_torchscript_mlp  # noqa: E402
-from udfs.backends import load_backend  # noqa: E402
-from udfs.device import resolve_device  # noqa: E402
-from udfs.model_ref import model_ref, read_artifact  # noqa: E402
+from batchscore.testing.demo_data import feature_matrix, write_torchscript_mlp  # noqa: E402
+from batchscore.udfs.backends import load_backend  # noqa: E402
+from batchscore.udfs.device import resolve_device  # noqa: E402
+from batchscore.udfs.model_ref import model_ref, read_artifact  # noqa: E402
 
 LAYERS = (32, 512, 512, 512, 1)
 
@@ -55,12 +55,12 @@ def main() -> int:
              " -- no GPU: these are CPU figures, not the GPU check"))
     x = feature_matrix(args.rows, LAYERS[0])
     try:
-        from udfs.predict_udf import score_pieces
+        from batchscore.udfs.scoring import score_pieces
 
         def batchscore() -> np.ndarray:
             pieces = ((None, x[i : i + 65536]) for i in range(0, len(x), 65536))  # Arrow-sized slices
             return np.concatenate([out for _, out in score_pieces(ref, pieces, n_outputs=1, batch_size=args.batch)])
-        how = "udfs.predict_udf.score_pieces (exact batches; next batch prepared in a thread on GPU)"
+        how = "batchscore.udfs.scoring.score_pieces (exact batches; next batch prepared in a thread on GPU)"
     except ImportError as exc:  # no pyspark/pyarrow here: the backend alone
         backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=ref.uri, device=device, precision=args.precision)
 

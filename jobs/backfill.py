@@ -15,28 +15,24 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # spark-submit jobs/backfill.py: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyspark.sql import SparkSession
 
-from batchscore.exit import exit_now
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError
-from batchscore.sinks import crashpoint, history, publication
-from jobs import entry, state
-from jobs.inputs import check_input, check_keys, input_frame, open_input
-from jobs.score import check_artifact, stage_predictions
-from jobs.session import build_session
-from udfs.model_cache import load_accumulator
-from udfs.model_ref import ModelRef
+from batchscore.exit import exit_now
+from batchscore.jobs import entry, state
+from batchscore.jobs.inputs import check_input, check_keys, input_frame, open_input
+from batchscore.jobs.score import check_artifact, stage_predictions
+from batchscore.jobs.session import build_session
+from batchscore.sinks import history, publication
+from batchscore.testing import crashpoint
+from batchscore.udfs.model_cache import load_accumulator
+from batchscore.udfs.model_ref import ModelRef
 
 MAX_DAYS = 366
 
@@ -99,7 +95,7 @@ def published_run_date(cfg: ModelConfig, redis_url: str) -> str | None:
 
 def maybe_publish(spark: SparkSession, cfg: ModelConfig, day: str, redis_url: str) -> str:
     """Publish ``day`` online when it is newer than the published run; return what happened."""
-    from jobs.run import run
+    from batchscore.jobs.run import run
 
     current = published_run_date(cfg, redis_url)
     if current is not None and day <= current:

@@ -19,25 +19,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from batchscore.exit import exit_now
+from batchscore import storage as st
 from batchscore.config import load_model_config
 from batchscore.errors import ConfigError
+from batchscore.exit import exit_now
+from batchscore.jobs import entry, state
+from batchscore.jobs.publish import lazy_loader, store_of, target_of
 from batchscore.sinks import delta, publication
-from batchscore import storage as st
 from batchscore.sinks.redis_gc import orphans
 from batchscore.storage import DEFAULT, Storage
-from jobs import entry, state
-from jobs.publish import lazy_loader, store_of, target_of
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:

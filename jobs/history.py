@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from batchscore.exit import exit_now
 from batchscore import redis_layout as layout
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import BatchscoreError
+from batchscore.exit import exit_now
+from batchscore.jobs import entry
 from batchscore.redis_conn import connect
 from batchscore.sinks import delta, publication
 from batchscore.sinks.redis import RedisVersions
-from jobs import entry
 
 
 def rows(cfg: ModelConfig, store: RedisVersions | None) -> list[dict[str, Any]]:

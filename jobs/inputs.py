@@ -146,12 +146,12 @@ def _open_delta(spark: SparkSession, spec: InputTable, storage: Storage, source:
 
 def input_frame(spark: SparkSession, scan: InputScan, columns: list[str], *, storage: Storage = DEFAULT) -> DataFrame:
     """``columns`` of the input as a DataFrame: Spark's scan, or the tasks reading the files
-    themselves (any store) when Spark cannot (:func:`udfs.file_scan.files_frame`)."""
+    themselves (any store) when Spark cannot (:func:`batchscore.udfs.fragments.files_frame`)."""
     if scan.df is not None:
         return scan.df.select(*columns)
     from pyspark.sql.types import StructType as _ST
 
-    from udfs.file_scan import files_frame
+    from batchscore.udfs.fragments import files_frame
 
     assert scan.files is not None
     return files_frame(spark, scan.files, _ST([scan.schema[c] for c in columns]), storage=storage,
@@ -184,7 +184,7 @@ def direct_files(spec: InputTable, *, source: str = "the model config") -> list[
         files = [u for u, _ in st.list_files(path, suffix=".parquet")] if not st.is_file(path) else [path]
     if not files:
         return None
-    from udfs.file_scan import physical_columns
+    from batchscore.udfs.fragments import physical_columns
 
     missing = [c for c in _needed(spec) if c not in physical_columns(files[0])]
     if missing:

@@ -9,38 +9,33 @@ refused (exit 2). Also runnable as ``spark-submit jobs/publish.py ...``.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyspark.sql import SparkSession
 
-from batchscore.exit import exit_now
 from batchscore import redis_layout as layout
 from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
+from batchscore.exit import exit_now
+from batchscore.jobs import entry, state
+from batchscore.jobs.session import build_session
 from batchscore.redis_conn import connect
 from batchscore.registry import check_alias_unchanged, commit_metadata
 from batchscore.sinks import delta, publication, redis_preflight
 from batchscore.sinks.redis import RedisVersions, Version
-from batchscore.sinks.redis_load import make_loader
 from batchscore.storage import DEFAULT, Storage
-from jobs import entry, state
-from jobs.session import build_session
-from udfs.file_scan import fragment_frame, plan_fragments, read_fragments
+from batchscore.udfs.fragments import fragment_frame, plan_fragments, read_fragments
+from batchscore.udfs.redis_load import make_loader
 
 
 def load_version(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: str, version: Version,
                  fence: tuple[str, str]) -> dict[int, int]:
     """Load the Parquet ``paths`` (files or directories) into Redis ``version`` from the executors;
     return bucket counts. Each task reads its share of the files with pyarrow (one fragment per
-    core, :mod:`udfs.file_scan`) and hashes keys to buckets in numpy: no rows through the JVM,
+    core, :mod:`batchscore.udfs.file_scan`) and hashes keys to buckets in numpy: no rows through the JVM,
     no shuffle (the tasks read the staged files from the store themselves: local disk or s3://...).
     Every task checks the publish lock's token (``fence``) before each pipelined round."""
     key, cols = cfg.input.key, list(cfg.outputs.columns)
@@ -76,7 +71,7 @@ def lazy_loader(cfg: ModelConfig, url: str, master: str | None = None) -> public
     version, a reconcile or a gc need no Spark)."""
 
     def load(paths: list[str], version: Version, fence: tuple[str, str]) -> dict[int, int]:
-        from jobs.session import build_session
+        from batchscore.jobs.session import build_session
 
         spark = build_session(f"batchscore-load-{cfg.name}", master=master or cfg.spark.master, conf=cfg.spark.conf)
         return load_version(spark, cfg, paths, url, version, fence)

@@ -9,19 +9,14 @@ Every publish, rollback and gc does the same first. Idempotent: a second run say
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from batchscore.exit import exit_now
 from batchscore.config import ModelConfig, load_model_config
+from batchscore.exit import exit_now
+from batchscore.jobs import entry
+from batchscore.jobs.publish import lazy_loader, store_of, target_of
 from batchscore.sinks import publication
-from jobs import entry
-from jobs.publish import lazy_loader, store_of, target_of
 
 
 def reconcile(cfg: ModelConfig, *, redis_url: str, master: str | None = None) -> dict[str, Any]:

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyspark.sql import SparkSession
 
-from batchscore.exit import exit_now
 from batchscore.config import ModelConfig, load_model_config
+from batchscore.exit import exit_now
+from batchscore.jobs import entry, state
+from batchscore.jobs.publish import _require_validated, publish
+from batchscore.jobs.score import score
+from batchscore.jobs.session import build_session
+from batchscore.jobs.validate import prefetch_imports, validate
 from batchscore.redis_conn import connect
-from jobs import entry, state
 from batchscore.sinks import delta
-from jobs.publish import _require_validated, publish
-from jobs.score import score
-from jobs.session import build_session
-from jobs.validate import prefetch_imports, validate
 
 
 def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, redis_url: str) -> dict[str, Any]:

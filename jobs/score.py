@@ -5,16 +5,11 @@ Also runnable as ``spark-submit jobs/score.py --model-config ... --run-date ...`
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # spark-submit jobs/score.py: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -23,23 +18,24 @@ from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import InputDataError, ModelError, PublishRefusedError
 from batchscore.exit import exit_now
-from batchscore.sinks import delta
-from jobs import entry, state
-from jobs.inputs import (
+from batchscore.jobs import entry, state
+from batchscore.jobs.inputs import (
     InputScan,
     check_input,
     check_staged_keys,
     direct_files,
     open_input,
 )
-from jobs.session import build_session
-from udfs.backends import check_model, load_backend
-from udfs.device import resolve_device
-from udfs.file_scan import plan_fragments, with_predictions_from_files
-from udfs.model_cache import load_accumulator
-from udfs.model_ref import ModelRef, hash_bytes, read_artifact
-from udfs.predict_udf import Sink, with_predictions
-from udfs.staged_write import StagedWriter, written
+from batchscore.jobs.session import build_session
+from batchscore.sinks import delta
+from batchscore.udfs.backends import check_model, load_backend
+from batchscore.udfs.device import resolve_device
+from batchscore.udfs.file_scan import with_predictions_from_files
+from batchscore.udfs.fragments import plan_fragments
+from batchscore.udfs.model_cache import load_accumulator
+from batchscore.udfs.model_ref import ModelRef, hash_bytes, read_artifact
+from batchscore.udfs.scoring import Sink, with_predictions
+from batchscore.udfs.staged_write import StagedWriter, written
 
 Resolved = tuple[str, dict[str, Any] | None]  # (local artifact path, registry info or None)
 
@@ -80,12 +76,12 @@ def check_artifact(cfg: ModelConfig, resolved: Resolved | None = None) -> Any:
 def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef, *, run_id: str, scored_at: datetime,
                  loads: Any = None, sink: Sink | None = None) -> DataFrame:
     """The staged output: key, the output columns (float32), model_version, run_id, scored_at;
-    with a ``sink`` (:class:`udfs.staged_write.StagedWriter`), each task writes those rows itself
+    with a ``sink`` (:class:`batchscore.udfs.staged_write.StagedWriter`), each task writes those rows itself
     and the frame is the sink's report (one row per file written).
 
-    ``df``: the input (:func:`jobs.inputs.open_input`; a DataFrame is Spark's scan of a local
+    ``df``: the input (:func:`batchscore.jobs.inputs.open_input`; a DataFrame is Spark's scan of a local
     table). When its files can be read by the tasks (``input.read: auto|files``) they read them
-    themselves (:mod:`udfs.file_scan`), else Spark's scan feeds them.
+    themselves (:mod:`batchscore.udfs.file_scan`), else Spark's scan feeds them.
     """
     spec = cfg.input
     options = dict(features=spec.features, feature_array=spec.feature_array, columns=cfg.outputs.columns,

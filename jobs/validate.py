@@ -2,7 +2,7 @@
 
 The reference is the profile of the last *published* version (stored in the Delta commit's
 metadata by ``publish``); a rejected candidate is never committed, so it never becomes one. With no
-published version, or a new model version when ``validation.drift.reset_on_new_model_version``,
+published version, or a new model version when ``batchscore.validation.drift.reset_on_new_model_version``,
 the run is judged on the absolute rules only and the report says so. A ``block`` failure rejects
 the run (exit code 3) and nothing is published; ``warn`` failures are reported. Writes
 ``validation.json`` and ``validation.png`` beside the run's other reports. Also runnable as
@@ -12,7 +12,6 @@ the run (exit code 3) and nothing is published; ``warn`` failures are reported. 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -20,24 +19,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pyspark.sql import SparkSession
 
-from batchscore.exit import exit_now
-from batchscore.config import ModelConfig, load_model_config
-from batchscore.errors import ConfigError, PublishRefusedError, ValidationRejectedError
 from batchscore import redis_layout as layout
 from batchscore import storage as st
+from batchscore.config import ModelConfig, load_model_config
+from batchscore.errors import ConfigError, PublishRefusedError, ValidationRejectedError
+from batchscore.exit import exit_now
+from batchscore.jobs import entry, state
+from batchscore.jobs.session import build_session
 from batchscore.sinks import delta, publication
-from jobs import entry, state
-from jobs.session import build_session
-from validation import rules as R
-from validation.drift import kl_edges
-from validation.gate import decision, evaluate
-from validation.profile import ColumnPlan, compute_profile
-from validation.report import format_table, plot_histograms
+from batchscore.validation import rules as R
+from batchscore.validation.drift import kl_edges
+from batchscore.validation.gate import decision, evaluate
+from batchscore.validation.profile import ColumnPlan, compute_profile
+from batchscore.validation.report import format_table, plot_histograms
 
 
 def _columns(cfg: ModelConfig, rule: str, wanted: list[str] | None) -> tuple[str, ...]:
@@ -162,13 +158,13 @@ def prefetch_imports() -> threading.Thread:
 
 def staged_frame(spark: SparkSession, staged: delta.StagedRun, store: Any, columns: list[str]) -> Any:
     """``columns`` of the staged run as a DataFrame: Spark's own Parquet scan on local disk; on an
-    object store the tasks read those columns through pyarrow (:func:`udfs.file_scan.files_frame`)."""
+    object store the tasks read those columns through pyarrow (:func:`batchscore.udfs.fragments.files_frame`)."""
     if st.is_local(staged.table):
         return spark.read.parquet(*staged.uris()).select(*columns)
     import pyarrow as pa
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    from udfs.file_scan import files_frame
+    from batchscore.udfs.fragments import files_frame
 
     return files_frame(spark, staged.uris(), from_arrow_schema(pa.schema([staged.schema.field(c) for c in columns])), storage=store)
 

@@ -24,7 +24,7 @@ N_FEATURES = 8
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from jobs.session import build_session
+    from batchscore.jobs.session import build_session
 
     session = build_session(
         "batchscore-tests",
@@ -41,7 +41,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture
 def redis_server() -> Iterator[Any]:
-    from batchscore.local_redis import LocalRedis
+    from batchscore.testing.local_redis import LocalRedis
 
     with LocalRedis() as server:
         yield server
@@ -60,7 +60,11 @@ def make_config(tmp_path: Path) -> Callable[..., Path]:
     Keyword overrides are deep-merged into the YAML (``None`` deletes a key); ``rows`` sets the
     table size; ``layers`` the MLP shape; ``fmt`` 'onnx' or 'torchscript'.
     """
-    from jobs.demo import write_features, write_onnx_mlp, write_torchscript_mlp
+    from batchscore.testing.demo_data import (
+        write_features,
+        write_onnx_mlp,
+        write_torchscript_mlp,
+    )
 
     def make(*, rows: int = 2000, layers: tuple[int, ...] = (N_FEATURES, 16, 1), fmt: str = "onnx",
              name: str = "m", **overrides: Any) -> Path:

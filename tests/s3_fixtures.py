@@ -1,8 +1,8 @@
-"""Pytest fixtures for a real S3-compatible server on loopback (SeaweedFS ``weed mini``, batchscore/local_s3.py).
+"""Pytest fixtures for a real S3-compatible server on loopback (SeaweedFS ``weed mini``, batchscore/testing/local_s3.py).
 
 Register with ``pytest_plugins = ["tests.s3_fixtures"]``.
 
-* ``s3_server``: one :class:`~batchscore.local_s3.LocalS3` for the session (bucket ``batchscore``);
+* ``s3_server``: one :class:`~batchscore.testing.local_s3.LocalS3` for the session (bucket ``batchscore``);
   do not stop or pause it (use ``s3_server_private``).
 * ``s3_env``: every variable of ``s3_server.env()`` set for the test (monkeypatch); returns the dict.
 * ``s3_bucket``: a fresh, empty bucket on ``s3_server`` for the test, as ``s3://<name>`` (deleted after).
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from batchscore.errors import BatchscoreError
-from batchscore.local_s3 import LocalS3, weed_binary
+from batchscore.testing.local_s3 import LocalS3, weed_binary
 
 
 def _require_weed() -> None:

@@ -5,7 +5,7 @@
 * ``matrix_from_list``: an ``array<float>`` column -> its flat values buffer reshaped to
   ``(rows, width)`` (zero-copy for float32 without nulls; no ``np.vstack`` over objects).
 * ``packed_matrix``: the matrix of a batch whose features arrive partly packed into one
-  ``array<float>`` column (what :func:`udfs.predict_udf.with_predictions` asks Spark's JVM for:
+  ``array<float>`` column (what :func:`batchscore.udfs.scoring.with_predictions` asks Spark's JVM for:
   one Arrow vector per batch instead of one per feature, see :class:`Packing`) and partly as
   columns; all packed and in order is the zero-copy reshape of ``matrix_from_list``.
 * ``assemble``: re-cut a stream of ``(passthrough, matrix)`` pieces into batches of exactly

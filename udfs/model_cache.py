@@ -21,11 +21,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from udfs.backends import Backend, load_backend, warm_up
-from udfs.device import resolve_device
-from udfs.model_ref import ModelRef, hash_bytes, read_artifact
-
 from batchscore.errors import ModelError
+from batchscore.udfs.backends import Backend, load_backend, warm_up
+from batchscore.udfs.device import resolve_device
+from batchscore.udfs.model_ref import ModelRef, hash_bytes, read_artifact
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Inside a scoring task: write the task's scored rows as one Parquet file on the store.
 
-A :class:`StagedWriter` is the :class:`udfs.predict_udf.Sink` of the score step: the task that
+A :class:`StagedWriter` is the :class:`batchscore.udfs.scoring.Sink` of the score step: the task that
 scored a fragment (or a partition of Spark's scan) writes its rows itself, through a pyarrow
 filesystem (local disk, S3, GCS, ADLS, HDFS: :mod:`batchscore.storage`), to a name unique to the
 task *attempt* (``part-<partition>-<attempt id>-<random>.parquet``), adds the run's constant
@@ -85,7 +85,7 @@ class StagedWriter:
         from pyspark import TaskContext
 
         from batchscore import storage as st
-        from batchscore.sinks import crashpoint
+        from batchscore.testing import crashpoint
 
         ctx = TaskContext.get()
         part, attempt = (ctx.partitionId(), ctx.taskAttemptId()) if ctx is not None else (0, 0)

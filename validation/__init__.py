@@ -1,5 +1,11 @@
 """The validation gate: a one-pass profile of the scores, rules judged by Great Expectations.
 
-Must not import ``jobs``, ``pydantic``, ``redis`` or model libraries. Rules arrive as plain
-frozen dataclasses (:mod:`validation.rules`), built by the jobs layer from the model config.
+:func:`~batchscore.validation.profile.compute_profile` profiles a run in one pass,
+:func:`~batchscore.validation.gate.evaluate` judges it against :mod:`~batchscore.validation.rules`
+(plain frozen dataclasses the jobs layer builds from the model config) and a reference profile,
+and :mod:`~batchscore.validation.report` presents the verdict. Never imports the jobs, the
+executors, pydantic, redis or model libraries. Internal: ``partials`` (mergeable per-task
+partial profiles and sketches), ``drift`` (PSI and KL).
 """
+
+__all__ = ["gate", "profile", "report", "rules"]

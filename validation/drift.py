@@ -1,7 +1,7 @@
 """Drift against the reference profile: PSI over the frozen bins and the inputs of GX's KL check.
 
 Everything here works on two profiles (small dicts), never on the data: the candidate's histogram
-was counted over the reference's bins in the profile pass (:mod:`validation.profile`).
+was counted over the reference's bins in the profile pass (:mod:`batchscore.validation.profile`).
 
 KL uses Great Expectations' ``ExpectColumnKLDivergenceToBeLessThan`` with a continuous partition
 built from the reference: the frozen bins bounded by the reference's own min and max (so the outer

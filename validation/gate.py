@@ -1,9 +1,9 @@
 """Judge a profile against the rules with Great Expectations 1.x (ephemeral context, in code).
 
-The expensive part, the profile, is one Spark aggregation (:mod:`validation.profile`). Here GX
+The expensive part, the profile, is one Spark aggregation (:mod:`batchscore.validation.profile`). Here GX
 asserts every rule over a one-row metrics table derived from it (one metric column per check,
 ``severity`` critical for ``block``, warning for ``warn``), and runs its KL-divergence expectation
-over each drifted column's binned sample (:func:`validation.drift.kl_sample`): no Spark job is
+over each drifted column's binned sample (:func:`batchscore.validation.drift.kl_sample`): no Spark job is
 started, which keeps the gate cheap whatever the batch size.
 """
 
@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from validation import drift as D
-from validation.profile import qkey
-from validation.rules import LevelName, RuleResult, Rules
+from batchscore.validation import drift as D
+from batchscore.validation.profile import qkey
+from batchscore.validation.rules import LevelName, RuleResult, Rules
 
 
 @dataclass(frozen=True)

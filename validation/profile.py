@@ -7,7 +7,7 @@ range). So a ±inf score is counted (and blocked by the ``finite`` rule) without
 inf or NaN. Nothing exact-distinct, nothing collected but a few KB.
 
 One Spark job reads only the output columns: ``mapInArrow`` computes a partial per partition with
-numpy in the (already warm) Python workers (:mod:`validation.partials`) and the driver merges
+numpy in the (already warm) Python workers (:mod:`batchscore.validation.partials`) and the driver merges
 them: counts and moments exactly, quantiles from mergeable rank sketches (rank error <= 0.05%).
 This replaced a single ``df.agg`` with ``percentile_approx``: in a fresh JVM (every run is one)
 that aggregate cost 10 s of wall and 8.7 s of JVM CPU at 1M rows, mostly JIT and codegen of the
@@ -31,8 +31,8 @@ from typing import Any
 
 from pyspark.sql import DataFrame
 
-from validation.partials import Interval, finish, merge, partial, sketch_bin_counts
-from validation.partials import quantiles as sketch_quantiles
+from batchscore.validation.partials import Interval, finish, merge, partial, sketch_bin_counts
+from batchscore.validation.partials import quantiles as sketch_quantiles
 
 STANDARD_QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 

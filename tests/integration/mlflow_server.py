@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from batchscore.local_redis import free_port
+from batchscore.testing.local_redis import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 HINT = "make mlflow-env (a .venv-mlflow with the full mlflow package), or set BATCHSCORE_MLFLOW_SERVER"

@@ -16,9 +16,9 @@ import yaml
 from deltalake import DeltaTable
 
 from batchscore import redis_layout as layout
-from batchscore.local_redis import LocalRedis, free_port
-from jobs import run as run_job
-from jobs.demo import write_features, write_onnx_mlp
+from batchscore.jobs import run as run_job
+from batchscore.testing.demo_data import write_features, write_onnx_mlp
+from batchscore.testing.local_redis import LocalRedis, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 FEATS = [f"f{i}" for i in range(4)]

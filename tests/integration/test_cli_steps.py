@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from jobs.demo import expected_scores
+from batchscore.testing.demo_data import expected_scores
 
 pytestmark = [pytest.mark.integration]
 REPO = Path(__file__).resolve().parents[2]

@@ -18,10 +18,10 @@ from deltalake import DeltaTable
 
 from batchscore.config import load_model_config
 from batchscore.errors import ValidationRejectedError
-from jobs import gc
-from jobs import run as run_job
-from jobs.score import score
-from jobs.validate import validate
+from batchscore.jobs import gc
+from batchscore.jobs import run as run_job
+from batchscore.jobs.score import score
+from batchscore.jobs.validate import validate
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 DAY = 86400.0

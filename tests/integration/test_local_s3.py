@@ -1,4 +1,4 @@
-"""The loopback S3 server for tests and demos (batchscore/local_s3.py): real SeaweedFS ``weed mini``, real
+"""The loopback S3 server for tests and demos (batchscore/testing/local_s3.py): real SeaweedFS ``weed mini``, real
 clients (pyarrow.fs, deltalake), real auth, real conditional-put commits, and only loopback ports we chose.
 """
 
@@ -21,7 +21,7 @@ import pytest
 
 from batchscore import local_s3
 from batchscore.errors import BatchscoreError
-from batchscore.local_s3 import LocalS3, weed_binary
+from batchscore.testing.local_s3 import LocalS3, weed_binary
 
 pytestmark = pytest.mark.integration
 
@@ -293,7 +293,7 @@ def test_start_failure_reports_the_log_tail(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_main_prints_env_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     data = tmp_path / "d"
-    proc = subprocess.Popen([sys.executable, "-m", "batchscore.local_s3", "--data-dir", str(data), "--print-env",
+    proc = subprocess.Popen([sys.executable, "-m", "batchscore.testing.local_s3", "--data-dir", str(data), "--print-env",
                              "--bucket", "demo-bucket"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -313,7 +313,7 @@ def test_main_prints_env_and_stops_on_ctrl_c(tmp_path: Path) -> None:
 
 
 def test_main_without_print_env_keeps_the_secret_to_itself() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "batchscore.local_s3", "--secret-key", "hush-hush-123"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "batchscore.testing.local_s3", "--secret-key", "hush-hush-123"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = [proc.stdout.readline().strip() for _ in range(7)] if proc.stdout else []
@@ -327,7 +327,7 @@ def test_main_without_print_env_keeps_the_secret_to_itself() -> None:
 
 
 def test_module_imports_stdlib_only() -> None:
-    code = ("import sys; import batchscore.local_s3; "
+    code = ("import sys; import batchscore.testing.local_s3; "
             "bad = {m for m in ('pyarrow', 'deltalake', 'redis', 'boto3', 'botocore') if m in sys.modules}; "
             "sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO).returncode == 0

@@ -25,13 +25,17 @@ from batchscore import ScoreReader
 from batchscore import redis_layout as layout
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ModelError
+from batchscore.jobs import run as run_job
+from batchscore.jobs import state
 from batchscore.registry import check_alias_unchanged
-from jobs import run as run_job
-from jobs import state
-from jobs.demo import write_onnx_mlp
+from batchscore.testing.demo_data import write_onnx_mlp
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed: pip install -e '.[mlflow]'")
-from mlflow_server import HINT, MlflowServer, server_binary  # after the skip; tests/integration is on sys.path
+from mlflow_server import (  # after the skip; tests/integration is on sys.path
+    HINT,
+    MlflowServer,
+    server_binary,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 RUN_DATE = "2026-11-30"
@@ -251,8 +255,8 @@ def test_signature_mismatch_is_refused_clearly(spark: Any, make_config: Any, red
 # -- (4) the alias moved between score and publish -------------------------------------------------
 
 def _score_and_validate(spark: Any, cfg: ModelConfig, run_id: str) -> dict[str, Any]:
-    from jobs.score import score
-    from jobs.validate import validate
+    from batchscore.jobs.score import score
+    from batchscore.jobs.validate import validate
 
     scored = score(spark, cfg, run_id=run_id, run_date=RUN_DATE)
     assert validate(spark, cfg, run_id=run_id)["passed"]
@@ -294,9 +298,9 @@ def test_alias_moved_between_score_and_publish_is_caught(spark: Any, make_config
 
 
 def _publish_checks_the_alias() -> bool:
-    import jobs.publish
+    import batchscore.jobs.publish
 
-    return "check_alias_unchanged" in inspect.getsource(jobs.publish)
+    return "check_alias_unchanged" in inspect.getsource(batchscore.jobs.publish)
 
 
 @pytest.mark.skipif(not _publish_checks_the_alias(), reason="jobs/publish.py does not call check_alias_unchanged yet")
@@ -304,7 +308,7 @@ def test_publish_refuses_a_run_whose_alias_moved(spark: Any, make_config: Any, r
                                                 tmp_path: Path) -> None:
     import json
 
-    from jobs.publish import publish
+    from batchscore.jobs.publish import publish
 
     name = "demo_publish"
     v1, run1 = registry.log_onnx(name, write_onnx_mlp(tmp_path / "one.onnx", (8, 16, 1), seed=31), tensor_sig(8, 1))
@@ -328,7 +332,7 @@ def test_publish_refuses_a_run_whose_alias_moved(spark: Any, make_config: Any, r
 # -- without a server: the driver-only contract and the errors around it ---------------------------
 
 def test_executors_never_get_a_registry_uri() -> None:
-    from udfs.model_ref import read_artifact
+    from batchscore.udfs.model_ref import read_artifact
 
     with pytest.raises(ModelError, match="resolve it on the driver first"):
         read_artifact("models:/demo@champion")
@@ -337,7 +341,7 @@ def test_executors_never_get_a_registry_uri() -> None:
 def test_tracking_uri_unset_or_registry_unreachable(make_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from batchscore import registry
     from batchscore.errors import ConfigError, InfrastructureError
-    from batchscore.local_redis import free_port
+    from batchscore.testing.local_redis import free_port
 
     cfg = load_model_config(make_config(model={"uri": "models:/demo@champion"}))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -357,9 +361,13 @@ def test_torch_artifacts_are_found_by_the_convention(make_config: Any, registry:
     torch = pytest.importorskip("torch")
     import mlflow.pytorch
 
-    from jobs.demo import mlp_forward, mlp_weights, write_torchscript_mlp
-    from jobs.score import check_artifact, resolve_artifact
-    from udfs.backends import load_backend
+    from batchscore.jobs.score import check_artifact, resolve_artifact
+    from batchscore.testing.demo_data import (
+        mlp_forward,
+        mlp_weights,
+        write_torchscript_mlp,
+    )
+    from batchscore.udfs.backends import load_backend
 
     scripted = write_torchscript_mlp(tmp_path / "mlp.pt", (8, 16, 1), seed=41)
     x = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)

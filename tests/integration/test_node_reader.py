@@ -30,8 +30,8 @@ from publish.conftest import stage_run
 from batchscore import ScoreReader
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
-from jobs import run as run_job
-from jobs.publish import publish
+from batchscore.jobs import run as run_job
+from batchscore.jobs.publish import publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 

@@ -15,8 +15,8 @@ from deltalake import DeltaTable
 from batchscore import ScoreReader
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
-from jobs import run as run_job
-from jobs.demo import mlp_forward, mlp_weights
+from batchscore.jobs import run as run_job
+from batchscore.testing.demo_data import mlp_forward, mlp_weights
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -49,7 +49,7 @@ def run_pipeline(spark: Any, cfg_path: Path, url: str, run_id: str) -> dict[str,
 
 def test_every_row_reaches_delta_and_redis_with_the_models_score(spark: Any, make_config: Any, redis_url: str,
                                                                 tmp_path: Path) -> None:
-    from jobs.demo import write_onnx_mlp
+    from batchscore.testing.demo_data import write_onnx_mlp
 
     # A model no other test uses (its own seed, so its own content hash): no Python worker has it cached.
     model = write_onnx_mlp(tmp_path / "unique.onnx", (8, 16, 1), seed=4711)
@@ -86,7 +86,7 @@ def test_second_run_swaps_atomically_for_a_polling_reader(spark: Any, make_confi
     first = run_pipeline(spark, cfg_path, redis_url, "a")
     old = onnx_scores(cfg_path)
     # The second run scores a different model over the same entities.
-    from jobs.demo import write_onnx_mlp
+    from batchscore.testing.demo_data import write_onnx_mlp
 
     model2 = tmp_path / "model2.onnx"
     write_onnx_mlp(model2, (8, 16, 1), seed=99)

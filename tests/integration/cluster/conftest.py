@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from batchscore.local_redis import free_port
+from batchscore.testing.local_redis import free_port
 
 from .standalone import Standalone, alive_workers, spark_home, spawn, stop
 

@@ -72,7 +72,7 @@ def thin_env_archive(dest: Path) -> Path:
     site = next((env_dir / "lib").glob("python3*/site-packages"))
     job_site = sysconfig.get_paths()["purelib"]
     (site / "job_env.pth").write_text(job_site + "\n")  # a path line: the job env's .pth files stay unread
-    probe = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import udfs"], cwd=dest, capture_output=True)
+    probe = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import batchscore"], cwd=dest, capture_output=True)
     assert probe.returncode != 0, "the thin env must not see the repo, or the test proves nothing"
     archive = dest / "thin-env.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

@@ -30,8 +30,8 @@ import pytest
 
 from batchscore import ScoreReader
 from batchscore.config import load_model_config
-from batchscore.local_redis import free_port
 from batchscore.storage import artifact_cache_dir
+from batchscore.testing.local_redis import free_port
 from tests.integration.storage import conftest as storage_fixtures
 from tests.integration.storage.conftest import delta_table, local_scores
 

@@ -21,8 +21,8 @@ import pytest
 from deltalake import DeltaTable
 
 from batchscore.config import load_model_config
-from jobs.demo import mlp_forward, mlp_weights
-from jobs.score import score
+from batchscore.jobs.score import score
+from batchscore.testing.demo_data import mlp_forward, mlp_weights
 
 from .standalone import REPO, Standalone, build_py_files, spark_home, thin_env_archive
 

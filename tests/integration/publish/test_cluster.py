@@ -11,11 +11,11 @@ from redis.cluster import RedisCluster
 
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
-from batchscore.local_redis import cli_binary
+from batchscore.jobs import state
+from batchscore.jobs.publish import publish
+from batchscore.jobs.rollback import rollback
 from batchscore.reader import AsyncScoreReader, ScoreReader
-from jobs import state
-from jobs.publish import publish
-from jobs.rollback import rollback
+from batchscore.testing.local_redis import cli_binary
 
 from .conftest import stage_run
 

@@ -18,8 +18,8 @@ from deltalake import DeltaTable
 
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
+from batchscore.jobs.publish import publish
 from batchscore.sinks import delta, publication
-from jobs.publish import publish
 
 from .conftest import stage_run, start_cli, start_publish, wait_for
 from .test_publication_safety import KEYS, assert_converged, scores, wait_lock_expired
@@ -88,7 +88,7 @@ def test_rollback_killed_between_restore_and_flip_then_rerun_converges(
 
 def test_backfill_killed_between_write_and_commit_then_rerun_commits_once(
         spark: Any, make_config: Any, redis_url: str) -> None:
-    from jobs import backfill as bf
+    from batchscore.jobs import backfill as bf
 
     path, cfg = _cfg(make_config)
     day = "2026-11-20"

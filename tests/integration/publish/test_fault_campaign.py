@@ -29,10 +29,11 @@ import redis
 from deltalake import DeltaTable
 
 from batchscore.errors import BatchscoreError
-from batchscore.local_redis import LocalRedis
 from batchscore.reader import ScoreReader
-from batchscore.sinks import crashpoint, delta, publication
+from batchscore.sinks import delta, publication
 from batchscore.sinks.redis import RedisVersions
+from batchscore.testing import crashpoint
+from batchscore.testing.local_redis import LocalRedis
 
 from .conftest import inproc_loader
 

@@ -17,9 +17,9 @@ from deltalake import DeltaTable
 
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
+from batchscore.jobs import publish as publish_job
+from batchscore.jobs.publish import publish
 from batchscore.reader import ScoreReader
-from jobs import publish as publish_job
-from jobs.publish import publish
 
 from .conftest import restart, served_number, stage_run, start_publish, wait_for
 

@@ -19,10 +19,10 @@ import redis
 
 from batchscore import redis_layout as layout
 from batchscore.errors import EXIT_BAD_INPUT, PublishRefusedError
-from batchscore.local_redis import LocalRedis
 from batchscore.redis_conn import connect
 from batchscore.sinks import redis_preflight as pf
-from batchscore.sinks.redis_load import make_loader
+from batchscore.testing.local_redis import LocalRedis
+from batchscore.udfs.redis_load import make_loader
 
 pytestmark = pytest.mark.integration
 

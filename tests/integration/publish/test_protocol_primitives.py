@@ -17,10 +17,11 @@ import redis
 
 from batchscore import redis_layout as layout
 from batchscore.errors import FencedError, InfrastructureError
-from batchscore.local_redis import LocalRedis
-from batchscore.sinks import crashpoint, delta, publication
+from batchscore.sinks import delta, publication
 from batchscore.sinks.redis import RedisVersions
 from batchscore.sinks.redis_gc import collect
+from batchscore.testing import crashpoint
+from batchscore.testing.local_redis import LocalRedis
 
 from .conftest import inproc_loader
 

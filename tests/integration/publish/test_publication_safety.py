@@ -22,15 +22,15 @@ from deltalake import DeltaTable
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
 from batchscore.errors import PublishRefusedError, SupersededError
-from batchscore.local_redis import LocalRedis
+from batchscore.jobs import gc as gc_job
+from batchscore.jobs import publish as publish_job
+from batchscore.jobs import reconcile as reconcile_job
+from batchscore.jobs import rollback as rollback_job
+from batchscore.jobs import state
+from batchscore.jobs.publish import publish
 from batchscore.reader import ScoreReader
 from batchscore.sinks import delta, publication
-from jobs import gc as gc_job
-from jobs import publish as publish_job
-from jobs import reconcile as reconcile_job
-from jobs import rollback as rollback_job
-from jobs import state
-from jobs.publish import publish
+from batchscore.testing.local_redis import LocalRedis
 
 from .conftest import stage_run, start_publish, wait_for
 
@@ -85,7 +85,7 @@ def test_1_run_ids_that_leave_their_directory_are_refused(spark: Any, make_confi
     path, cfg = _cfg(make_config)
     stage_run(cfg, "r0", KEYS, scores(0))
     publish(spark, cfg, run_id="r0", redis_url=redis_url)
-    from jobs import score as score_job
+    from batchscore.jobs import score as score_job
 
     assert score_job.main(["--model-config", str(path), f"--run-id={bad}", "--master", "local[2]"]) == 2
     assert "--run-id" in capsys.readouterr().err
@@ -204,8 +204,8 @@ def test_5_a_loaded_version_is_reused_only_for_the_same_content(spark: Any, make
 
 def test_6_rescoring_voids_the_validation_and_publish_needs_the_judged_content(
         spark: Any, make_config: Any, redis_url: str) -> None:
-    from jobs.score import score
-    from jobs.validate import validate
+    from batchscore.jobs.score import score
+    from batchscore.jobs.validate import validate
 
     path, cfg = _cfg(make_config)
     score(spark, cfg, run_id="r1", run_date="2026-11-22")
@@ -277,7 +277,7 @@ def test_15_two_commits_on_the_same_table_version_cannot_both_land(spark: Any, m
 
 def test_16_a_commit_that_was_never_served_is_not_the_reference_and_reconcile_finishes_it(
         spark: Any, make_config: Any, redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from jobs.validate import load_reference
+    from batchscore.jobs.validate import load_reference
 
     path, cfg = _cfg(make_config)
     stage_run(cfg, "r0", KEYS, scores(0), profile={"columns": {"score": {"mean": 0.5}}})
@@ -302,7 +302,7 @@ def test_16_a_commit_that_was_never_served_is_not_the_reference_and_reconcile_fi
 def test_17_a_replaced_redis_is_rebuilt_from_delta_and_history_matches_by_identity(
         spark: Any, make_config: Any, redis_server: LocalRedis, redis_url: str,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from jobs import history as history_job
+    from batchscore.jobs import history as history_job
 
     path, cfg = _cfg(make_config, keep_versions=2)
     for i in range(3):

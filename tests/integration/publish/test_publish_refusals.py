@@ -14,8 +14,8 @@ from deltalake import DeltaTable
 
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
-from batchscore.local_redis import LocalRedis
-from jobs import publish as publish_job
+from batchscore.jobs import publish as publish_job
+from batchscore.testing.local_redis import LocalRedis
 
 from .conftest import stage_run
 

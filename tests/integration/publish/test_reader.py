@@ -17,12 +17,12 @@ import pytest
 import redis
 
 from batchscore import redis_layout as layout
-
-from . import conftest
 from batchscore.errors import EXIT_BAD_INPUT, ConfigError
-from batchscore.local_redis import LocalRedis, free_port, server_binary
 from batchscore.reader import AsyncScoreReader, ScoreReader
 from batchscore.redis_conn import connect
+from batchscore.testing.local_redis import LocalRedis, free_port, server_binary
+
+from . import conftest
 
 pytestmark = pytest.mark.integration
 NS = "t:m"

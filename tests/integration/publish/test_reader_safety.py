@@ -20,10 +20,10 @@ import redis
 from redis.cluster import RedisCluster
 
 from batchscore import redis_layout as layout
+from batchscore.reader import AsyncScoreReader, PointerError, Score, ScoreReader, _Cache
+from batchscore.testing.local_redis import LocalRedis, free_port
 
 from . import conftest
-from batchscore.local_redis import LocalRedis, free_port
-from batchscore.reader import AsyncScoreReader, PointerError, Score, ScoreReader, _Cache
 
 pytestmark = pytest.mark.integration
 NS = "t:m"

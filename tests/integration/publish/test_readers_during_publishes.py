@@ -14,8 +14,8 @@ import redis
 
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
+from batchscore.jobs.publish import publish
 from batchscore.reader import AsyncScoreReader, ScoreReader
-from jobs.publish import publish
 
 from .conftest import numbers, stage_run
 

@@ -12,13 +12,12 @@ import redis
 from deltalake import DeltaTable
 
 from batchscore.config import load_model_config
-from batchscore.reader import ScoreReader
-from jobs import gc as gc_job
-from jobs import history as history_job
-from jobs import rollback as rollback_job
-from jobs.publish import publish
-
 from batchscore.errors import SupersededError
+from batchscore.jobs import gc as gc_job
+from batchscore.jobs import history as history_job
+from batchscore.jobs import rollback as rollback_job
+from batchscore.jobs.publish import publish
+from batchscore.reader import ScoreReader
 
 from .conftest import numbers, served_number, stage_run
 

@@ -9,7 +9,7 @@ import pytest
 
 from batchscore import storage as st
 from batchscore.errors import ModelError
-from udfs.model_ref import hash_bytes, read_artifact
+from batchscore.udfs.model_ref import hash_bytes, read_artifact
 
 pytestmark = [pytest.mark.integration]
 

@@ -14,9 +14,9 @@ import yaml
 
 from batchscore import storage as st
 from batchscore.config import load_model_config
+from batchscore.jobs import score as score_job
+from batchscore.jobs import state
 from batchscore.sinks import delta
-from jobs import score as score_job
-from jobs import state
 from tests.integration.storage.conftest import delta_table, upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]

@@ -15,8 +15,8 @@ import yaml
 
 from batchscore import redis_layout as layout
 from batchscore import storage as st
-from batchscore.local_redis import LocalRedis
-from jobs import run as run_job
+from batchscore.jobs import run as run_job
+from batchscore.testing.local_redis import LocalRedis
 from tests.integration.storage.conftest import delta_table, upload
 from tests.integration.test_bad_input import (
     _variant,  # the same world-dict variant writer
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, spark: Any, s3_server: Any) -> Iterator[dict[str, Any]]:
-    from jobs.demo import write_features, write_onnx_mlp
+    from batchscore.testing.demo_data import write_features, write_onnx_mlp
 
     d = tmp_path_factory.mktemp("s3bad")
     mp = pytest.MonkeyPatch()

@@ -14,11 +14,11 @@ import pytest
 from batchscore import ScoreReader
 from batchscore import storage as st
 from batchscore.config import load_model_config
-from jobs import backfill as backfill_job
-from jobs import history as history_job
-from jobs import rollback as rollback_job
-from jobs import run as run_job
-from jobs import state
+from batchscore.jobs import backfill as backfill_job
+from batchscore.jobs import history as history_job
+from batchscore.jobs import rollback as rollback_job
+from batchscore.jobs import run as run_job
+from batchscore.jobs import state
 from tests.integration.storage.conftest import delta_table, local_scores
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -68,7 +68,7 @@ def test_second_run_rollback_history_and_backfill_on_s3(spark: Any, s3_project: 
     want = local_scores(path)
     first = run_job.run(spark, cfg, run_id="a", run_date="2026-11-29", redis_url=redis_url)
     # A second model version over the same entities.
-    from jobs.demo import write_onnx_mlp
+    from batchscore.testing.demo_data import write_onnx_mlp
     from tests.integration.storage.conftest import upload
 
     model2 = write_onnx_mlp(tmp_path / "model2.onnx", (8, 16, 1), seed=99)
@@ -101,8 +101,8 @@ def test_second_run_rollback_history_and_backfill_on_s3(spark: Any, s3_project: 
     assert again["dates"][0]["status"] == "skipped"
 
     # gc --staged on the store: a run scored and never published goes once past the retention.
-    from jobs import gc as gc_job
-    from jobs import score as score_job
+    from batchscore.jobs import gc as gc_job
+    from batchscore.jobs import score as score_job
 
     score_job.score(spark, cfg, run_id="never", run_date="2026-11-30")
     later = __import__("time").time() + 10 * 86400

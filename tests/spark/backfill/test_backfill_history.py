@@ -13,10 +13,10 @@ from deltalake import DeltaTable
 
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
+from batchscore.jobs import backfill as bf
+from batchscore.jobs.run import run
 from batchscore.sinks.redis import RedisVersions
-from jobs import backfill as bf
-from jobs.demo import mlp_forward, mlp_weights, write_features
-from jobs.run import run
+from batchscore.testing.demo_data import mlp_forward, mlp_weights, write_features
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration]
 

@@ -17,11 +17,11 @@ from deltalake import write_deltalake
 
 from batchscore.config import load_model_config
 from batchscore.errors import InputDataError
-from jobs.demo import mlp_forward, mlp_weights
-from jobs.inputs import direct_files, read_input
-from jobs.score import scored_frame
-from udfs.file_scan import plan_fragments
-from udfs.model_ref import model_ref
+from batchscore.jobs.inputs import direct_files, read_input
+from batchscore.jobs.score import scored_frame
+from batchscore.testing.demo_data import mlp_forward, mlp_weights
+from batchscore.udfs.fragments import plan_fragments
+from batchscore.udfs.model_ref import model_ref
 
 pytestmark = pytest.mark.spark
 LAYERS = (6, 16, 2)

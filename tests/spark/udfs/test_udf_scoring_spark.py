@@ -14,10 +14,16 @@ import pytest
 
 from batchscore.config import load_model_config
 from batchscore.errors import ModelError
-from jobs.demo import feature_matrix, mlp_forward, mlp_weights, write_onnx_mlp, write_torchscript_mlp
-from udfs.model_cache import load_accumulator
-from udfs.model_ref import model_ref
-from udfs.predict_udf import predict_column, with_predictions
+from batchscore.testing.demo_data import (
+    feature_matrix,
+    mlp_forward,
+    mlp_weights,
+    write_onnx_mlp,
+    write_torchscript_mlp,
+)
+from batchscore.udfs.model_cache import load_accumulator
+from batchscore.udfs.model_ref import model_ref
+from batchscore.udfs.scoring import predict_column, with_predictions
 
 pytestmark = pytest.mark.spark
 LAYERS = (8, 16, 2)
@@ -63,7 +69,7 @@ def test_scores_equal_the_models_direct_outputs(frame: tuple[Any, np.ndarray], t
 
 
 def test_one_load_per_worker_per_model_across_two_jobs(spark: Any, make_config: Callable[..., Path], tmp_path: Path) -> None:
-    from jobs.score import score
+    from batchscore.jobs.score import score
 
     # a model no other test has loaded (unique content), so this test sees its first loads
     write_onnx_mlp(tmp_path / "model.onnx", (8, 16, 1), seed=int.from_bytes(tmp_path.name.encode()[-4:], "big"))
@@ -92,7 +98,7 @@ def test_threads_follow_spark_task_cpus(spark: Any, tmp_path: Path) -> None:
     def probe(_: Any) -> Any:
         import torch
 
-        from udfs.backends import load_backend
+        from batchscore.udfs.backends import load_backend
 
         onnx = load_backend(Path(path).read_bytes(), fmt="onnx", uri=path, device="cpu")
         load_backend(Path(ts).read_bytes(), fmt="torchscript", uri=ts, device="cpu")
@@ -103,8 +109,8 @@ def test_threads_follow_spark_task_cpus(spark: Any, tmp_path: Path) -> None:
 
 
 def test_config_artifact_mismatch_and_cuda_without_gpu_are_refused(spark: Any, make_config: Callable[..., Path]) -> None:
-    from jobs.score import check_artifact
-    from udfs.device import gpu_count
+    from batchscore.jobs.score import check_artifact
+    from batchscore.udfs.device import gpu_count
 
     cfg = load_model_config(make_config(input={"features": [f"f{i}" for i in range(5)]}))
     with pytest.raises(ModelError, match="model expects 8 features but the config gives 5"):

@@ -19,10 +19,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.demo import write_onnx_mlp
-from udfs.arrow_input import features_matrix
-from udfs.model_ref import model_ref
-from udfs.predict_udf import output_schema, scored_batches, with_predictions
+from batchscore.testing.demo_data import write_onnx_mlp
+from batchscore.udfs.arrow_input import features_matrix
+from batchscore.udfs.model_ref import model_ref
+from batchscore.udfs.scoring import output_schema, scored_batches, with_predictions
 
 pytestmark = pytest.mark.spark
 ROWS = 3000

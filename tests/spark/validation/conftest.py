@@ -2,7 +2,7 @@
 
 Candidates are written straight to where ``batchscore score`` stages them (with its score
 report), so each test controls the score distribution exactly; publishing goes through the real
-``jobs.publish.publish`` (real redis-server, real Delta table).
+``batchscore.jobs.publish.publish`` (real redis-server, real Delta table).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def stage(cfg: Any, run_id: str, values: np.ndarray | dict[str, np.ndarray]) -> 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs import state
+    from batchscore.jobs import state
 
     cols = values if isinstance(values, dict) else {"score": values}
     n = len(next(iter(cols.values())))

@@ -1,7 +1,7 @@
 """The validation gate on real local Spark, a real redis-server and a real Delta table.
 
 Candidates are staged Parquet written by the tests (``conftest.stage``) so each controls the
-score distribution; the reference is whatever ``jobs.publish.publish`` committed last.
+score distribution; the reference is whatever ``batchscore.jobs.publish.publish`` committed last.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from deltalake import DeltaTable
 
 from batchscore import redis_layout as layout
 from batchscore.errors import EXIT_REJECTED, ValidationRejectedError
-from jobs import state
-from jobs.publish import publish
-from jobs.validate import validate
+from batchscore.jobs import state
+from batchscore.jobs.publish import publish
+from batchscore.jobs.validate import validate
 
 pytestmark = [pytest.mark.spark]
 
@@ -177,7 +177,7 @@ def _no_nonfinite_json(path: Path) -> dict[str, Any]:
 
 def test_inf_scores_are_rejected_by_the_gate_with_exit_3_not_a_crash(
         spark: Any, vconfig: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from jobs import validate as validate_job
+    from batchscore.jobs import validate as validate_job
 
     cfg = vconfig(TIGHT)
     x = scores(7)
@@ -204,10 +204,10 @@ def test_inf_scores_are_rejected_by_the_gate_with_exit_3_not_a_crash(
 
 
 def test_spark_profile_counts_inf_per_column_and_computes_every_statistic_over_finite_values(spark: Any) -> None:
-    from validation.drift import kl_edges
-    from validation.gate import decision, evaluate
-    from validation.profile import ColumnPlan, compute_profile
-    from validation.rules import NullRate, RowCount, Rules, ValueRange
+    from batchscore.validation.drift import kl_edges
+    from batchscore.validation.gate import decision, evaluate
+    from batchscore.validation.profile import ColumnPlan, compute_profile
+    from batchscore.validation.rules import NullRate, RowCount, Rules, ValueRange
 
     n = 4000
     bad, good = scores(8, n).astype(np.float64), scores(9, n).astype(np.float64)

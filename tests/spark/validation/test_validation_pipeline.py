@@ -1,4 +1,4 @@
-"""The gate inside the whole pipeline (``jobs.run.run``) and behind the ``batchscore validate`` CLI."""
+"""The gate inside the whole pipeline (``batchscore.jobs.run.run``) and behind the ``batchscore validate`` CLI."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from deltalake import DeltaTable
 
 from batchscore.config import load_model_config
 from batchscore.errors import EXIT_REJECTED
-from jobs import run as run_job
-from jobs import state
-from jobs import validate as validate_job
+from batchscore.jobs import run as run_job
+from batchscore.jobs import state
+from batchscore.jobs import validate as validate_job
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration]
 

@@ -12,10 +12,10 @@ import pytest
 
 from batchscore.config import load_model_config
 from batchscore.errors import EXIT_BAD_INPUT, ConfigError, ModelError
-from jobs.demo import feature_matrix, write_torchscript_mlp
-from udfs.backends import check_model, load_backend
-from udfs.model_cache import ModelCache
-from udfs.model_ref import model_ref
+from batchscore.testing.demo_data import feature_matrix, write_torchscript_mlp
+from batchscore.udfs.backends import check_model, load_backend
+from batchscore.udfs.model_cache import ModelCache
+from batchscore.udfs.model_ref import model_ref
 
 
 def _backend_helpers() -> object:

@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 
 from batchscore.errors import ModelError
-from jobs.demo import feature_matrix, mlp_forward, mlp_weights, write_onnx_mlp, write_torchscript_mlp
-from udfs import device as dev
-from udfs.backends import check_model, load_backend, task_cpus
+from batchscore.testing.demo_data import (
+    feature_matrix,
+    mlp_forward,
+    mlp_weights,
+    write_onnx_mlp,
+    write_torchscript_mlp,
+)
+from batchscore.udfs import device as dev
+from batchscore.udfs.backends import check_model, load_backend, task_cpus
 
 LAYERS = (8, 16, 3)
 
@@ -90,7 +96,6 @@ def test_output_count_and_probe_failures_are_refused(artifacts: dict[str, Path])
 
 
 def test_non_float_onnx_input_and_garbage_bytes_are_refused(tmp_path: Path) -> None:
-    import onnx
     from onnx import TensorProto, helper
 
     g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",

@@ -9,8 +9,13 @@ import pyarrow as pa
 import pytest
 
 from batchscore.errors import InputDataError, ModelError
-from jobs.demo import feature_matrix, mlp_forward, mlp_weights, write_onnx_mlp
-from udfs.arrow_input import (
+from batchscore.testing.demo_data import (
+    feature_matrix,
+    mlp_forward,
+    mlp_weights,
+    write_onnx_mlp,
+)
+from batchscore.udfs.arrow_input import (
     Packing,
     assemble,
     features_matrix,
@@ -18,9 +23,9 @@ from udfs.arrow_input import (
     matrix_from_list,
     packed_matrix,
 )
-from udfs.model_cache import LoadStatsParam, ModelCache
-from udfs.model_ref import model_ref
-from udfs.predict_udf import scored_batches
+from batchscore.udfs.model_cache import LoadStatsParam, ModelCache
+from batchscore.udfs.model_ref import model_ref
+from batchscore.udfs.scoring import scored_batches
 
 
 def test_columns_become_one_float32_matrix_with_casts_and_nan_for_nulls() -> None:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy.stats import entropy
 
-from validation import drift as D
-from validation.gate import decision, evaluate
-from validation.profile import cut_intervals, kl_intervals
-from validation.rules import Drift, NullRate, RowCount, Rules, ValueRange
+from batchscore.validation import drift as D
+from batchscore.validation.gate import decision, evaluate
+from batchscore.validation.profile import cut_intervals, kl_intervals
+from batchscore.validation.rules import Drift, NullRate, RowCount, Rules, ValueRange
 
 
 def _col(values: np.ndarray, cuts: list[float], ref: dict[str, Any] | None = None) -> dict[str, Any]:

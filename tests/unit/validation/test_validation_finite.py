@@ -11,12 +11,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from validation import drift as D
-from validation.gate import decision, evaluate
-from validation.partials import finish, merge, partial, quantiles, sketch_bin_counts
-from validation.profile import cut_intervals
-from validation.report import format_table, plot_histograms
-from validation.rules import Finite, NullRate, RowCount, Rules, ValueRange
+from batchscore.validation import drift as D
+from batchscore.validation.gate import decision, evaluate
+from batchscore.validation.partials import (
+    finish,
+    merge,
+    partial,
+    quantiles,
+    sketch_bin_counts,
+)
+from batchscore.validation.profile import cut_intervals
+from batchscore.validation.report import format_table, plot_histograms
+from batchscore.validation.rules import Finite, NullRate, RowCount, Rules, ValueRange
 
 
 def _strict_json(obj: Any) -> Any:

@@ -71,7 +71,7 @@ def test_malformed_rule_is_refused_with_file_rule_and_reason(tmp_path: Path, rul
 
 
 def test_rule_on_an_unknown_output_column_is_refused(tmp_path: Path) -> None:
-    from jobs.validate import rules_for
+    from batchscore.jobs.validate import rules_for
 
     p, load = _load(tmp_path, "mean: {min: 0, columns: [score, scroe]}")
     with pytest.raises(ConfigError, match=r"m\.yaml: validation\.mean\.columns: unknown output column\(s\) \['scroe'\]"):
@@ -79,7 +79,7 @@ def test_rule_on_an_unknown_output_column_is_refused(tmp_path: Path) -> None:
 
 
 def test_rules_resolve_to_every_output_column_by_default(tmp_path: Path) -> None:
-    from jobs.validate import rules_for
+    from batchscore.jobs.validate import rules_for
 
     p, load = _load(tmp_path, "range: {min: 0}\nstd: {max: 1, columns: [other]}\ndrift: {enabled: false}")
     rules = rules_for(load(p), input_rows=10)

@@ -10,7 +10,7 @@ S3 auth is on, with one admin identity (``access_key`` / ``secret_key``); :meth:
 the standard ``AWS_*`` variables a client (pyarrow, deltalake, boto3, Spark's s3a) needs.
 
 Stdlib only: :meth:`LocalS3.make_bucket` signs its request itself (SigV4). Run it by hand with
-``python -m batchscore.local_s3 [--data-dir D] [--bucket B ...] [--print-env]``: it prints the
+``python -m batchscore.testing.local_s3 [--data-dir D] [--bucket B ...] [--print-env]``: it prints the
 ``export AWS_...`` lines for a client (the secret key only with ``--print-env``) and runs until Ctrl-C.
 
 SeaweedFS differs from AWS S3 in ways a test may meet: deleting the last object under a prefix
@@ -488,7 +488,7 @@ class LocalS3:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batchscore.local_s3",
+    parser = argparse.ArgumentParser(prog="python -m batchscore.testing.local_s3",
                                      description="Run a throwaway S3 server (SeaweedFS weed mini) on loopback until Ctrl-C.")
     parser.add_argument("--data-dir", help="where the objects live (kept); default: a temp dir, removed on exit")
     parser.add_argument("--bucket", action="append", help="bucket to create (repeatable; default: batchscore)")

@@ -6,9 +6,9 @@
 * :func:`predict_column`: a column expression for users who want one, like a vectorized
   ``pandas_udf`` (struct of output columns), built on an iterator ``arrow_udf``.
 
-Both read the model from the worker's :data:`udfs.model_cache.CACHE` (loaded once per Python
+Both read the model from the worker's :data:`batchscore.udfs.model_cache.CACHE` (loaded once per Python
 worker, not per task or batch; the closure captures only the picklable :class:`ModelRef`), turn
-each Arrow batch into one float32 matrix (``udfs.arrow_input``), re-cut the rows into batches of
+each Arrow batch into one float32 matrix (``batchscore.udfs.arrow_input``), re-cut the rows into batches of
 exactly ``batch_size`` across Arrow batches, and, when the model runs on a GPU (``prefetch``),
 convert the next batch in a second thread while the model runs on the current one.
 
@@ -37,8 +37,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, FloatType, StructField, StructType
 
 from batchscore.errors import ModelError
-from udfs import model_cache
-from udfs.arrow_input import (
+from batchscore.udfs import model_cache
+from batchscore.udfs.arrow_input import (
     Packing,
     Piece,
     assemble,
@@ -46,8 +46,8 @@ from udfs.arrow_input import (
     matrix_from_list,
     packed_matrix,
 )
-from udfs.model_cache import load_event
-from udfs.model_ref import ModelRef
+from batchscore.udfs.model_cache import load_event
+from batchscore.udfs.model_ref import ModelRef
 
 _END = object()
 
@@ -204,7 +204,7 @@ def with_predictions(
     """``df``'s ``key`` and the model's outputs, one float column per name in ``columns``.
 
     ``sink``: consumes the scored batches inside the same task (e.g. writes them to storage,
-    :class:`udfs.staged_write.StagedWriter`); the frame is then what the sink yields."""
+    :class:`batchscore.udfs.staged_write.StagedWriter`); the frame is then what the sink yields."""
     width = len(features) if features else (ref.n_features or 0)
     frame, to_matrix = _scan_frame(df, key, features, feature_array, width)
     schema = StructType([df.schema[key], *output_schema(columns).fields])
@@ -293,7 +293,7 @@ def predict_column(
 ) -> Column:
     """A struct column of the model's outputs (one float field per output column).
 
-    ``loads``: an optional Spark accumulator (:func:`udfs.model_cache.load_accumulator`).
+    ``loads``: an optional Spark accumulator (:func:`batchscore.udfs.model_cache.load_accumulator`).
     """
     from pyspark.sql.functions import arrow_udf
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from batchscore import redis_layout as layout
-from batchscore.sinks import crashpoint
+from batchscore.testing import crashpoint
 
 #: Entities per pipelined round trip (bounded memory per task).
 PIPELINE_ENTITIES = 20_000

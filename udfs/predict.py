@@ -1,0 +1,233 @@
+"""``predict_udf``: the model as a vectorized iterator UDF, applied to columns.
+
+    from batchscore.udfs import predict_udf
+
+    score = predict_udf("models/churn.onnx", columns=["score"], batch_size=4096)
+    df.withColumn("score", score(*feature_cols))          # one float column per feature
+    df.withColumn("score", score(F.col("features")))      # or one array<float> column
+
+    both = predict_udf("models/two_heads.onnx", columns=["p_churn", "p_upsell"])
+    df.withColumn("s", both(F.col("features"))).select("user_id", "s.p_churn", "s.p_upsell")
+
+``kind="pandas"`` (the default) is a real ``pandas_udf`` of ``Iterator[tuple[pd.Series, ...]] ->
+Iterator[pd.Series]`` (one output) or ``Iterator[pd.DataFrame]`` (a struct of several outputs);
+``kind="arrow"`` is the same on Spark's ``arrow_udf`` (no pandas conversion, the faster of the two).
+Either way the model comes from the Python worker's cache (loaded once per worker, keyed by the
+artifact's sha256 + format + device + precision: :mod:`batchscore.udfs.model_cache`), runs on
+exactly ``batch_size`` rows at a time whatever Spark's Arrow batch size, on the device each task
+is given (``device="auto"``: the task's GPU when Spark assigned one, else CPU with one warning),
+in ``precision`` (``fp16``/``bf16`` for torch formats), as ``batchscore score`` does.
+
+The artifact is read once on the driver: hashed (the cache key) and, with ``check=True``, loaded on
+CPU and probed with the feature width, so a wrong file, format or width fails at the call site in
+one line rather than inside a task. Nulls in feature columns reach the model as NaN; a null or
+short feature array fails the task with the column named. ``models:/`` registry URIs are resolved
+by the jobs (``batchscore.registry``); here give the artifact's own URI (a path or ``s3://``,
+``gs://``, ``abfss://``, ``hdfs://``; credentials from the standard environment variables).
+"""
+
+# No ``from __future__ import annotations`` here: pandas_udf reads the real type hints of the
+# function it wraps (typing.get_type_hints) to choose the iterator eval type.
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Literal, Tuple, Union
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+from pyspark.sql.types import DataType, FloatType, StructField, StructType
+
+from batchscore.errors import ConfigError, InputDataError
+from batchscore import storage as st
+from batchscore.storage import DEFAULT, Storage
+from batchscore.udfs.arrow_input import features_matrix
+from batchscore.udfs.model_ref import ModelRef, hash_bytes, read_artifact
+from batchscore.udfs.scoring import score_pieces
+
+__all__ = ["FORMATS", "PredictUDF", "predict_udf"]
+
+#: Artifact suffix -> ``format`` when it is not given.
+FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".pt2": "torch_export"}
+KINDS = ("pandas", "arrow")
+
+
+@dataclass(frozen=True)
+class PredictUDF:
+    """What :func:`predict_udf` returns: call it on the feature columns to get the score column."""
+
+    ref: ModelRef
+    columns: tuple[str, ...]
+    batch_size: int
+    kind: str
+    prefetch: int | None = None
+    loads: Any = None  # an optional Spark accumulator of model loads (model_cache.load_accumulator)
+
+    @property
+    def return_type(self) -> DataType:
+        """``float`` for one output, a struct of one float field per output otherwise."""
+        if len(self.columns) == 1:
+            return FloatType()
+        return StructType([StructField(c, FloatType(), True) for c in self.columns])
+
+    def __call__(self, *cols: Union[Column, str]) -> Column:
+        if not cols:
+            raise ConfigError("predict_udf(...)(): give the feature columns, e.g. udf(*feature_cols) "
+                              "or udf(F.col('features'))")
+        exprs = [F.col(c) if isinstance(c, str) else c for c in cols]
+        labels = tuple(c if isinstance(c, str) else _label(c) for c in cols)
+        if self.kind == "pandas":
+            return _pandas_udf(self, labels)(*exprs)
+        if len(exprs) == 1:  # an array<float> column (or a one-feature model): passed as it is
+            return _arrow_udf(self, labels, packed=False)(exprs[0])
+        arg = F.struct(*[e.alias(f"_{i}") for i, e in enumerate(exprs)])
+        return _arrow_udf(self, labels, packed=True)(arg)
+
+
+def predict_udf(
+    model_uri: str,
+    *,
+    format: str | None = None,  # noqa: A002 - the name the configs use (model.format)
+    columns: Sequence[str] = ("score",),
+    batch_size: int = 4096,
+    device: str = "auto",
+    precision: str = "fp32",
+    kind: Literal["pandas", "arrow"] = "pandas",
+    n_features: int | None = None,
+    prefetch: int | None = None,
+    check: bool = True,
+    storage: Storage | None = None,
+    loads: Any = None,
+) -> PredictUDF:
+    """A vectorized iterator UDF scoring ``model_uri``; call it on the feature columns.
+
+    ``format``: ``onnx``, ``torchscript`` or ``torch_export`` (default: from the suffix, ``.onnx``,
+    ``.pt``, ``.pt2``). ``columns``: the names of the model's outputs (one: a float column; several:
+    a struct with these fields). ``device``: ``auto``, ``cpu`` or ``cuda``. ``n_features``: the
+    feature width, needed only for the load-time warm-up and check of an array-input model whose
+    artifact does not declare it. ``storage``: how executors reach a store URI (default: the
+    standard environment variables as the driver sees them, passed to the tasks in the closure).
+    """
+    fmt = format or FORMATS.get(PurePosixPath(model_uri.split("?")[0]).suffix.lower())
+    if fmt not in FORMATS.values():
+        raise ConfigError(f"predict_udf({model_uri!r}): format {fmt!r} unknown; give format= one of "
+                          f"{', '.join(sorted(set(FORMATS.values())))}")
+    if kind not in KINDS:
+        raise ConfigError(f"predict_udf: kind {kind!r} unknown; use 'pandas' or 'arrow'")
+    if not columns or len(set(columns)) != len(columns):
+        raise ConfigError(f"predict_udf: columns {list(columns)!r} must be distinct output names, at least one")
+    if batch_size < 1:
+        raise ConfigError(f"predict_udf: batch_size {batch_size} must be at least 1")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"predict_udf: device {device!r} unknown; use 'auto', 'cpu' or 'cuda'")
+    model_uri = st.normalize(model_uri)
+    if st.is_local(model_uri):  # the workers' working directory is not the driver's
+        model_uri = str(Path(model_uri).resolve())
+    store = (storage or DEFAULT).captured()
+    data = read_artifact(model_uri, store)
+    if check:
+        width = _checked_width(data, fmt=fmt, uri=model_uri, precision=precision, n_features=n_features,
+                               n_outputs=len(columns))
+        n_features = n_features or width
+    ref = ModelRef(uri=model_uri, sha256=hash_bytes(data), format=fmt, device=device, precision=precision,
+                   n_features=n_features, storage=store)
+    return PredictUDF(ref=ref, columns=tuple(columns), batch_size=batch_size, kind=kind, prefetch=prefetch,
+                      loads=loads)
+
+
+def _checked_width(data: bytes, *, fmt: str, uri: str, precision: str, n_features: int | None,
+                   n_outputs: int) -> int | None:
+    """Load the artifact on CPU, probe it with ``n_features`` (or the width it declares) and check
+    the output count; the width, when known."""
+    from batchscore.udfs.backends import check_model, load_backend
+
+    backend = load_backend(data, fmt=fmt, uri=uri, device="cpu",
+                           precision="fp32" if fmt == "onnx" else precision)
+    width = n_features or backend.n_inputs
+    if width is not None:
+        check_model(backend, uri=uri, n_features=width, n_outputs=n_outputs)
+    return width
+
+
+def _label(col: Column) -> str:
+    text = str(col)  # Column<'features'>
+    return text[len("Column<'"):-2] if text.startswith("Column<'") and text.endswith("'>") else text
+
+
+def _pandas_matrix(parts: Tuple[Any, ...], labels: Tuple[str, ...], width: int | None) -> np.ndarray:
+    """The float32 ``(rows, width)`` matrix of one pandas batch: several numeric Series, one
+    Series of arrays, or a DataFrame (a struct column)."""
+    if len(parts) == 1 and isinstance(parts[0], pd.DataFrame):
+        frame = parts[0]
+        parts, labels = tuple(frame[c] for c in frame.columns), tuple(map(str, frame.columns))
+    if len(parts) == 1 and parts[0].dtype == object:
+        s, label = parts[0], labels[0]
+        values = s.to_numpy()
+        if s.isna().any():
+            raise InputDataError(f"feature array column '{label}' has {int(s.isna().sum())} null row(s) in a batch; "
+                                 "fill or drop them upstream")
+        lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+        want = width if width is not None else (int(lengths[0]) if len(lengths) else 0)
+        if len(lengths) and not (lengths == want).all():
+            bad = int(lengths[np.argmax(lengths != want)])
+            raise InputDataError(f"feature array column '{label}' has a row of length {bad}, expected {want}; "
+                                 f"every row must have exactly {want} values")
+        if not len(values):
+            return np.empty((0, want), dtype=np.float32)
+        return np.stack(values).astype(np.float32, copy=False)
+    x = np.empty((len(parts[0]), len(parts)), dtype=np.float32)
+    for j, s in enumerate(parts):
+        x[:, j] = s.to_numpy(dtype=np.float32, na_value=np.nan)
+    return x
+
+
+def _pandas_udf(u: PredictUDF, labels: Tuple[str, ...]) -> Any:
+    ref, columns, batch_size, prefetch, loads = u.ref, list(u.columns), u.batch_size, u.prefetch, u.loads
+    width = ref.n_features
+    multi = len(columns) > 1
+
+    def matrices(batches: Iterator[Any]) -> Iterator[Tuple[None, np.ndarray]]:
+        for b in batches:
+            yield None, _pandas_matrix(b if isinstance(b, tuple) else (b,), labels, width)
+
+    def predict(batches: Iterator[Tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
+        for _, out in score_pieces(ref, matrices(batches), n_outputs=len(columns), batch_size=batch_size,
+                                   loads=loads, prefetch=prefetch):
+            yield pd.DataFrame(out, columns=columns, copy=False) if multi else pd.Series(out[:, 0])
+
+    if len(labels) == 1:  # one argument: Spark passes each batch as a Series (or a DataFrame), not a tuple
+        def predict_one(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+            return predict(batches)  # type: ignore[arg-type]
+
+        return F.pandas_udf(predict_one, u.return_type)  # type: ignore[call-overload]
+    return F.pandas_udf(predict, u.return_type)  # type: ignore[call-overload]
+
+
+def _arrow_udf(u: PredictUDF, labels: Tuple[str, ...], *, packed: bool) -> Any:
+    ref, columns, batch_size, prefetch, loads = u.ref, list(u.columns), u.batch_size, u.prefetch, u.loads
+    names = [f"_{i}" for i in range(len(labels))]
+    multi = len(columns) > 1
+    fields = [pa.field(c, pa.float32()) for c in columns]
+
+    def matrix(a: Any) -> np.ndarray:
+        if packed:
+            return features_matrix(a, names, None, len(names))
+        if pa.types.is_list(a.type) or pa.types.is_large_list(a.type) or pa.types.is_fixed_size_list(a.type):
+            width = ref.n_features or (a.type.list_size if pa.types.is_fixed_size_list(a.type) else
+                                       (int(a.value_lengths()[0].as_py()) if len(a) and a.is_valid()[0].as_py() else 0))
+            return features_matrix(pa.StructArray.from_arrays([a], [labels[0]]), None, labels[0], width)
+        return features_matrix(pa.StructArray.from_arrays([a], ["_0"]), ["_0"], None, 1)
+
+    def predict(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
+        pieces = ((None, matrix(a)) for a in arrays)
+        for _, out in score_pieces(ref, pieces, n_outputs=len(columns), batch_size=batch_size, loads=loads,
+                                   prefetch=prefetch):
+            if multi:
+                yield pa.StructArray.from_arrays([pa.array(out[:, j]) for j in range(len(columns))], fields=fields)
+            else:
+                yield pa.array(out[:, 0], type=pa.float32())
+
+    return F.arrow_udf(predict, u.return_type)  # type: ignore[attr-defined]
