@@ -19,8 +19,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from batchscore import local_s3
 from batchscore.errors import BatchscoreError
+from batchscore.testing import local_s3
 from batchscore.testing.local_s3 import LocalS3, weed_binary
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from batchscore import local_redis
+from batchscore.testing import local_redis
 from batchscore.testing.local_redis import (
     LocalRedis,
     cli_binary,
