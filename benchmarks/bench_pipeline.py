@@ -98,7 +98,8 @@ def main() -> int:
                                                                      "spark.sql.shuffle.partitions": "2"})
     ok = True
     print(f"pipeline benchmark: batchscore run, {args.rows:,} rows x {N_FEATURES} float32, local[2], one redis-server")
-    print(f"  {'model':<6} {'stage':<9} {'seconds':>8} {'rows/s':>12}   {'ceiling':<34} {'seconds':>8} {'ratio':>6}  goal")
+    print(f"  {'model':<6} {'stage':<9} {'seconds':>8} {'rows/s':>12}   "
+          f"{'ceiling':<34} {'seconds':>8} {'ratio':>6}  goal")
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         for model in args.models:
             r = bench_model(spark, model, data, Path(tmp), args.rows)
@@ -118,7 +119,8 @@ def main() -> int:
                 ok &= met
                 print(f"  {model:<6} {stage:<9} {secs:>8.2f} {args.rows / secs:>12,.0f}   {ceiling:<34} {base:>8.2f} "
                       f"{ratio:>6.2f}  {goal}")
-            print(f"  {model:<6} {'run':<9} {r['run']:>8.2f} {args.rows / r['run']:>12,.0f}   (score + validate + publish)")
+            print(f"  {model:<6} {'run':<9} {r['run']:>8.2f} {args.rows / r['run']:>12,.0f}   "
+                  "(score + validate + publish)")
     spark.stop()  # type: ignore[attr-defined]
     print("goals: " + ("met" if ok else "MISSED"))
     return 0 if ok else 1

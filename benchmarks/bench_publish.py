@@ -77,7 +77,8 @@ def pipe_file(path: Path, table: Path, run_id: str, *, per_key: bool, version: i
 def redis_cli_pipe(port: int, path: Path) -> float:
     started = time.perf_counter()
     with path.open("rb") as f:
-        out = subprocess.run([cli_binary(), "-p", str(port), "--pipe"], stdin=f, capture_output=True, text=True, check=True)
+        out = subprocess.run([cli_binary(), "-p", str(port), "--pipe"], stdin=f, capture_output=True, text=True,
+                             check=True)
     assert "errors: 0" in out.stdout, out.stdout
     return time.perf_counter() - started
 
@@ -86,7 +87,8 @@ def used(url: str) -> int:
     return int(connect(url).info("memory")["used_memory"])
 
 
-def load_and_verify(spark: object, cfg: object, paths: list[str], url: str, store: RedisVersions, version: object) -> None:
+def load_and_verify(spark: object, cfg: object, paths: list[str], url: str, store: RedisVersions,
+                    version: object) -> None:
     """What a publish does to Redis for one version: the fenced executor load, then verify."""
     store.verify(version, load_version(spark, cfg, paths, url, version, store.fence()))  # type: ignore[arg-type]
 
@@ -164,7 +166,8 @@ def main() -> int:
     rows = [
         ("publish load (Spark local[2] -> Redis)", f"{rate:,.0f} entities/s", f"{load['publish_s']:.2f} s"),
         ("redis-cli --pipe, HSET per entity", f"{pipe_rate:,.0f} entities/s", f"{load['pipe_s']:.2f} s"),
-        ("redis-cli --pipe, SET per entity", f"{args.rows / load['set_pipe_s']:,.0f} entities/s", f"{load['set_pipe_s']:.2f} s"),
+        ("redis-cli --pipe, SET per entity", f"{args.rows / load['set_pipe_s']:,.0f} entities/s",
+         f"{load['set_pipe_s']:.2f} s"),
         ("publish / redis-cli (bar >= 0.7)", f"{load['ratio']:.2f}x",
          f"median of per-round ratios ({load['ratio_lo']:.2f}..{load['ratio_hi']:.2f})"),
         ("bytes/entity, bucketed hashes", f"{load['bucketed_bpe']:.1f} B", "INFO memory"),

@@ -256,7 +256,8 @@ def one_run(spark: Any, meter: StepMeter, probe: StoreProbe, fs: Any, work: Path
     val_rep = meter.reports.get("validate", {})
     return {"steps": {s: float(rep["steps"][s]) for s in STEPS}, "run": float(rep["seconds"]),
             "bytes": dict(meter.steps), "objects": objects, "written": written,
-            "staged_bytes": int(score_rep.get("staged_bytes", 0)), "staged_files": int(score_rep.get("staged_files", 0)),
+            "staged_bytes": int(score_rep.get("staged_bytes", 0)),
+            "staged_files": int(score_rep.get("staged_files", 0)),
             "model_loads": rep["model_loads"], "validate_timings": val_rep.get("timings", {}),
             "profile": profiler.take() if profiler is not None else {}}
 
@@ -280,7 +281,8 @@ def print_profile(results: dict[str, dict[str, list[dict[str, Any]]]], models: l
 
         order = {s: i for i, s in enumerate(STEPS)}
         rows = sorted(names, key=lambda n: (order.get(n.split(":")[0], 9), -(med(rem, n, 1) - med(loc, n, 1))))
-        print(f"  {model}: {'step: function':<42} {'calls local':>11} {'calls s3':>9} {'local s':>8} {'s3 s':>8} {'s3 - local':>10}")
+        print(f"  {model}: {'step: function':<42} {'calls local':>11} {'calls s3':>9} {'local s':>8} {'s3 s':>8} "
+              f"{'s3 - local':>10}")
         for n in rows:
             lc, rc, ls, rs = med(loc, n, 0), med(rem, n, 0), med(loc, n, 1), med(rem, n, 1)
             if max(ls, rs) < 0.005:
@@ -357,7 +359,8 @@ def main() -> int:
               f"median of {args.reps} rounds after 1 warm-up")
         print(f"  input {mb(input_bytes)} in {len(list(data.glob('*.parquet')))} files; models "
               + ", ".join(f"{m} {model_bytes[m]:,} B" for m in args.models)
-              + f"; upload {up_s:.1f}s; benchmark {bench_s:.0f}s; load average {load0[0]:.2f} before, {load1[0]:.2f} after")
+              + f"; upload {up_s:.1f}s; benchmark {bench_s:.0f}s; "
+              f"load average {load0[0]:.2f} before, {load1[0]:.2f} after")
         print(f"\n  {'model':<6} {'step':<9} {'local s':>8} {'s3 s':>8} {'local rows/s':>13} {'s3 rows/s':>11} "
               f"{'s3/local':>9} {'rounds':>16}  bar")
         for model in args.models:
@@ -381,7 +384,8 @@ def main() -> int:
         print("\n  bytes moved per S3 run (median of the rounds): S3 gateway counters (client <-> store), "
               "requests by type, weed process rchar/wchar")
         print(f"  {'model':<6} {'step':<9} {'to store':>10} {'from store':>11} {'GET+HEAD':>8} {'PUT':>5} "
-              f"{'POST':>5} {'LIST':>5} {'DEL':>5} {'weed rchar':>11} {'weed wchar':>11} {'weed CPU':>8}  from-store / staged bytes")
+              f"{'POST':>5} {'LIST':>5} {'DEL':>5} {'weed rchar':>11} {'weed wchar':>11} {'weed CPU':>8}  "
+              "from-store / staged bytes")
         for model in args.models:
             rem = results[model]["s3"]
             staged = statistics.median(x["staged_bytes"] for x in rem)
@@ -399,7 +403,8 @@ def main() -> int:
                     extra = f"{sent / staged:.2f}x" if staged else ""
                 print(f"  {model:<6} {step:<9} {mb(med('net_received')):>10} {mb(sent):>11} {med('req_GET'):>8.0f} "
                       f"{med('req_PUT'):>5.0f} {med('req_POST'):>5.0f} {med('req_LIST'):>5.0f} "
-                      f"{med('req_DELETE'):>5.0f} {mb(med('proc_rchar')):>11} {mb(med('proc_wchar')):>11} {med('proc_cpu'):>7.2f}s  {extra}")
+                      f"{med('req_DELETE'):>5.0f} {mb(med('proc_rchar')):>11} {mb(med('proc_wchar')):>11} "
+                      f"{med('proc_cpu'):>7.2f}s  {extra}")
             objs = statistics.median(x["objects"] for x in rem)
             written = statistics.median(x["written"] for x in rem)
             lw = statistics.median(x["written"] for x in results[model]["local"])

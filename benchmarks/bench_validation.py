@@ -5,8 +5,8 @@ Light model: ONNX MLP 32 -> 64 -> 1 over 1M rows of 32 float32 features (generat
 (JVM start, GX and matplotlib imports included in the step that pays them):
 
 1. run ``a``: score, then validate (first run: absolute rules, bins frozen from its quantiles and
-   counted from the same pass's sketches: one pass), then commit ``a`` to Delta with its profile, exactly as ``publish`` stores it
-   (Redis loading is not what is measured here, so it is skipped).
+   counted from the same pass's sketches: one pass), then commit ``a`` to Delta with its profile,
+   exactly as ``publish`` stores it (Redis loading is not what is measured here, so it is skipped).
 2. run ``b``: score, then validate against ``a`` (PSI, KL, mean shift...: one pass).
 
 Prints both runs' times and ratios; exits 1 when either run's validate/score ratio is above 0.15.

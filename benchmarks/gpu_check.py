@@ -62,7 +62,8 @@ def main() -> int:
             return np.concatenate([out for _, out in score_pieces(ref, pieces, n_outputs=1, batch_size=args.batch)])
         how = "batchscore.udfs.scoring.score_pieces (exact batches; next batch prepared in a thread on GPU)"
     except ImportError as exc:  # no pyspark/pyarrow here: the backend alone
-        backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=ref.uri, device=device, precision=args.precision)
+        backend = load_backend(read_artifact(ref.uri), fmt=ref.format, uri=ref.uri, device=device,
+                               precision=args.precision)
 
         def batchscore() -> np.ndarray:
             return np.concatenate([backend.predict(x[i : i + args.batch]) for i in range(0, len(x), args.batch)])
@@ -94,7 +95,8 @@ def main() -> int:
     diff = float(np.max(np.abs(raw_out - ours)))
     rate = {k: args.rows / statistics.median(v) for k, v in times.items()}
     per_round = [tr / tb for tr, tb in zip(times["raw torch (tensors on device)"], times["batchscore"], strict=True)]
-    print(f"{args.rows:,} rows x {LAYERS[0]}, batch {args.batch}, {args.precision}, median of {args.reps}; batchscore via {how}")
+    print(f"{args.rows:,} rows x {LAYERS[0]}, batch {args.batch}, {args.precision}, median of {args.reps}; "
+          f"batchscore via {how}")
     for k, r in rate.items():
         print(f"  {k:32} {r:14,.0f} rows/s")
     ratio = statistics.median(per_round)

@@ -1,5 +1,6 @@
-"""Pytest fixtures for a real S3-compatible server on loopback (SeaweedFS ``weed mini``, batchscore/testing/local_s3.py).
+"""Pytest fixtures for a real S3-compatible server on loopback (SeaweedFS ``weed mini``).
 
+The server is batchscore/testing/local_s3.py.
 Register with ``pytest_plugins = ["tests.s3_fixtures"]``.
 
 * ``s3_server``: one :class:`~batchscore.testing.local_s3.LocalS3` for the session (bucket ``batchscore``);

@@ -132,5 +132,6 @@ def test_job_environment_has_no_pyspark_client() -> None:
     job_python = REPO / ".venv" / "bin" / "python"
     if not job_python.exists():
         pytest.skip("no job environment (.venv)")
-    code = "import importlib.metadata as m, sys; sys.exit(0 if 'pyspark-client' not in {d.metadata['Name'].lower() for d in m.distributions()} else 1)"
+    code = ("import importlib.metadata as m, sys; "
+            "sys.exit(0 if 'pyspark-client' not in {d.metadata['Name'].lower() for d in m.distributions()} else 1)")
     assert subprocess.run([str(job_python), "-c", code], timeout=120).returncode == 0

@@ -219,7 +219,8 @@ def test_scheduler_runs_the_dags_from_another_working_directory(
     d = deployment
     demo, block = _configs(tmp_path / "project")
     py = str(job_env / "bin" / "python")
-    run_job_env(py, "-m", "batchscore.jobs.demo", "--model-config", str(demo), "--rows", "2000", "--setup-only", cwd=d.cwd)
+    run_job_env(py, "-m", "batchscore.jobs.demo", "--model-config", str(demo), "--rows", "2000", "--setup-only",
+                cwd=d.cwd)
 
     ids = ("batchscore_demo", "batchscore_demoblock")
     _wait(d, "the DAG processor to store both DAGs", lambda: len(d.query(

@@ -73,16 +73,23 @@ CASES = {
     "missing config": (lambda w: w["dir"] / "nope.yaml", 2, "model config not found"),
     "malformed config": (lambda w: _raw(w, "name: bad\nmodel: [\n"), 2, "not valid YAML"),
     "unknown model format": (lambda w: _variant(w, "fmt", model={"format": "pmml"}), 2, "field 'model.format'"),
-    "model file missing": (lambda w: _variant(w, "nofile", model={"uri": str(w["dir"] / "gone.onnx")}), 2, "gone.onnx not found"),
-    "not a model": (lambda w: _variant(w, "garbage", model={"uri": str(w["dir"] / "garbage.onnx")}), 2, "not a loadable ONNX model"),
-    "feature column missing": (lambda w: _variant(w, "nocol", input={"features": [*FEATS[:3], "zz"]}), 2, "feature column 'zz' not found"),
-    "feature of wrong type": (lambda w: _variant(w, "str", input={"path": str(w["dir"] / "strings.parquet")}), 2, "feature column 'f0' has type string"),
+    "model file missing": (lambda w: _variant(w, "nofile", model={"uri": str(w["dir"] / "gone.onnx")}), 2,
+                           "gone.onnx not found"),
+    "not a model": (lambda w: _variant(w, "garbage", model={"uri": str(w["dir"] / "garbage.onnx")}), 2,
+                    "not a loadable ONNX model"),
+    "feature column missing": (lambda w: _variant(w, "nocol", input={"features": [*FEATS[:3], "zz"]}), 2,
+                               "feature column 'zz' not found"),
+    "feature of wrong type": (lambda w: _variant(w, "str", input={"path": str(w["dir"] / "strings.parquet")}), 2,
+                              "feature column 'f0' has type string"),
     "empty input": (lambda w: _variant(w, "empty", input={"path": str(w["dir"] / "empty.parquet")}), 2, "is empty"),
     "null keys": (lambda w: _variant(w, "nullkeys", input={"path": str(w["dir"] / "null_keys.parquet")}), 2,
                   "2 row(s) have a null key in 'user_id'"),
-    "duplicate keys": (lambda w: _variant(w, "dups", input={"path": str(w["dir"] / "dups.parquet")}), 2, "3 duplicate key(s) in 'user_id'"),
-    "wrong output shape": (lambda w: _variant(w, "shape", model={"uri": str(w["dir"] / "two_outputs.onnx")}), 2, "does not match outputs.columns"),
-    "missing input table": (lambda w: _variant(w, "noinput", input={"path": str(w["dir"] / "nothing.parquet")}), 2, "not found"),
+    "duplicate keys": (lambda w: _variant(w, "dups", input={"path": str(w["dir"] / "dups.parquet")}), 2,
+                       "3 duplicate key(s) in 'user_id'"),
+    "wrong output shape": (lambda w: _variant(w, "shape", model={"uri": str(w["dir"] / "two_outputs.onnx")}), 2,
+                           "does not match outputs.columns"),
+    "missing input table": (lambda w: _variant(w, "noinput", input={"path": str(w["dir"] / "nothing.parquet")}), 2,
+                            "not found"),
 }
 
 
@@ -93,7 +100,8 @@ def _raw(world: dict[str, Any], text: str) -> Path:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_refused_and_publishes_nothing(world: dict[str, Any], case: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_refused_and_publishes_nothing(world: dict[str, Any], case: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     make, code, needle = CASES[case]
     before = _state(world)
     capsys.readouterr()
@@ -103,7 +111,8 @@ def test_bad_input_is_refused_and_publishes_nothing(world: dict[str, Any], case:
     assert _state(world) == before
 
 
-def test_redis_unreachable_is_an_infrastructure_error(world: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redis_unreachable_is_an_infrastructure_error(world: dict[str, Any], capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     before = _state(world)
     monkeypatch.setenv("BATCHSCORE_REDIS_URL", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
     capsys.readouterr()

@@ -33,7 +33,8 @@ def test_spark_submit_score_then_cli_validate_publish_lookup(make_config: Any, r
     out = _run([sys.executable, "-m", "batchscore", "publish", *args], env)
     assert "redis version" in out.stdout and "delta version : 0" in out.stdout
     keys = [0, 7, 999]
-    out = _run([sys.executable, "-m", "batchscore", "lookup", "--model-config", str(cfg), "--json", *map(str, keys)], env)
+    out = _run([sys.executable, "-m", "batchscore", "lookup", "--model-config", str(cfg), "--json", *map(str, keys)],
+               env)
     import json
 
     got = [json.loads(line) for line in out.stdout.splitlines()]

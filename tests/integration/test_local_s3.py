@@ -146,7 +146,10 @@ def test_wrong_secret_is_refused(s3_server: LocalS3) -> None:
     bad = s3fs(s3_server, secret_key="not-the-secret")
     with pytest.raises(OSError, match=r"(?i)access.?denied|403|signature"):
         bad.open_input_stream("batchscore/auth/probe.txt").read()
-    with pytest.raises(OSError, match=r"(?i)access.?denied|403|signature"), bad.open_output_stream("batchscore/auth/x") as f:
+    with (
+        pytest.raises(OSError, match=r"(?i)access.?denied|403|signature"),
+        bad.open_output_stream("batchscore/auth/x") as f,
+    ):
         f.write(b"no")
     unknown = pafs.S3FileSystem(endpoint_override=s3_server.endpoint, scheme="http", region=s3_server.region,
                                 access_key="nobody", secret_key=s3_server.secret_key)
@@ -231,7 +234,10 @@ def test_close_removes_temp_dir_but_keeps_a_given_data_dir(tmp_path: Path) -> No
     assert data is not None and not data.exists()
 
     given = tmp_path / "s3data"
-    with LocalS3(data_dir=str(given), secret_key="first") as server, s3fs(server).open_output_stream("batchscore/k") as f:
+    with (
+        LocalS3(data_dir=str(given), secret_key="first") as server,
+        s3fs(server).open_output_stream("batchscore/k") as f,
+    ):
         f.write(b"v1")
     assert given.is_dir()
     with LocalS3(data_dir=str(given), secret_key="second") as server:  # new ports, new key, same data
@@ -293,9 +299,9 @@ def test_start_failure_reports_the_log_tail(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_main_prints_env_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     data = tmp_path / "d"
-    proc = subprocess.Popen([sys.executable, "-m", "batchscore.testing.local_s3", "--data-dir", str(data), "--print-env",
-                             "--bucket", "demo-bucket"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "batchscore.testing.local_s3", "--data-dir", str(data),
+                             "--print-env", "--bucket", "demo-bucket"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         lines = [proc.stdout.readline().strip() for _ in range(7)] if proc.stdout else []
         env = dict(line.removeprefix("export ").split("=", 1) for line in lines if line.startswith("export "))
@@ -313,8 +319,8 @@ def test_main_prints_env_and_stops_on_ctrl_c(tmp_path: Path) -> None:
 
 
 def test_main_without_print_env_keeps_the_secret_to_itself() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "batchscore.testing.local_s3", "--secret-key", "hush-hush-123"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "batchscore.testing.local_s3", "--secret-key", "hush-hush-123"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = [proc.stdout.readline().strip() for _ in range(7)] if proc.stdout else []
         assert any(line.startswith("export AWS_ENDPOINT_URL=http://127.0.0.1:") for line in lines), lines

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from deltalake import DeltaTable
+from mlflow_server import HINT, MlflowServer, server_binary  # tests/integration is on sys.path; imports no mlflow
 
 from batchscore import ScoreReader
 from batchscore import redis_layout as layout
@@ -31,11 +32,6 @@ from batchscore.registry import check_alias_unchanged
 from batchscore.testing.demo_data import write_onnx_mlp
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed: pip install -e '.[mlflow]'")
-from mlflow_server import (  # after the skip; tests/integration is on sys.path
-    HINT,
-    MlflowServer,
-    server_binary,
-)
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 RUN_DATE = "2026-11-30"
@@ -226,7 +222,8 @@ SIGNATURES = {
     "output names": (lambda: column_sig(FEATS, ["probability"]),
                      ("outputs.columns ['score'] does not match the model signature's outputs ['probability']; "
                       "set outputs.columns to ['probability']")),
-    "output width": (lambda: tensor_sig(8, 2), "the model signature gives 2 output column(s) but outputs.columns names 1"),
+    "output width": (lambda: tensor_sig(8, 2),
+                     "the model signature gives 2 output column(s) but outputs.columns names 1"),
 }
 
 
@@ -291,7 +288,8 @@ def test_alias_moved_between_score_and_publish_is_caught(spark: Any, make_config
                                          f"models:/{name}@champion"):
         check_alias_unchanged(pinned, scored)
     # A run scored from a pinned version needs no registry call (a version never moves) ...
-    check_alias_unchanged(pinned, {**scored, "registry": {**scored["registry"], "uri": pinned.model.uri, "alias": None}})
+    check_alias_unchanged(pinned,
+                          {**scored, "registry": {**scored["registry"], "uri": pinned.model.uri, "alias": None}})
     # ... and a model given by path has nothing to check.
     plain = load_model_config(make_config(rows=300, name="mm", model={"uri": str(tmp_path / "one.onnx")}))
     check_alias_unchanged(plain, {"run_id": "x", "registry": None})
@@ -374,14 +372,17 @@ def test_torch_artifacts_are_found_by_the_convention(make_config: Any, registry:
     want = mlp_forward(mlp_weights((8, 16, 1), seed=41), x)
     plain, _ = registry.log_file("demo_ts_file", scripted)  # a TorchScript file logged as a plain artifact
     with mlflow.start_run():
-        pt2 = mlflow.pytorch.log_model(torch.jit.load(str(scripted)), name="model", registered_model_name="demo_ts_flavour",
+        pt2 = mlflow.pytorch.log_model(torch.jit.load(str(scripted)), name="model",
+                                       registered_model_name="demo_ts_flavour",
                                        serialization_format="pickle", signature=tensor_sig(8, 1),
                                        pip_requirements=["torch"]).registered_model_version
         module = torch.nn.Sequential(torch.nn.Linear(8, 1), torch.nn.Sigmoid())
-        exported = mlflow.pytorch.log_model(module, name="model", registered_model_name="demo_pt2", signature=tensor_sig(8, 1),
-                                            input_example=x[:4], pip_requirements=["torch"]).registered_model_version  # pt2
+        exported = mlflow.pytorch.log_model(module, name="model", registered_model_name="demo_pt2",
+                                            signature=tensor_sig(8, 1), input_example=x[:4],
+                                            pip_requirements=["torch"]).registered_model_version  # pt2
         pickled = mlflow.pytorch.log_model(module, name="model", registered_model_name="demo_pickled",
-                                           serialization_format="pickle", pip_requirements=["torch"]).registered_model_version
+                                           serialization_format="pickle",
+                                           pip_requirements=["torch"]).registered_model_version
     cases = [(f"models:/demo_ts_file/{plain}", "torchscript", "mlp.pt"),
              (f"models:/demo_ts_flavour/{pt2}", "torchscript", "data/model.pth"),
              (f"models:/demo_pt2/{exported}", "torch_export", "data/model.pt2")]
@@ -394,6 +395,7 @@ def test_torch_artifacts_are_found_by_the_convention(make_config: Any, registry:
         if "demo_pt2" not in uri:
             got = load_backend(Path(path).read_bytes(), fmt=fmt, uri=path, device="cpu").predict(x)
             assert np.allclose(got, want, atol=1e-6)
-    cfg = load_model_config(make_config(name="t9", model={"uri": f"models:/demo_pickled/{pickled}", "format": "torchscript"}))
+    cfg = load_model_config(make_config(name="t9", model={"uri": f"models:/demo_pickled/{pickled}",
+                                                          "format": "torchscript"}))
     with pytest.raises(ModelError, match="is a pickled torch module .*not TorchScript"):
         resolve_artifact(cfg)

@@ -91,7 +91,8 @@ def _f32(x: float) -> bytes:
 # -- (a) the reader's own suite: the shared vectors ------------------------------------------------
 
 def test_node_reader_passes_the_shared_vectors(node: str, redis_url: str) -> None:
-    res = subprocess.run([node, "--test", "--test-reporter=tap", "test/"], cwd=NODE_DIR, env=_node_env(BATCHSCORE_TEST_REDIS_URL=redis_url),
+    res = subprocess.run([node, "--test", "--test-reporter=tap", "test/"], cwd=NODE_DIR,
+                         env=_node_env(BATCHSCORE_TEST_REDIS_URL=redis_url),
                          capture_output=True, text=True, timeout=120, check=False)
     tail = "\n".join((res.stdout + res.stderr).splitlines()[-60:])
     assert res.returncode == 0, f"node --test failed ({res.returncode}):\n{tail}"
@@ -190,7 +191,7 @@ def test_node_readers_never_see_a_mix_through_publishes(spark: Any, node: str, m
             ids[rep["redis_version"]] = i
         time.sleep(0.3)  # let both see the last flip
     finally:
-        for proc, fh, _ in pollers:
+        for proc, _fh, _ in pollers:
             if proc.stdin is not None:
                 proc.stdin.close()  # poll.js stops when its input closes
         for proc, fh, _ in pollers:

@@ -81,7 +81,8 @@ def test_every_row_reaches_delta_and_redis_with_the_models_score(spark: Any, mak
     assert 1 <= report["model_loads"] <= 2
 
 
-def test_second_run_swaps_atomically_for_a_polling_reader(spark: Any, make_config: Any, redis_url: str, tmp_path: Path) -> None:
+def test_second_run_swaps_atomically_for_a_polling_reader(spark: Any, make_config: Any, redis_url: str,
+                                                          tmp_path: Path) -> None:
     cfg_path = make_config(rows=2000)
     first = run_pipeline(spark, cfg_path, redis_url, "a")
     old = onnx_scores(cfg_path)

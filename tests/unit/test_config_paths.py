@@ -68,7 +68,8 @@ def test_paths_resolve_against_the_parent_of_conf_from_any_working_directory(
     assert _paths(load_model_config(where)) == _expected(root)
 
 
-def test_a_config_outside_conf_resolves_against_its_own_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_config_outside_conf_resolves_against_its_own_directory(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     config = _write(tmp_path / "a" / "m.yaml", RELATIVE)
     monkeypatch.chdir(tmp_path)
     assert _paths(load_model_config(config)) == _expected((tmp_path / "a").resolve())
@@ -113,7 +114,8 @@ def test_a_registered_model_uri_is_not_a_path(tmp_path: Path, monkeypatch: pytes
 def test_a_relative_file_uri_is_refused(tmp_path: Path) -> None:
     cfg = {**RELATIVE, "model": {"uri": "file://models/m.onnx", "format": "onnx", "version": "1"}}
     path = _write(tmp_path / "conf" / "m.yaml", cfg)
-    with pytest.raises(ConfigError, match=r"model\.uri: 'file://models/m.onnx' is not a file URI with an absolute path"):
+    with pytest.raises(ConfigError,
+                       match=r"model\.uri: 'file://models/m.onnx' is not a file URI with an absolute path"):
         load_model_config(path)
 
 

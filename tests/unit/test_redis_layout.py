@@ -87,4 +87,5 @@ def test_vectorized_buckets_equal_the_readers_bucket_of() -> None:
     for buckets in (1, 7, 7813):
         got = bucket_ids(pa.array(keys).slice(0), buckets)
         assert got.tolist() == [layout.bucket_of(k, buckets) for k in keys]
-        assert bucket_ids(pa.array(keys).slice(3, 10), buckets).tolist() == [layout.bucket_of(k, buckets) for k in keys[3:13]]
+        assert bucket_ids(pa.array(keys).slice(3, 10), buckets).tolist() == [
+            layout.bucket_of(k, buckets) for k in keys[3:13]]

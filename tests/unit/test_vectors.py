@@ -190,5 +190,6 @@ def test_the_publishers_own_writes_have_the_vectors_fields(redis_url: str) -> No
     served = v["versions"][next(k for k, x in v["versions"].items() if x["state"] == "published")]
     assert set(store.meta(version.vid)) == set(served["meta"])
     assert store.current() == version.vid
-    dumped = next(json.loads(_arg(c[2])) for c in v["commands"] if c[:2] == ["SET", layout.publication_key(v["namespace"])])
+    dumped = next(json.loads(_arg(c[2])) for c in v["commands"]
+                  if c[:2] == ["SET", layout.publication_key(v["namespace"])])
     assert set(store.served_record() or {}) == set(dumped)

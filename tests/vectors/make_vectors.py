@@ -27,7 +27,7 @@ REPO = HERE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from batchscore import redis_layout as layout
+from batchscore import redis_layout as layout  # noqa: E402 -- run as a file: importable only after the sys.path edit
 
 FORMAT = 1
 BUCKET_COUNTS = [1, 2, 3, 7, 10, 16, 128, 1000, 7919, 65536, 1000003, 2147483647, 2147483648, 4294967295]
@@ -217,7 +217,8 @@ ABSENT = ["43", "nobody", "E\u0301"]
 def _entities(version: int, keys: list[str]) -> dict[str, list[float]]:
     out = {}
     for i, k in enumerate(keys):
-        out[k] = [_f32((version * 0.1) + i / 64), _f32(-(i + 1) * 0.015625 * version), _f32(version * 1000.0 + i * 37.5)]
+        out[k] = [_f32((version * 0.1) + i / 64), _f32(-(i + 1) * 0.015625 * version),
+                  _f32(version * 1000.0 + i * 37.5)]
     return out
 
 

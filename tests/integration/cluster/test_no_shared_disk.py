@@ -1,8 +1,8 @@
 """``spark-submit jobs/run.py`` (score -> validate -> publish) on a standalone cluster whose worker
 shares no disk with the driver (isolated.py: its own mount namespace, with /tmp (pytest's temporary
 root: the driver's working directory and local model/feature copies; the driver's Spark scratch
-dirs), the repo and the driver's artifact caches hidden under empty tmpfs mounts), every location on S3 (SeaweedFS on loopback), the credentials in
-the driver's environment only.
+dirs), the repo and the driver's artifact caches hidden under empty tmpfs mounts), every location
+on S3 (SeaweedFS on loopback), the credentials in the driver's environment only.
 
 The Delta table read back from S3 and the Redis lookups equal the model run directly with
 onnxruntime on the local copies (bit-exact float32). The executors are proven to have run inside
@@ -49,7 +49,11 @@ from .isolated import (
 from .standalone import REPO, alive_workers, build_py_files, spark_home, spawn, stop
 
 _WHY_NOT = cannot_isolate()
-pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.skipif(_WHY_NOT is not None, reason=str(_WHY_NOT))]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.spark,
+    pytest.mark.skipif(_WHY_NOT is not None, reason=str(_WHY_NOT)),
+]
 s3_project = storage_fixtures.s3_project  # the fixture: a config with every location on a fresh bucket
 SCRUBBED = ("PYSPARK_", "SPARK_", "AWS_", "BATCHSCORE_", "PYTHONPATH", "VIRTUAL_ENV")
 
@@ -170,7 +174,8 @@ def test_run_on_a_worker_that_shares_no_disk_with_the_driver(
     assert apps and (apps[-1] / "env" / "bin" / "python").exists(), apps
     # The model came from S3 into the cache inside the worker's namespace, not into the driver's.
     cached = worker.inside(worker.cache / sha)
-    assert cached.is_file() and hashlib.sha256(cached.read_bytes()).hexdigest() == sha, list(worker.inside(worker.cache).iterdir())
+    assert cached.is_file() and hashlib.sha256(cached.read_bytes()).hexdigest() == sha, \
+        list(worker.inside(worker.cache).iterdir())
     assert not worker.cache.exists()  # seen from here, the worker's cache does not exist
     assert not driver_cache.exists() or sha not in os.listdir(driver_cache)
 

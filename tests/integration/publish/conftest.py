@@ -69,11 +69,13 @@ def numbers(r: Any, ns: str = "t:m") -> list[int]:
 
 
 def job_env(url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHSCORE_CRASH", "BATCHSCORE_PAUSE", "BATCHSCORE_KILL"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("BATCHSCORE_CRASH", "BATCHSCORE_PAUSE", "BATCHSCORE_KILL"))}
     return {**env, "BATCHSCORE_REDIS_URL": url, "PYSPARK_PYTHON": sys.executable, "PYTHONPATH": str(REPO), **extra}
 
 
-def start_publish(cfg_path: Path, run_id: str, url: str, *, master: str = "local[2]", **env: str) -> subprocess.Popen[str]:
+def start_publish(cfg_path: Path, run_id: str, url: str, *, master: str = "local[2]",
+                  **env: str) -> subprocess.Popen[str]:
     """``python -m batchscore publish`` in its own session (its own process group)."""
     return start_cli("publish", cfg_path, url, "--run-id", run_id, "--master", master, **env)
 

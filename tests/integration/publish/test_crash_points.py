@@ -140,7 +140,8 @@ def test_batchscore_run_killed_after_its_commit_resumes_on_retry(spark: Any, mak
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0 and "resuming its publish" in out, out
     live = DeltaTable(cfg.outputs.delta.path).to_pyarrow_table()
-    assert live.num_rows == pq.read_table(cfg.input.path).num_rows and len(delta.publications(cfg.outputs.delta.path)) == 1
+    assert (live.num_rows == pq.read_table(cfg.input.path).num_rows
+            and len(delta.publications(cfg.outputs.delta.path)) == 1)
     r = redis.Redis.from_url(redis_url)
     vid = r.get(layout.pointer_key("t:m")).decode()
     meta = {k.decode(): v.decode() for k, v in r.hgetall(layout.meta_key("t:m", vid)).items()}

@@ -125,7 +125,8 @@ class World:
                 if not pubs:
                     return "no rollback target"
                 to = self.rng.choice(pubs)["delta_version"]
-                publication.rollback(self.store(), self.target, to_version=to, loader=loader_for(self.server.url, self.crash))
+                publication.rollback(self.store(), self.target, to_version=to,
+                                     loader=loader_for(self.server.url, self.crash))
                 return f"rollback to {to}"
             if roll < 0.8:
                 publication.gc(self.store(), self.target, keep=self.rng.choice([0, 1]), grace_s=GRACE_S,
@@ -234,5 +235,6 @@ def test_fault_campaign(seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPat
             t.join(timeout=5)
         assert not problems, problems[:5]
         kinds = {entry.split()[0] for entry in log}
-        assert {"publish", "retry", "rescore", "rollback", "crash", "redis"} <= kinds, log  # the campaign ran its faults
+        # the campaign ran its faults
+        assert {"publish", "retry", "rescore", "rollback", "crash", "redis"} <= kinds, log
         assert len(log) >= 40, f"only {len(log)} steps in {BUDGET_S} s"

@@ -39,8 +39,8 @@ def _stage(root: Path, run_id: str, shift: float) -> delta.StagedRun:
 
 
 def _target(root: Path, **over: Any) -> publication.Target:
-    base = dict(model="m", table=str(root / "pred"), key="user_id", columns=["score"], model_version="v1", keep_versions=1,
-                gc_grace_seconds=0.0, lock_ttl_seconds=30)
+    base = dict(model="m", table=str(root / "pred"), key="user_id", columns=["score"], model_version="v1",
+                keep_versions=1, gc_grace_seconds=0.0, lock_ttl_seconds=30)
     return publication.Target(**{**base, **over})  # type: ignore[arg-type]
 
 

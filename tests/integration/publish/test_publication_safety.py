@@ -175,7 +175,8 @@ def test_4_a_late_run_for_an_older_date_needs_allow_older(spark: Any, make_confi
     stage_run(cfg, "new", KEYS, scores(0), run_date="2026-11-22")
     stage_run(cfg, "late", KEYS, scores(1), run_date="2026-11-20")
     publish(spark, cfg, run_id="new", redis_url=redis_url)
-    with pytest.raises(PublishRefusedError, match="2026-11-20, older than the published run new .2026-11-22.*--allow-older"):
+    with pytest.raises(PublishRefusedError,
+                       match="2026-11-20, older than the published run new .2026-11-22.*--allow-older"):
         publish(spark, cfg, run_id="late", redis_url=redis_url)
     assert_converged(redis_url, cfg, "new")
     publish(spark, cfg, run_id="late", redis_url=redis_url, allow_older=True)

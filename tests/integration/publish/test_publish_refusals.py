@@ -49,7 +49,8 @@ def _refused(cfg_path: Path, capsys: pytest.CaptureFixture[str], code: int, *nee
     return err
 
 
-def test_without_a_passing_validation(spark: Any, make_config: Any, redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_a_passing_validation(spark: Any, make_config: Any, redis_url: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     cfg_path, cfg = _world(spark, make_config, redis_url)
     before = _snapshot(redis_url, cfg.outputs.delta.path)
     stage_run(cfg, "next", KEYS, KEYS.astype(np.float32), passed=False)
@@ -65,8 +66,8 @@ def test_maxmemory_too_small(spark: Any, make_config: Any, redis_url: str, capsy
     used = int(r.info("memory")["used_memory"])
     r.config_set("maxmemory", used + 300_000)  # the live version fits, a second copy does not
     before = _snapshot(redis_url, cfg.outputs.delta.path)
-    _refused(cfg_path, capsys, 2, "the new version needs ~", "30,000 entities x ~", "listpack", "is used and the limit is",
-             "raise maxmemory", "nothing was written")
+    _refused(cfg_path, capsys, 2, "the new version needs ~", "30,000 entities x ~", "listpack",
+             "is used and the limit is", "raise maxmemory", "nothing was written")
     assert _snapshot(redis_url, cfg.outputs.delta.path) == before
     r.config_set("maxmemory", 0)
     r.config_set("maxmemory-policy", "allkeys-lru")  # Redis may evict published scores: refused

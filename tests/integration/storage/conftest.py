@@ -34,7 +34,8 @@ def s3_project(make_config: Callable[..., Path], s3_bucket: str, s3_env: dict[st
     local copies of the model and features stay under ``tmp_path`` as the reference."""
 
     def make(**overrides: Any) -> Path:
-        local_cfg = yaml.safe_load(make_config(**{k: v for k, v in overrides.items() if k in ("rows", "layers", "fmt")}).read_text())
+        local_cfg = yaml.safe_load(
+            make_config(**{k: v for k, v in overrides.items() if k in ("rows", "layers", "fmt")}).read_text())
         model, feats = Path(local_cfg["model"]["uri"]), Path(local_cfg["input"]["path"])
         upload(model, f"{s3_bucket}/models/{model.name}", s3_env)
         upload(feats, f"{s3_bucket}/features/part-0.parquet", s3_env)

@@ -32,8 +32,8 @@ def _model_scores(model: Path, table: pa.Table, feats: list[str]) -> dict[int, f
 
 
 @pytest.mark.parametrize("layout", ["column-mapping", "partitioned"])
-def test_a_delta_input_on_s3_is_read_through_its_log(spark: Any, make_config: Any, s3_bucket: str, s3_env: dict[str, str],
-                                                    tmp_path: Path, layout: str) -> None:
+def test_a_delta_input_on_s3_is_read_through_its_log(spark: Any, make_config: Any, s3_bucket: str,
+                                                    s3_env: dict[str, str], tmp_path: Path, layout: str) -> None:
     from deltalake import write_deltalake
 
     local = yaml.safe_load(make_config(rows=1200).read_text())

@@ -83,7 +83,8 @@ def test_two_committers_racing_one_table_version_on_s3(s3_project: Any, redis_ur
     for run_id, n in (("base", 10), ("x", 20), ("y", 30)):
         fs, p = store.filesystem(st.join(delta.run_uri(table, run_id), "part-00000-0.parquet"))
         with fs.open_output_stream(p) as f:
-            pq.write_table(pa.table({"user_id": pa.array(range(n), pa.int64()), "score": pa.array([0.5] * n, pa.float32())}), f)
+            pq.write_table(pa.table({"user_id": pa.array(range(n), pa.int64()),
+                                     "score": pa.array([0.5] * n, pa.float32())}), f)
         staged[run_id] = delta.stage(table, run_id, store)
     assert delta.commit(table, staged["base"], model="m", run_id="base", metadata={}, storage=store) == 0
     barrier = threading.Barrier(2)
@@ -116,7 +117,8 @@ def test_two_committers_racing_one_table_version_on_s3(s3_project: Any, redis_ur
 
 
 def test_store_stopped_mid_run_exits_4_naming_the_endpoint_then_rerun_converges(
-        s3_server_private: Any, make_config: Any, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        s3_server_private: Any, make_config: Any, redis_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.integration.storage.conftest import upload
 
     s3 = s3_server_private

@@ -73,8 +73,8 @@ def test_second_run_rollback_history_and_backfill_on_s3(spark: Any, s3_project: 
 
     model2 = write_onnx_mlp(tmp_path / "model2.onnx", (8, 16, 1), seed=99)
     upload(model2, f"{cfg.model.uri.rsplit('/', 1)[0]}/model2.onnx", {})
-    cfg2 = cfg.model_copy(update={"model": cfg.model.model_copy(update={"uri": f"{cfg.model.uri.rsplit('/', 1)[0]}/model2.onnx",
-                                                                         "version": "v2"})})
+    cfg2 = cfg.model_copy(update={"model": cfg.model.model_copy(
+        update={"uri": f"{cfg.model.uri.rsplit('/', 1)[0]}/model2.onnx", "version": "v2"})})
     second = run_job.run(spark, cfg2, run_id="b", run_date="2026-11-30", redis_url=redis_url)
     assert second["delta_version"] == first["delta_version"] + 1
     reader = ScoreReader(redis_url, prefix="t", pointer_ttl=0)

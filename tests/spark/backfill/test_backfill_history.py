@@ -112,7 +112,8 @@ def test_online_pointer_stays_on_the_newest_published_run(spark: Any, cfg_path: 
     assert sorted(history_rows(bf.history_path(cfg))) == DAYS
 
 
-def test_publish_online_moves_the_pointer_only_for_a_newer_newest_date(spark: Any, cfg_path: Path, redis_url: str) -> None:
+def test_publish_online_moves_the_pointer_only_for_a_newer_newest_date(spark: Any, cfg_path: Path,
+                                                                       redis_url: str) -> None:
     cfg = load_model_config(cfg_path)
     run(spark, bf.config_for(cfg, DAYS[0]), run_id=f"{DAYS[0]}_live", run_date=DAYS[0], redis_url=redis_url)
     live = pointer(cfg, redis_url)

@@ -47,7 +47,8 @@ def data(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, np.
 def test_scores_equal_the_model_run_directly(data: Any, kind: str, outputs: int, source: str) -> None:
     df, x, models = data
     names = ["score"] if outputs == 1 else ["a", "b", "c"]
-    udf = predict_udf(str(models[outputs]), columns=names, batch_size=333, kind=kind)  # batches cut across Arrow batches
+    # batches cut across Arrow batches
+    udf = predict_udf(str(models[outputs]), columns=names, batch_size=333, kind=kind)
     col = udf(*FEATURES) if source == "columns" else udf(F.col("arr"))
     out = df.withColumn("s", col)
     expect = ort_scores(models[outputs], x)

@@ -59,7 +59,8 @@ def test_scores_equal_the_models_direct_outputs(frame: tuple[Any, np.ndarray], t
     want = mlp_forward(mlp_weights(LAYERS), x)
     feats = [f"f{i}" for i in range(LAYERS[0])]
     out = with_predictions(df, ref, key="k", features=feats, feature_array=None, columns=["a", "b"], batch_size=256)
-    assert [(f.name, f.dataType.simpleString()) for f in out.schema] == [("k", "bigint"), ("a", "float"), ("b", "float")]
+    assert [(f.name, f.dataType.simpleString()) for f in out.schema] == [
+        ("k", "bigint"), ("a", "float"), ("b", "float")]
     got = out.toPandas().sort_values("k")
     np.testing.assert_array_equal(got["k"].to_numpy(), np.arange(ROWS))
     np.testing.assert_allclose(got[["a", "b"]].to_numpy(), want, atol=1e-5)
@@ -68,7 +69,8 @@ def test_scores_equal_the_models_direct_outputs(frame: tuple[Any, np.ndarray], t
     np.testing.assert_allclose(got[["a", "b"]].to_numpy(), want, atol=1e-5)
 
 
-def test_one_load_per_worker_per_model_across_two_jobs(spark: Any, make_config: Callable[..., Path], tmp_path: Path) -> None:
+def test_one_load_per_worker_per_model_across_two_jobs(spark: Any, make_config: Callable[..., Path],
+                                                       tmp_path: Path) -> None:
     from batchscore.jobs.score import score
 
     # a model no other test has loaded (unique content), so this test sees its first loads
@@ -108,7 +110,8 @@ def test_threads_follow_spark_task_cpus(spark: Any, tmp_path: Path) -> None:
     assert set(spark.sparkContext.parallelize(range(2), 2).mapPartitions(probe).collect()) == {(cpus, cpus)}
 
 
-def test_config_artifact_mismatch_and_cuda_without_gpu_are_refused(spark: Any, make_config: Callable[..., Path]) -> None:
+def test_config_artifact_mismatch_and_cuda_without_gpu_are_refused(spark: Any,
+                                                                   make_config: Callable[..., Path]) -> None:
     from batchscore.jobs.score import check_artifact
     from batchscore.udfs.device import gpu_count
 

@@ -137,7 +137,8 @@ def test_array_column_with_a_multi_output_model(spark: Any, tmp_path: Path, elem
     x64[5, 0] = 1e300
     with np.errstate(over="ignore"):
         values, x32 = x64.astype(element), x64.astype(np.float32)
-    emb = pa.ListArray.from_arrays(pa.array(np.arange(0, ROWS * width + 1, width, dtype=np.int32)), pa.array(values.ravel()))
+    emb = pa.ListArray.from_arrays(pa.array(np.arange(0, ROWS * width + 1, width, dtype=np.int32)),
+                                   pa.array(values.ravel()))
     pq.write_table(pa.table({"k": pa.array(np.arange(ROWS, dtype=np.int64)), "emb": emb}), tmp_path / "emb.parquet",
                    row_group_size=1000)
     model = write_onnx_mlp(tmp_path / "m.onnx", (width, 32, 4))
@@ -156,12 +157,15 @@ def test_names_spark_resolves_itself_keep_working(spark: Any, tmp_path: Path) ->
     n = 500
     x = rng.normal(size=(n, 3))
     s = pa.StructArray.from_arrays([pa.array(x[:, 1]), pa.array((x[:, 2] * 100).astype(np.int32))], ["x", "y"])
-    pq.write_table(pa.table({"k": pa.array(np.arange(n, dtype=np.int64)), "f0": pa.array(x[:, 0].astype(np.float32)), "s": s}),
+    pq.write_table(pa.table({"k": pa.array(np.arange(n, dtype=np.int64)), "f0": pa.array(x[:, 0].astype(np.float32)),
+                             "s": s}),
                    tmp_path / "nested.parquet")
-    want = np.column_stack([x[:, 0].astype(np.float32), x[:, 1].astype(np.float32), (x[:, 2] * 100).astype(np.int32)]).astype(np.float32)
+    want = np.column_stack([x[:, 0].astype(np.float32), x[:, 1].astype(np.float32),
+                            (x[:, 2] * 100).astype(np.int32)]).astype(np.float32)
     model = write_onnx_mlp(tmp_path / "m.onnx", (3, 8, 1))
     ref = model_ref(str(model), "onnx", "cpu", n_features=3)
     df = spark.read.parquet(str(tmp_path / "nested.parquet"))
-    out = with_predictions(df, ref, key="k", features=["F0", "s.x", "s.y"], feature_array=None, columns=["score"], batch_size=64)
+    out = with_predictions(df, ref, key="k", features=["F0", "s.x", "s.y"], feature_array=None, columns=["score"],
+                           batch_size=64)
     got = scored(out)
     np.testing.assert_array_equal(got["score"].to_numpy(np.float32), ort_scores(model, want)[:, 0])

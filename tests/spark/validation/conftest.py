@@ -23,7 +23,8 @@ def vconfig(tmp_path: Path) -> Callable[..., Any]:
     """``vconfig(validation={...}, version="v1")`` -> a loaded ModelConfig writing under tmp_path."""
     from batchscore.config import load_model_config
 
-    def make(validation: dict[str, Any] | None = None, version: str = "v1", columns: tuple[str, ...] = ("score",)) -> Any:
+    def make(validation: dict[str, Any] | None = None, version: str = "v1",
+             columns: tuple[str, ...] = ("score",)) -> Any:
         raw = {
             "name": "vm",
             "model": {"uri": str(tmp_path / "unused.onnx"), "format": "onnx", "version": version},

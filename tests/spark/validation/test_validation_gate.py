@@ -101,7 +101,8 @@ def test_stable_passes_shifted_is_blocked_and_the_reference_stays_the_last_publi
     # the next good run is compared with run a (the last published), not with the rejected one
     stage(cfg, "c", scores(4))
     rep_c = validate(spark, cfg, run_id="c")
-    assert rep_c["passed"] and rep_c["reference"] == {"delta_version": 0, "publication": 1, "run_id": "a", "model_version": "v1"}
+    assert rep_c["passed"] and rep_c["reference"] == {"delta_version": 0, "publication": 1, "run_id": "a",
+                                                      "model_version": "v1"}
     publish(spark, cfg, run_id="c", redis_url=redis_url)
     assert DeltaTable(table).version() == 1
     assert json.loads(DeltaTable(table).history()[0]["batchscore.profile"]) == rep_c["profile"]
@@ -198,7 +199,8 @@ def test_inf_scores_are_rejected_by_the_gate_with_exit_3_not_a_crash(
     finite = x[np.isfinite(x)].astype(np.float64)
     assert (col["posinf"], col["neginf"], col["nans"]) == (20, 10, 0)
     assert col["min"] == pytest.approx(finite.min()) and col["max"] == pytest.approx(finite.max())
-    assert col["mean"] == pytest.approx(finite.mean(), rel=1e-6) and col["std"] == pytest.approx(finite.std(ddof=1), rel=1e-6)
+    assert (col["mean"] == pytest.approx(finite.mean(), rel=1e-6)
+            and col["std"] == pytest.approx(finite.std(ddof=1), rel=1e-6))
     assert all(np.isfinite(col["hist"]["cuts"])) and sum(col["hist"]["counts"]) == len(finite)
     assert _png_size(rej["histogram_png"])[0] > 300
 
@@ -212,7 +214,8 @@ def test_spark_profile_counts_inf_per_column_and_computes_every_statistic_over_f
     n = 4000
     bad, good = scores(8, n).astype(np.float64), scores(9, n).astype(np.float64)
     bad[::400], bad[5::1000], bad[9::500] = np.inf, -np.inf, np.nan  # 10 +inf, 4 -inf, 8 NaN
-    df = spark.createDataFrame([(float(a), float(b)) for a, b in zip(bad, good, strict=True)], "bad double, good double")
+    df = spark.createDataFrame([(float(a), float(b)) for a, b in zip(bad, good, strict=True)],
+                               "bad double, good double")
     df = df.repartition(3)
     ref_col = {"min": 0.0, "max": 1.0, "hist": {"cuts": [0.2, 0.4], "counts": [1, 1, 1]}}
     plans = {"bad": ColumnPlan(), "good": ColumnPlan(cuts=(0.2, 0.4), kl_edges=kl_edges(ref_col))}

@@ -20,7 +20,8 @@ from batchscore.udfs.model_ref import model_ref
 
 def _backend_helpers() -> object:
     """``test_udf_backends``'s artifact builders (loaded by path, as tests/spark does)."""
-    spec = importlib.util.spec_from_file_location("_udf_backends_helpers", Path(__file__).with_name("test_udf_backends.py"))
+    spec = importlib.util.spec_from_file_location("_udf_backends_helpers",
+                                                  Path(__file__).with_name("test_udf_backends.py"))
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -39,7 +40,8 @@ TORCH_FORMATS = ("torchscript", "torch_export")
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("precision")
-    return {"torchscript": write_torchscript_mlp(d / "m.pt", LAYERS), "torch_export": write_torch_export_mlp(d / "m.pt2")}
+    return {"torchscript": write_torchscript_mlp(d / "m.pt", LAYERS),
+            "torch_export": write_torch_export_mlp(d / "m.pt2")}
 
 
 def _direct_fp32(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
@@ -61,7 +63,8 @@ def test_fp32_is_the_direct_torch_output_bit_for_bit(artifacts: dict[str, Path],
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("fmt", TORCH_FORMATS)
-def test_reduced_precision_scores_close_to_fp32_but_not_identical(artifacts: dict[str, Path], fmt: str, precision: str) -> None:
+def test_reduced_precision_scores_close_to_fp32_but_not_identical(artifacts: dict[str, Path], fmt: str,
+                                                                  precision: str) -> None:
     x = feature_matrix(300, LAYERS[0])
     expected = _direct_fp32(artifacts[fmt], fmt, x)
     backend = load_backend(artifacts[fmt].read_bytes(), fmt=fmt, uri=fmt, device="cpu", precision=precision)

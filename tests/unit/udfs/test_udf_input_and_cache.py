@@ -90,7 +90,8 @@ def test_assemble_cuts_exact_batches_across_arrow_batches_in_order() -> None:
     sizes = [7, 3, 25, 1, 4]
     start, pieces = 0, []
     for n in sizes:
-        pieces.append((pa.array(np.arange(start, start + n)), np.arange(start, start + n, dtype=np.float32).reshape(-1, 1)))
+        pieces.append((pa.array(np.arange(start, start + n)),
+                       np.arange(start, start + n, dtype=np.float32).reshape(-1, 1)))
         start += n
     out = list(assemble(iter(pieces), 10))
     assert [len(x) for _, x in out] == [10, 10, 10, 10]
@@ -116,7 +117,8 @@ def test_scored_batches_run_model_batches_but_hand_back_large_arrow_batches(tmp_
     table = pa.Table.from_batches(out)
     assert table.schema.names == ["id", "score"] and table.schema.field("score").type == pa.float32()
     np.testing.assert_array_equal(table.column("id").to_numpy(), np.arange(1000))
-    np.testing.assert_allclose(table.column("score").to_numpy(), mlp_forward(mlp_weights((8, 16, 1)), x)[:, 0], atol=1e-5)
+    np.testing.assert_allclose(table.column("score").to_numpy(), mlp_forward(mlp_weights((8, 16, 1)), x)[:, 0],
+                               atol=1e-5)
 
 
 def test_cache_is_keyed_by_content_and_counts_every_load(tmp_path: Path) -> None:

@@ -94,7 +94,8 @@ def test_inf_scores_block_with_one_finite_result_per_column_and_a_clear_descript
     assert fin["other"].passed and fin["other"].observed == 0 and fin["other"].expected == "0"
     passed, blocks, warns = decision(results)
     assert not passed and not warns and blocks == [fin["score"]]  # the other rules pass on the finite values
-    assert blocks[0].describe() == "finite score: 12 of 2,000 scores are ±inf (0.60%: 8 +inf, 4 -inf); expected 0 (block)"
+    assert blocks[0].describe() == ("finite score: 12 of 2,000 scores are ±inf (0.60%: 8 +inf, 4 -inf); "
+                                    "expected 0 (block)")
     as_json = [r for r in _strict_json([r.as_dict() for r in results]) if r["rule"] == "finite"]
     assert as_json[0]["detail"].startswith("12 of 2,000 scores are ±inf") and as_json[0]["observed"] == 12
     assert "finite" in format_table(results) and "FAIL" in format_table(results)

@@ -46,7 +46,8 @@ drift: {min_rows: 500, psi: {block: 0.3}}
 @pytest.mark.parametrize(
     ("rules", "field", "reason"),
     [
-        ("drift: {psi: {warn: 0.3, block: 0.2}}", "validation.drift.psi", "warn threshold 0.3 is above block threshold 0.2"),
+        ("drift: {psi: {warn: 0.3, block: 0.2}}", "validation.drift.psi",
+         "warn threshold 0.3 is above block threshold 0.2"),
         ("drift: {psi: {warm: 0.1}}", "validation.drift.psi.warm", "unknown field"),
         ("drift: {kl: {tail_holdout: 0}}", "validation.drift.kl.tail_holdout", "greater than 0"),
         ("drift: {min_rows: 0}", "validation.drift.min_rows", "greater than or equal to 1"),
@@ -61,7 +62,8 @@ drift: {min_rows: 500, psi: {block: 0.3}}
         ("psi: {block: 0.2}", "validation.psi", "unknown field"),
     ],
 )
-def test_malformed_rule_is_refused_with_file_rule_and_reason(tmp_path: Path, rules: str, field: str, reason: str) -> None:
+def test_malformed_rule_is_refused_with_file_rule_and_reason(tmp_path: Path, rules: str, field: str,
+                                                             reason: str) -> None:
     p, load = _load(tmp_path, rules)
     with pytest.raises(ConfigError) as err:
         load(p)
@@ -74,7 +76,8 @@ def test_rule_on_an_unknown_output_column_is_refused(tmp_path: Path) -> None:
     from batchscore.jobs.validate import rules_for
 
     p, load = _load(tmp_path, "mean: {min: 0, columns: [score, scroe]}")
-    with pytest.raises(ConfigError, match=r"m\.yaml: validation\.mean\.columns: unknown output column\(s\) \['scroe'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"m\.yaml: validation\.mean\.columns: unknown output column\(s\) \['scroe'\]"):
         rules_for(load(p), input_rows=10)
 
 
