@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export PYSPARK_PYTHON := $(REPO)/$(VPY)
 export PYSPARK_DRIVER_PYTHON := $(REPO)/$(VPY)
 
-.PHONY: demo test test-unit bench gpu-check mutants check-prereqs env clean
+.PHONY: demo test test-unit lint bench gpu-check mutants check-prereqs env clean
 
 -include mk/airflow.mk
 -include mk/mlflow.mk
@@ -64,7 +64,13 @@ demo: env
 test-unit: env
 	$(VPY) -m pytest tests/unit -q
 
-test: env mlflow-env
+# ruff (pyflakes, pycodestyle, isort, pyupgrade, bugbear; 120 columns) and mypy (strict for the base
+# package, check_untyped_defs for jobs/udfs/validation): configured in pyproject.toml
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VPY) -m mypy
+
+test: env mlflow-env lint
 	$(VPY) -m pytest -q
 	@if grep -q '^test-dags:' mk/airflow.mk 2>/dev/null; then $(MAKE) --no-print-directory test-dags; fi
 

@@ -19,7 +19,8 @@ SPARK_VERBS = {
     "score": "score the input table and stage predictions under the Delta root",
     "validate": "profile the staged scores and judge them against the rules",
     "publish": "load Redis (invisible), commit Delta, flip the Redis pointer",
-    "gc": "delete Redis versions older than the kept ones (--orphans: also unknown data keys; --staged: staged runs never published)",
+    "gc": "delete Redis versions older than the kept ones "
+    "(--orphans: also unknown data keys; --staged: staged runs never published)",
     "rollback": "a new publication with an earlier Delta version's content (Delta restore + Redis flip)",
     "reconcile": "make Redis serve the Delta table's latest publication (after a crash or a Redis restart)",
     "history": "list published versions",
@@ -28,7 +29,9 @@ SPARK_VERBS = {
 
 
 def _usage() -> str:
-    verbs = "\n".join(f"  {v:<9} {d}" for v, d in {**SPARK_VERBS, "lookup": "print current scores of keys from Redis"}.items())
+    verbs = "\n".join(
+        f"  {v:<9} {d}" for v, d in {**SPARK_VERBS, "lookup": "print current scores of keys from Redis"}.items()
+    )
     return (
         "usage: batchscore <command> [options]   (batchscore <command> --help for its options)\n\n"
         f"commands:\n{verbs}\n\nexit codes: 0 ok, 1 unexpected, 2 bad input, 3 validation rejected, 4 infrastructure"
@@ -47,16 +50,33 @@ def lookup(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_model_config(args.model_config)
-        reader = ScoreReader(client=connect(cfg.redis_url(), cluster=cfg.outputs.redis.cluster, retries=1,
-                                            timeout=1.0), prefix=cfg.outputs.redis.key_prefix)  # online profile
+        reader = ScoreReader(
+            client=connect(cfg.redis_url(), cluster=cfg.outputs.redis.cluster, retries=1, timeout=1.0),
+            prefix=cfg.outputs.redis.key_prefix,
+        )  # online profile
         found = reader.get_many(cfg.name, args.keys)
     except BatchscoreError as exc:
         print(f"batchscore: error: {exc}", file=sys.stderr)
         return exc.exit_code
     for key, score in found.items():
         if args.json:
-            print(json.dumps({"key": key, **({"values": score.values, "model_version": score.model_version,
-                                               "version": score.version, "version_id": score.version_id} if score else {"values": None})}))
+            print(
+                json.dumps(
+                    {
+                        "key": key,
+                        **(
+                            {
+                                "values": score.values,
+                                "model_version": score.model_version,
+                                "version": score.version,
+                                "version_id": score.version_id,
+                            }
+                            if score
+                            else {"values": None}
+                        ),
+                    }
+                )
+            )
         elif score is None:
             print(f"{key}\t(not found)")
         else:
@@ -77,8 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             module = importlib.import_module(f"batchscore.jobs.{verb}")
         except ImportError as exc:
-            print(f"batchscore: error: `{verb}` needs the job environment ({exc.name} missing); "
-                  "install it with: pip install 'batchscore[spark]'", file=sys.stderr)
+            print(
+                f"batchscore: error: `{verb}` needs the job environment ({exc.name} missing); "
+                "install it with: pip install 'batchscore[spark]'",
+                file=sys.stderr,
+            )
             return EXIT_BAD_INPUT
         return int(module.main(rest))
     print(f"batchscore: error: unknown command {verb!r}\n\n{_usage()}", file=sys.stderr)

@@ -15,15 +15,16 @@ and writes the same locations (see :func:`project_root`):
 3. else the config file's own directory.
 
 Values with a URI scheme (``models:/...``, ``s3://``, ``gs://``, ``hdfs://``, ``abfss://``) are kept
-as they are (``s3a://`` becomes ``s3://``; see :mod:`batchscore.storage`); ``file:///abs/path`` becomes ``/abs/path`` (already absolute; a ``file:`` URI without an
-absolute path is refused). ``~`` expands to the home directory. The executors of a local run see
-absolute paths.
+as they are (``s3a://`` becomes ``s3://``; see :mod:`batchscore.storage`); ``file:///abs/path``
+becomes ``/abs/path`` (already absolute; a ``file:`` URI without an absolute path is refused).
+``~`` expands to the home directory. The executors of a local run see absolute paths.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -60,18 +61,24 @@ class RegistryRef(NamedTuple):
 
 
 class ModelArtifact(_Strict):
-    uri: str = Field(description="path or file:// URI of the model artifact, or a registered MLflow model: "
-                     "models:/<name>/<version> or models:/<name>@<alias>, resolved on the driver through "
-                     "MLFLOW_TRACKING_URI (batchscore.registry)")
+    uri: str = Field(
+        description="path or file:// URI of the model artifact, or a registered MLflow model: "
+        "models:/<name>/<version> or models:/<name>@<alias>, resolved on the driver through "
+        "MLFLOW_TRACKING_URI (batchscore.registry)"
+    )
     format: Literal["onnx", "torchscript", "torch_export"]
     version: str = Field(min_length=1, description="model version recorded with every score")
     artifact_path: str | None = Field(
-        default=None, description="models:/ URIs: the model file inside the model version's artifacts, when "
-        "the default lookup (the flavour's file, else the one *.onnx / *.pt|*.pth / *.pt2 file) is not enough")
+        default=None,
+        description="models:/ URIs: the model file inside the model version's artifacts, when "
+        "the default lookup (the flavour's file, else the one *.onnx / *.pt|*.pth / *.pt2 file) is not enough",
+    )
     cache_dir: str | None = Field(
-        default=None, description="models:/ URIs: where the driver keeps resolved artifacts as <sha256>.<ext>; "
+        default=None,
+        description="models:/ URIs: where the driver keeps resolved artifacts as <sha256>.<ext>; "
         "a local folder every executor can read, or a store URI (s3://...) the executors fetch from (default: "
-        "$BATCHSCORE_MODEL_CACHE_DIR, else <outputs.delta.path>/_models)")
+        "$BATCHSCORE_MODEL_CACHE_DIR, else <outputs.delta.path>/_models)",
+    )
 
     @field_validator("uri", mode="before")
     @classmethod
@@ -80,22 +87,27 @@ class ModelArtifact(_Strict):
             # A loader that took models:/x@y for a relative path made it <root>/models:/x@y: take it back.
             v = v[v.index("/models:/") + 1 :]
         if isinstance(v, str) and v.startswith("models:") and not _REGISTRY_URI.match(v):
-            raise ValueError("a registered model is models:/<name>/<version> or models:/<name>@<alias> "
-                             "(e.g. models:/churn@champion)")
+            raise ValueError(
+                "a registered model is models:/<name>/<version> or models:/<name>@<alias> (e.g. models:/churn@champion)"
+            )
         return v
 
     @field_validator("artifact_path")
     @classmethod
     def _relative(cls, v: str | None) -> str | None:
         if v is not None and (not v.strip() or v.startswith("/") or ".." in Path(v).parts):
-            raise ValueError("give a path relative to the model version's artifacts, without '..' (e.g. data/model.pt2)")
+            raise ValueError(
+                "give a path relative to the model version's artifacts, without '..' (e.g. data/model.pt2)"
+            )
         return v
 
     @model_validator(mode="after")
     def _registry_fields(self) -> ModelArtifact:
         if self.registry is None and (self.artifact_path or self.cache_dir):
-            raise ValueError("model.artifact_path and model.cache_dir apply to models:/ URIs only; "
-                             "remove them or set model.uri to models:/<name>/<version> or models:/<name>@<alias>")
+            raise ValueError(
+                "model.artifact_path and model.cache_dir apply to models:/ URIs only; "
+                "remove them or set model.uri to models:/<name>/<version> or models:/<name>@<alias>"
+            )
         return self
 
     @property
@@ -113,9 +125,11 @@ class InputTable(_Strict):
     feature_array: str | None = None
     feature_count: int | None = Field(default=None, gt=0)
     read: Literal["auto", "files", "spark"] = Field(
-        default="auto", description="files: Python workers read the Parquet files themselves (any store: local "
+        default="auto",
+        description="files: Python workers read the Parquet files themselves (any store: local "
         "disk, s3://, gs://, ...); spark: Spark's scan feeds the model (object stores then need Spark's Hadoop "
-        "connectors); auto: files when possible")
+        "connectors); auto: files when possible",
+    )
 
     @model_validator(mode="after")
     def _one_feature_source(self) -> InputTable:
@@ -139,21 +153,30 @@ class RedisOutput(_Strict):
     key_prefix: str = Field(default="bs", pattern=_NAME)
     keep_versions: int = Field(default=1, ge=0, description="old versions kept besides the current")
     cluster: bool = Field(default=False, description="the URL points at a Redis Cluster node")
-    gc_grace_seconds: float = Field(default=300.0, ge=0, description="a replaced version outlives its "
-                                    "replacement this long before GC (must exceed readers' pointer cache TTL)")
-    max_memory_fraction: float = Field(default=0.9, gt=0, le=1, description="refuse a publish that would "
-                                       "take Redis past this share of maxmemory")
+    gc_grace_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="a replaced version outlives its "
+        "replacement this long before GC (must exceed readers' pointer cache TTL)",
+    )
+    max_memory_fraction: float = Field(
+        default=0.9, gt=0, le=1, description="refuse a publish that would take Redis past this share of maxmemory"
+    )
     lock_ttl_seconds: int = Field(default=120, ge=5, description="publish lock lifetime, renewed while running")
-    allow_evicting_policy: bool = Field(default=False, description="publish even when maxmemory-policy is "
-                                        "allkeys-* (Redis may then evict published scores to make room)")
+    allow_evicting_policy: bool = Field(
+        default=False,
+        description="publish even when maxmemory-policy is "
+        "allkeys-* (Redis may then evict published scores to make room)",
+    )
 
 
 class Outputs(_Strict):
     columns: list[str] = Field(default_factory=lambda: ["score"], min_length=1)
     delta: DeltaOutput
     redis: RedisOutput = Field(default_factory=RedisOutput)
-    history: DeltaOutput | None = Field(default=None, description="date-partitioned table `batchscore backfill` "
-                                        "writes (default: <delta.path>_history)")
+    history: DeltaOutput | None = Field(
+        default=None, description="date-partitioned table `batchscore backfill` writes (default: <delta.path>_history)"
+    )
 
     @field_validator("columns")
     @classmethod
@@ -168,8 +191,10 @@ class Scoring(_Strict):
     batch_size: int = Field(default=4096, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "fp16", "bf16"] = Field(
-        default="fp32", description="torch models: cast weights and inputs to this dtype (outputs stay float32); "
-        "onnx: fp32 only (export the model in the precision wanted)")
+        default="fp32",
+        description="torch models: cast weights and inputs to this dtype (outputs stay float32); "
+        "onnx: fp32 only (export the model in the precision wanted)",
+    )
 
 
 class Level(_Strict):
@@ -204,7 +229,9 @@ class RangeRule(ColumnRule, _Bounds):
 
 
 class MeanRule(ColumnRule, _Bounds):
-    max_shift: float | None = Field(default=None, gt=0, description="largest move from the reference mean, in reference std")
+    max_shift: float | None = Field(
+        default=None, gt=0, description="largest move from the reference mean, in reference std"
+    )
 
     @model_validator(mode="after")
     def _something(self) -> MeanRule:
@@ -250,7 +277,7 @@ class ClassShareRule(ColumnRule):
 class _Thresholds(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> Any:
-        warn, block = getattr(self, "warn"), getattr(self, "block")
+        warn, block = getattr(self, "warn", None), getattr(self, "block", None)  # the subclasses' fields
         if warn is not None and block is not None and warn > block:
             raise ValueError(f"warn threshold {warn} is above block threshold {block}")
         return self
@@ -311,8 +338,10 @@ def _storage_names(v: dict[str, str]) -> dict[str, str]:
         if option not in ALL_OPTIONS:
             raise ValueError(f"unknown storage option '{option}' (known: {', '.join(ALL_OPTIONS)})")
         if not isinstance(var, str) or not _ENV_NAME.match(var):
-            raise ValueError(f"storage.{option}: give the name of an environment variable (like SCORING_S3_SECRET), "
-                             "never the value itself")
+            raise ValueError(
+                f"storage.{option}: give the name of an environment variable (like SCORING_S3_SECRET), "
+                "never the value itself"
+            )
     return v
 
 
@@ -324,8 +353,11 @@ class ModelConfig(_Strict):
     scoring: Scoring = Field(default_factory=Scoring)
     validation: Validation = Field(default_factory=Validation)
     runtime: Runtime = Field(default_factory=Runtime)
-    storage: dict[str, str] = Field(default_factory=dict, description="option -> name of the environment variable "
-                                    "holding it, e.g. {AWS_ACCESS_KEY_ID: SCORING_S3_KEY_ID}; see batchscore.storage")
+    storage: dict[str, str] = Field(
+        default_factory=dict,
+        description="option -> name of the environment variable "
+        "holding it, e.g. {AWS_ACCESS_KEY_ID: SCORING_S3_KEY_ID}; see batchscore.storage",
+    )
     spark: SparkSettings = Field(default_factory=SparkSettings)
     source: str = Field(default="", exclude=True, description="the file this was loaded from")
 
@@ -371,8 +403,14 @@ PROJECT_ROOT_ENV = "BATCHSCORE_PROJECT_ROOT"
 # followed by ':' is not one (a Windows drive), nor is a name with a '/' before its first ':'.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 # The config fields holding a path or URI, as (section, dotted field).
-_PATH_FIELDS = (("model", "uri"), ("model", "cache_dir"), ("input", "path"), ("outputs", "delta.path"),
-                ("outputs", "history.path"), ("runtime", "report_dir"))
+_PATH_FIELDS = (
+    ("model", "uri"),
+    ("model", "cache_dir"),
+    ("input", "path"),
+    ("outputs", "delta.path"),
+    ("outputs", "history.path"),
+    ("runtime", "report_dir"),
+)
 
 
 def _local_path(uri: str) -> str:
@@ -390,8 +428,10 @@ def project_root(config_path: str | os.PathLike[str]) -> Path:
     if env:
         root = Path(env).expanduser()
         if not root.is_absolute():
-            raise ConfigError(f"{PROJECT_ROOT_ENV}={env!r}: give an absolute path (relative paths of model "
-                              "configs resolve against it, so it must not depend on the working directory)")
+            raise ConfigError(
+                f"{PROJECT_ROOT_ENV}={env!r}: give an absolute path (relative paths of model "
+                "configs resolve against it, so it must not depend on the working directory)"
+            )
         return Path(os.path.normpath(root))
     here = Path(os.path.abspath(config_path)).parent
     for folder in (here, here.parent):
@@ -405,8 +445,10 @@ def _resolve(value: str, root: Path, where: str) -> str:
     if value.startswith("file:"):
         local = value[len("file://") :] if value.startswith("file://") else ""
         if not local.startswith("/"):
-            raise ConfigError(f"{where}: {value!r} is not a file URI with an absolute path; write "
-                              "file:///absolute/path, or a plain path (relative to the project root)")
+            raise ConfigError(
+                f"{where}: {value!r} is not a file URI with an absolute path; write "
+                "file:///absolute/path, or a plain path (relative to the project root)"
+            )
         return str(Path(local).resolve())
     if _SCHEME.match(value):
         if value.startswith("models:"):
@@ -437,7 +479,7 @@ def _absolutize(raw: dict[str, Any], root: Path, source: str = "") -> dict[str, 
     return raw
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if not err["loc"] and err["type"] == "value_error":  # a cross-field check: its message names the field
         return str(err["msg"]).removeprefix("Value error, ")

@@ -487,7 +487,7 @@ class AsyncScoreReader:
             self._task = asyncio.create_task(self._listen(), name="batchscore-reader-listener")
             try:
                 await asyncio.wait_for(self._subscribed.wait(), SUBSCRIBE_WAIT_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass  # Redis is down or slow: the listener keeps trying in the background
         return self
 

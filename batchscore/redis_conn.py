@@ -93,7 +93,7 @@ def check_url(url: str) -> None:
         )
 
 
-def _timeouts(timeout: float | None) -> dict[str, float]:
+def _timeouts(timeout: float | None) -> dict[str, Any]:
     if timeout is None:
         return {"socket_connect_timeout": BATCH_CONNECT_TIMEOUT, "socket_timeout": BATCH_SOCKET_TIMEOUT}
     if timeout <= 0:

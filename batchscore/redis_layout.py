@@ -15,7 +15,8 @@ identity and nothing left over from an earlier life of a number is ever taken fo
 * control (all share the ``{ns}`` hash tag, so one Lua script can touch them on a Cluster):
   ``{ns}:current`` (the published version's identity), ``{ns}:meta:v{N}.{epoch}`` (hash: number,
   epoch, state, count, buckets, columns, model_version, run_id, digest, created_at, and
-  published_at / retired_at; the Delta version is in the publication record), ``{ns}:publication`` (JSON: the publication readers are served, see
+  published_at / retired_at; the Delta version is in the publication record), ``{ns}:publication``
+  (JSON: the publication readers are served, see
   :mod:`batchscore.sinks.publication`), ``{ns}:seq`` (version counter), ``{ns}:run:{run_id}``
   (the identity a run loaded into, for idempotent retries), ``{ns}:versions`` (sorted set:
   identity -> number, for garbage collection), ``{ns}:lock`` (the publish lock: its fencing

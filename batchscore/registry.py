@@ -218,7 +218,9 @@ def _mlmodel(root: Path, where: str) -> dict[str, Any] | None:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ModelError(f"{where}: its MLmodel file is not valid YAML ({_first_line(exc)}); re-log the model") from None
+        raise ModelError(
+            f"{where}: its MLmodel file is not valid YAML ({_first_line(exc)}); re-log the model"
+        ) from None
     return raw if isinstance(raw, dict) else None
 
 
@@ -241,15 +243,18 @@ def _listing(files: list[str], limit: int = 8) -> str:
     return shown or "no files"
 
 
-def pick_artifact(root: Path, fmt: str, *, artifact_path: str | None, mlmodel: dict[str, Any] | None,
-                  where: str) -> Path:
+def pick_artifact(
+    root: Path, fmt: str, *, artifact_path: str | None, mlmodel: dict[str, Any] | None, where: str
+) -> Path:
     """The model file inside a downloaded model version (the convention in the module docstring)."""
     files = _files(root)
     if artifact_path:
         p = root / artifact_path
         if not p.is_file():
-            raise ModelError(f"{where}: model.artifact_path '{artifact_path}' is not a file of the model version "
-                             f"(it has: {_listing(files)}); fix model.artifact_path")
+            raise ModelError(
+                f"{where}: model.artifact_path '{artifact_path}' is not a file of the model version "
+                f"(it has: {_listing(files)}); fix model.artifact_path"
+            )
         return p
     named = _flavour_file(mlmodel, fmt)
     if named is not None and (root / named).is_file():
@@ -258,20 +263,31 @@ def pick_artifact(root: Path, fmt: str, *, artifact_path: str | None, mlmodel: d
     if len(found) == 1:
         return root / found[0]
     if len(found) > 1:
-        raise ModelError(f"{where}: {len(found)} candidate {fmt} files ({_listing(found)}); set model.artifact_path "
-                         "to the one to score with")
+        raise ModelError(
+            f"{where}: {len(found)} candidate {fmt} files ({_listing(found)}); set model.artifact_path "
+            "to the one to score with"
+        )
     others = {}
     for other in EXTENSIONS:
         flavour = _flavour_file(mlmodel, other) if other != fmt else None
-        hit = flavour if flavour and (root / flavour).is_file() else next(
-            (f for f in files if other != fmt and f.lower().endswith(EXTENSIONS[other])), None)
+        hit = (
+            flavour
+            if flavour and (root / flavour).is_file()
+            else next((f for f in files if other != fmt and f.lower().endswith(EXTENSIONS[other])), None)
+        )
         if hit:
             others[other] = hit
-    hint = ("it holds " + ", ".join(f"{'an' if o == 'onnx' else 'a'} {o} model ({f})" for o, f in others.items()) + ": set model.format: "
-            + " or ".join(others) if others else
-            f"log the model file ({' / '.join(EXTENSIONS[fmt])}) into the version's artifacts")
-    raise ModelError(f"{where}: no {fmt} model file among its artifacts ({_listing(files)}); {hint}, or set "
-                     "model.artifact_path")
+    hint = (
+        "it holds "
+        + ", ".join(f"{'an' if o == 'onnx' else 'a'} {o} model ({f})" for o, f in others.items())
+        + ": set model.format: "
+        + " or ".join(others)
+        if others
+        else f"log the model file ({' / '.join(EXTENSIONS[fmt])}) into the version's artifacts"
+    )
+    raise ModelError(
+        f"{where}: no {fmt} model file among its artifacts ({_listing(files)}); {hint}, or set model.artifact_path"
+    )
 
 
 def _check_torchscript_archive(path: Path, where: str) -> None:
@@ -281,9 +297,11 @@ def _check_torchscript_archive(path: Path, where: str) -> None:
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
     if names and not any("/code/" in n for n in names) and any(n.endswith("data.pkl") for n in names):
-        raise ModelError(f"{where}: {path.name} is a pickled torch module (torch.save), not TorchScript; log "
-                         "torch.jit.script(model) instead, or mlflow.pytorch.log_model(...) with its default "
-                         "serialization_format='pt2' and model.format: torch_export")
+        raise ModelError(
+            f"{where}: {path.name} is a pickled torch module (torch.save), not TorchScript; log "
+            "torch.jit.script(model) instead, or mlflow.pytorch.log_model(...) with its default "
+            "serialization_format='pt2' and model.format: torch_export"
+        )
 
 
 def _onnx_tensors(graph: Any) -> Iterator[Any]:
@@ -319,8 +337,10 @@ def self_contained_onnx(path: Path, where: str) -> bytes | None:
         onnx.external_data_helper.convert_model_from_external_data(full)
         return bytes(full.SerializeToString())
     except Exception as exc:
-        raise ModelError(f"{where}: {path.name} keeps its weights in external files that could not be merged into "
-                         f"one ({_first_line(exc)}); ONNX models over 2 GiB are not supported from the registry") from None
+        raise ModelError(
+            f"{where}: {path.name} keeps its weights in external files that could not be merged into "
+            f"one ({_first_line(exc)}); ONNX models over 2 GiB are not supported from the registry"
+        ) from None
 
 
 # -- the signature -------------------------------------------------------------------------------
@@ -344,42 +364,62 @@ def check_signature(signature: Any, cfg: ModelConfig, where: str) -> None:
     if inputs and signature.inputs.is_tensor_spec():
         if len(inputs) != 1:
             names = ", ".join(str(i.name) for i in inputs)
-            raise ModelError(f"{where}: the model signature has {len(inputs)} input tensors ({names}); batchscore feeds "
-                             "one (rows, features) float32 matrix: register a model with a single input")
+            raise ModelError(
+                f"{where}: the model signature has {len(inputs)} input tensors ({names}); batchscore feeds "
+                "one (rows, features) float32 matrix: register a model with a single input"
+            )
         t = inputs[0]
         label = f"input '{t.name}'" if t.name else "input tensor"
         if str(t.type) != "float32":
-            raise ModelError(f"{where}: the model signature's {label} is {t.type}; batchscore feeds float32: "
-                             "register the model with a float32 input")
+            raise ModelError(
+                f"{where}: the model signature's {label} is {t.type}; batchscore feeds float32: "
+                "register the model with a float32 input"
+            )
         shape = tuple(t.shape)
         if len(shape) != 2:
-            raise ModelError(f"{where}: the model signature's {label} has shape {shape}; batchscore feeds "
-                             "(rows, features): register a model with a 2-d input")
+            raise ModelError(
+                f"{where}: the model signature's {label} has shape {shape}; batchscore feeds "
+                "(rows, features): register a model with a 2-d input"
+            )
         width = int(shape[1])
         if width != -1 and width != spec.n_features:
-            raise ModelError(f"{where}: the model signature's {label} takes {width} features but {field} gives "
-                             f"{spec.n_features}; set {field} to the model's {width} features (in its training "
-                             "order) or point model.uri at a matching version")
+            raise ModelError(
+                f"{where}: the model signature's {label} takes {width} features but {field} gives "
+                f"{spec.n_features}; set {field} to the model's {width} features (in its training "
+                "order) or point model.uri at a matching version"
+            )
     elif inputs:
-        names = [str(c.name) for c in inputs]
+        in_names = [str(c.name) for c in inputs]
         bad = [f"{c.name} ({_spec_type(c)})" for c in inputs if _spec_type(c) not in _NUMERIC]
         if bad:
-            raise ModelError(f"{where}: the model signature has non-numeric input column(s) {', '.join(bad)}; "
-                             "batchscore feeds float32 features: register a model with numeric inputs")
+            raise ModelError(
+                f"{where}: the model signature has non-numeric input column(s) {', '.join(bad)}; "
+                "batchscore feeds float32 features: register a model with numeric inputs"
+            )
         if spec.features:
-            if names != list(spec.features):
-                if sorted(names) == sorted(spec.features):
+            if in_names != list(spec.features):
+                if sorted(in_names) == sorted(spec.features):
                     why = "the same columns in another order"
                 else:
-                    missing = [n for n in names if n not in spec.features]
-                    extra = [f for f in spec.features if f not in names]
-                    why = "; ".join(x for x in (f"missing {missing}" if missing else "",
-                                                f"not in the signature {extra}" if extra else "") if x)
-                raise ModelError(f"{where}: input.features {list(spec.features)} does not match the model signature's "
-                                 f"inputs {names} ({why}); set input.features to {names}")
-        elif len(names) > 1 and len(names) != spec.n_features:
-            raise ModelError(f"{where}: the model signature has {len(names)} input columns but input.feature_count is "
-                             f"{spec.n_features}; set input.feature_count: {len(names)}")
+                    missing = [n for n in in_names if n not in spec.features]
+                    extra = [f for f in spec.features if f not in in_names]
+                    why = "; ".join(
+                        x
+                        for x in (
+                            f"missing {missing}" if missing else "",
+                            f"not in the signature {extra}" if extra else "",
+                        )
+                        if x
+                    )
+                raise ModelError(
+                    f"{where}: input.features {list(spec.features)} does not match the model signature's "
+                    f"inputs {in_names} ({why}); set input.features to {in_names}"
+                )
+        elif len(in_names) > 1 and len(in_names) != spec.n_features:
+            raise ModelError(
+                f"{where}: the model signature has {len(in_names)} input columns but input.feature_count is "
+                f"{spec.n_features}; set input.feature_count: {len(in_names)}"
+            )
     outputs = list(signature.outputs.inputs) if signature.outputs is not None else []
     if outputs and signature.outputs.is_tensor_spec():
         widths = []
@@ -387,14 +427,18 @@ def check_signature(signature: Any, cfg: ModelConfig, where: str) -> None:
             shape = tuple(t.shape)
             widths.append(1 if len(shape) == 1 else int(shape[1]) if len(shape) == 2 else -1)
         if all(w > 0 for w in widths) and sum(widths) != len(columns):
-            raise ModelError(f"{where}: the model signature gives {sum(widths)} output column(s) but outputs.columns "
-                             f"names {len(columns)} ({columns}); set outputs.columns to {sum(widths)} name(s) or point "
-                             "model.uri at a matching version")
+            raise ModelError(
+                f"{where}: the model signature gives {sum(widths)} output column(s) but outputs.columns "
+                f"names {len(columns)} ({columns}); set outputs.columns to {sum(widths)} name(s) or point "
+                "model.uri at a matching version"
+            )
     elif outputs:
-        names = [str(c.name) for c in outputs]
-        if names != columns:
-            raise ModelError(f"{where}: outputs.columns {columns} does not match the model signature's outputs "
-                             f"{names}; set outputs.columns to {names}")
+        out_names = [str(c.name) for c in outputs]
+        if out_names != columns:
+            raise ModelError(
+                f"{where}: outputs.columns {columns} does not match the model signature's outputs "
+                f"{out_names}; set outputs.columns to {out_names}"
+            )
 
 
 def _signature(root: Path, mlmodel: dict[str, Any] | None, where: str) -> Any:
@@ -405,11 +449,14 @@ def _signature(root: Path, mlmodel: dict[str, Any] | None, where: str) -> Any:
     try:
         return Model.load(str(root / "MLmodel")).signature
     except Exception as exc:
-        raise ModelError(f"{where}: its MLmodel signature could not be read ({_first_line(exc)}); re-log the model "
-                         "with a valid signature (or none)") from None
+        raise ModelError(
+            f"{where}: its MLmodel signature could not be read ({_first_line(exc)}); re-log the model "
+            "with a valid signature (or none)"
+        ) from None
 
 
 # -- resolve -------------------------------------------------------------------------------------
+
 
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -438,8 +485,9 @@ def resolve(cfg: ModelConfig, *, log: Callable[[str], None] = lambda _m: None) -
     """Resolve ``cfg.model.uri`` (a ``models:/`` URI) to a checked, content-addressed local file."""
     ref = cfg.model.registry
     if ref is None:
-        raise ModelError(f"model.uri {cfg.model.uri} is not a registered model (models:/<name>/<version> or "
-                         "models:/<name>@<alias>)")
+        raise ModelError(
+            f"model.uri {cfg.model.uri} is not a registered model (models:/<name>/<version> or models:/<name>@<alias>)"
+        )
     uri, fmt, tracking = cfg.model.uri, cfg.model.format, tracking_uri()
     client = _client(tracking)
     mv = lookup(client, ref, uri=uri, tracking=tracking)
@@ -449,8 +497,10 @@ def resolve(cfg: ModelConfig, *, log: Callable[[str], None] = lambda _m: None) -
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"model cache directory {cache}: {_first_line(exc)}; set model.cache_dir (or "
-                          f"{CACHE_ENV}) to a writable directory every executor can read") from None
+        raise ConfigError(
+            f"model cache directory {cache}: {_first_line(exc)}; set model.cache_dir (or "
+            f"{CACHE_ENV}) to a writable directory every executor can read"
+        ) from None
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmpdir:
         tmp = Path(tmpdir)
         root = _download(ref.name, version, tmp / "artifacts", where=where, tracking=tracking)
@@ -464,9 +514,17 @@ def resolve(cfg: ModelConfig, *, log: Callable[[str], None] = lambda _m: None) -
         final, sha = _store(cache, tmp, picked, merged, ext)
         artifact = str(picked.relative_to(root))
     info = {
-        "uri": uri, "name": ref.name, "version": version, "alias": ref.alias, "run_id": mv.run_id or None,
-        "source": mv.source, "artifact": artifact, "external_data_merged": merged is not None,
-        "sha256": sha, "path": str(final), "tracking_uri": redact(tracking),
+        "uri": uri,
+        "name": ref.name,
+        "version": version,
+        "alias": ref.alias,
+        "run_id": mv.run_id or None,
+        "source": mv.source,
+        "artifact": artifact,
+        "external_data_merged": merged is not None,
+        "sha256": sha,
+        "path": str(final),
+        "tracking_uri": redact(tracking),
     }
     where_now = str(final)
     location = cache_location(cfg)
@@ -483,6 +541,7 @@ def resolve(cfg: ModelConfig, *, log: Callable[[str], None] = lambda _m: None) -
 
 # -- publish-time guard --------------------------------------------------------------------------
 
+
 def check_alias_unchanged(cfg: ModelConfig, score_report: dict[str, Any]) -> None:
     """Refuse (ModelError, exit 2) to publish a run whose registered model moved since it was scored:
     ``model.uri`` changed, the tracking server changed, or the alias now names another version (or
@@ -494,24 +553,32 @@ def check_alias_unchanged(cfg: ModelConfig, score_report: dict[str, Any]) -> Non
         return
     if ref is None or reg is None or reg.get("uri") != cfg.model.uri:
         was = reg.get("uri") if reg else "a file path"
-        raise ModelError(f"model.uri is {cfg.model.uri} but run {run} was scored with {was}; nothing was "
-                         f"published: re-score the run (batchscore score --run-id {run}) or restore model.uri")
+        raise ModelError(
+            f"model.uri is {cfg.model.uri} but run {run} was scored with {was}; nothing was "
+            f"published: re-score the run (batchscore score --run-id {run}) or restore model.uri"
+        )
     if ref.alias is None:
         return
     tracking = tracking_uri()
     if reg.get("tracking_uri") and reg["tracking_uri"] != redact(tracking):
-        raise ModelError(f"{TRACKING_ENV} now points at {redact(tracking)} but run {run} was resolved at "
-                         f"{reg['tracking_uri']}; nothing was published: use the same registry or re-score the run")
+        raise ModelError(
+            f"{TRACKING_ENV} now points at {redact(tracking)} but run {run} was resolved at "
+            f"{reg['tracking_uri']}; nothing was published: use the same registry or re-score the run"
+        )
     try:
         now = str(lookup(_client(tracking), ref, uri=cfg.model.uri, tracking=tracking).version)
     except NotInRegistry:
-        raise ModelError(f"model alias {ref.name}@{ref.alias} no longer exists (it named version {reg.get('version')} "
-                         f"when run {run} was scored); nothing was published: re-score the run once the alias is "
-                         "set again") from None
+        raise ModelError(
+            f"model alias {ref.name}@{ref.alias} no longer exists (it named version {reg.get('version')} "
+            f"when run {run} was scored); nothing was published: re-score the run once the alias is "
+            "set again"
+        ) from None
     if now != str(reg.get("version")):
-        raise ModelError(f"model alias {ref.name}@{ref.alias} moved from version {reg.get('version')} to version {now} "
-                         f"since run {run} was scored; nothing was published: re-score the run (batchscore score "
-                         f"--run-id {run}) to publish version {now}'s scores")
+        raise ModelError(
+            f"model alias {ref.name}@{ref.alias} moved from version {reg.get('version')} to version {now} "
+            f"since run {run} was scored; nothing was published: re-score the run (batchscore score "
+            f"--run-id {run}) to publish version {now}'s scores"
+        )
 
 
 def commit_metadata(score_report: dict[str, Any]) -> dict[str, str]:

@@ -222,9 +222,16 @@ def _azure_fs(account: str, opts: tuple[tuple[str, str], ...]) -> Any:
     import pyarrow.fs as pafs
 
     o = dict(opts)
-    kw: dict[str, Any] = {"account_key": o.get("AZURE_STORAGE_ACCOUNT_KEY"), "sas_token": o.get("AZURE_STORAGE_SAS_TOKEN")}
+    kw: dict[str, Any] = {
+        "account_key": o.get("AZURE_STORAGE_ACCOUNT_KEY"),
+        "sas_token": o.get("AZURE_STORAGE_SAS_TOKEN"),
+    }
     if o.get("AZURE_CLIENT_SECRET"):  # a service principal
-        kw.update(client_id=o.get("AZURE_CLIENT_ID"), client_secret=o["AZURE_CLIENT_SECRET"], tenant_id=o.get("AZURE_TENANT_ID"))
+        kw.update(
+            client_id=o.get("AZURE_CLIENT_ID"),
+            client_secret=o["AZURE_CLIENT_SECRET"],
+            tenant_id=o.get("AZURE_TENANT_ID"),
+        )
     elif o.get("AZURE_CLIENT_ID") and not (kw["account_key"] or kw["sas_token"]):  # a user-assigned managed identity
         kw.update(client_id=o["AZURE_CLIENT_ID"])  # (workload identity's tenant id alone is not a credential)
     return pafs.AzureFileSystem(account_name=account, **{k: v for k, v in kw.items() if v})
@@ -239,11 +246,35 @@ def _hdfs_fs(authority: str) -> Any:
 
 # --- errors ----------------------------------------------------------------------------------
 
-_UNREACHABLE = ("connection refused", "couldn't connect", "could not connect", "failed to connect", "timed out",
-                "timeout", "error sending request", "connection reset", "broken pipe", "curlcode: 7",
-                "curl error", "dns error", "network is unreachable", "connect error")
-_DENIED = ("accessdenied", "access denied", "invalidaccesskeyid", "signaturedoesnotmatch", "403", "forbidden",
-           "lacked the necessary privileges", "invalidtoken", "expiredtoken", "permission denied", "unauthorized")
+_UNREACHABLE = (
+    "connection refused",
+    "couldn't connect",
+    "could not connect",
+    "failed to connect",
+    "timed out",
+    "timeout",
+    "error sending request",
+    "connection reset",
+    "broken pipe",
+    "curlcode: 7",
+    "curl error",
+    "dns error",
+    "network is unreachable",
+    "connect error",
+)
+_DENIED = (
+    "accessdenied",
+    "access denied",
+    "invalidaccesskeyid",
+    "signaturedoesnotmatch",
+    "403",
+    "forbidden",
+    "lacked the necessary privileges",
+    "invalidtoken",
+    "expiredtoken",
+    "permission denied",
+    "unauthorized",
+)
 _NO_BUCKET = ("nosuchbucket", "bucket '", "bucket does not exist", "the specified bucket")
 
 
@@ -262,16 +293,22 @@ def storage_error(exc: BaseException, uri: str, what: str, storage: Storage = DE
     first = " ".join(str(exc).split())[:160]
     fam = scheme(uri)
     if any(s in text for s in _UNREACHABLE) and "no such" not in text:
-        return InfrastructureError(f"{uri}: cannot {what}: storage endpoint {_endpoint(uri, storage)} is unreachable "
-                                   f"({first}); check that the store is up and rerun (nothing was published)")
+        return InfrastructureError(
+            f"{uri}: cannot {what}: storage endpoint {_endpoint(uri, storage)} is unreachable "
+            f"({first}); check that the store is up and rerun (nothing was published)"
+        )
     if fam == "s3" and (any(s in text for s in _NO_BUCKET) or ("404" in text and "list" in text)):
         bucket = normalize(uri).split("://", 1)[1].split("/", 1)[0]
-        return InputDataError(f"{uri}: cannot {what}: bucket '{bucket}' does not exist at {_endpoint(uri, storage)}; "
-                              "create it or fix the location in the model config")
+        return InputDataError(
+            f"{uri}: cannot {what}: bucket '{bucket}' does not exist at {_endpoint(uri, storage)}; "
+            "create it or fix the location in the model config"
+        )
     if any(s in text for s in _DENIED):
-        names = {"s3": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or the storage: section's variables)",
-                 "gs": "GOOGLE_APPLICATION_CREDENTIALS", "abfss": "AZURE_STORAGE_ACCOUNT_KEY or the AZURE_CLIENT_* "
-                 "variables"}.get(fam, "the file permissions")
+        names = {
+            "s3": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or the storage: section's variables)",
+            "gs": "GOOGLE_APPLICATION_CREDENTIALS",
+            "abfss": "AZURE_STORAGE_ACCOUNT_KEY or the AZURE_CLIENT_* variables",
+        }.get(fam, "the file permissions")
         return ConfigError(f"{uri}: cannot {what}: the store refused the credentials; check {names}")
     if isinstance(exc, FileNotFoundError) or "not found" in text or "no such" in text or "404" in text:
         return InputDataError(f"{uri}: cannot {what}: not found; check the location in the model config")
@@ -298,8 +335,9 @@ def guard(uri: str, what: str, storage: Storage = DEFAULT) -> Iterator[None]:
 def artifact_cache_dir() -> str:
     """This machine's cache of fetched artifacts (``$BATCHSCORE_ARTIFACT_CACHE``, default
     ``~/.cache/batchscore/artifacts``): files named by their sha256."""
-    return os.environ.get("BATCHSCORE_ARTIFACT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "batchscore",
-                                                                        "artifacts")
+    return os.environ.get("BATCHSCORE_ARTIFACT_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "batchscore", "artifacts"
+    )
 
 
 # --- file operations (driver and executors) --------------------------------------------------
@@ -352,8 +390,9 @@ def size(uri: str, storage: Storage = DEFAULT) -> int:
     return int(got.size)
 
 
-def list_files(uri: str, storage: Storage = DEFAULT, *, suffix: str = "", recursive: bool = True,
-               hidden: bool = False) -> list[tuple[str, int]]:
+def list_files(
+    uri: str, storage: Storage = DEFAULT, *, suffix: str = "", recursive: bool = True, hidden: bool = False
+) -> list[tuple[str, int]]:
     """``(uri, size)`` of the files under ``uri`` ending in ``suffix``, sorted; ``_``/``.``-prefixed
     names (and folders) skipped unless ``hidden``. A missing folder lists as empty."""
     import pyarrow.fs as pafs
@@ -366,7 +405,7 @@ def list_files(uri: str, storage: Storage = DEFAULT, *, suffix: str = "", recurs
     for i in infos:
         if i.type != pafs.FileType.File or not i.path.endswith(suffix):
             continue
-        rel = i.path[len(path):].lstrip("/")
+        rel = i.path[len(path) :].lstrip("/")
         if not hidden and any(p.startswith(("_", ".")) for p in rel.split("/")):
             continue
         out.append((f"{base}/{rel}", int(i.size)))
@@ -431,5 +470,7 @@ def check_reachable(uri: str, storage: Storage = DEFAULT, *, what: str = "reach"
     with guard(uri, what, storage):
         got = fs.get_file_info(bucket)
         if got.type == pafs.FileType.NotFound:
-            raise InputDataError(f"{uri}: bucket '{bucket}' does not exist at {_endpoint(uri, storage)}; create it or "
-                                 "fix the location in the model config")
+            raise InputDataError(
+                f"{uri}: bucket '{bucket}' does not exist at {_endpoint(uri, storage)}; create it or "
+                "fix the location in the model config"
+            )

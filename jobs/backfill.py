@@ -166,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_model_config(args.model_config)
         days = date_range(args.start, args.end)
         url = cfg.redis_url() if args.publish_online else None
-        spark = build_session(f"batchscore-backfill-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf)
+        spark = build_session(
+            f"batchscore-backfill-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf
+        )
         report = backfill(spark, cfg, days=days, force=args.force, publish_online=args.publish_online, redis_url=url)
         print_table(report)
         return report

@@ -92,7 +92,10 @@ def _demo(args: argparse.Namespace, cfg_path: str, reference: tuple[str, str] | 
     if not os.environ.get(cfg.outputs.redis.url_env):
         server = LocalRedis().start()
         os.environ[cfg.outputs.redis.url_env] = server.url
-        print(f"demo: {cfg.outputs.redis.url_env} unset; started a throwaway {Path(server.exe or 'redis-server').name} on 127.0.0.1:{server.port}")
+        print(
+            f"demo: {cfg.outputs.redis.url_env} unset; started a throwaway "
+            f"{Path(server.exe or 'redis-server').name} on 127.0.0.1:{server.port}"
+        )
     try:
         run_args = ["--model-config", cfg_path] + (["--run-date", args.run_date] if args.run_date else [])
         code = run_job.main(run_args)

@@ -38,16 +38,25 @@ from batchscore.storage import DEFAULT, Storage
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="batchscore gc", description=__doc__.splitlines()[0])
     p.add_argument("--model-config", required=True, help="path to conf/models/<name>.yaml")
-    p.add_argument("--keep", type=int, help="old versions kept besides the current (default: outputs.redis.keep_versions)")
+    p.add_argument(
+        "--keep", type=int, help="old versions kept besides the current (default: outputs.redis.keep_versions)"
+    )
     p.add_argument("--grace-seconds", type=float, help="default: outputs.redis.gc_grace_seconds")
     p.add_argument("--orphans", action="store_true", help="also delete data keys of unknown versions (bounded SCAN)")
     p.add_argument("--max-scan-keys", type=int, default=1_000_000, help="with --orphans: stop after this many keys")
     p.add_argument("--master", help="Spark master, only used if a reconcile must reload Redis from Delta")
-    p.add_argument("--staged", action="store_true",
-                   help="also remove <delta>/runs/<run_id>/ of runs never published (rejected or abandoned) "
-                   "and older than --staged-retention-hours")
-    p.add_argument("--staged-retention-hours", type=_positive_hours, default=DEFAULT_STAGED_RETENTION_HOURS,
-                   help="with --staged: keep staged runs younger than this (default: %(default)g, i.e. 7 days)")
+    p.add_argument(
+        "--staged",
+        action="store_true",
+        help="also remove <delta>/runs/<run_id>/ of runs never published (rejected or abandoned) "
+        "and older than --staged-retention-hours",
+    )
+    p.add_argument(
+        "--staged-retention-hours",
+        type=_positive_hours,
+        default=DEFAULT_STAGED_RETENTION_HOURS,
+        help="with --staged: keep staged runs younger than this (default: %(default)g, i.e. 7 days)",
+    )
     return p.parse_args(entry.argv_or_sys(argv))
 
 
@@ -60,8 +69,9 @@ def _positive_hours(value: str) -> float:
     except ValueError:
         hours = -1.0
     if not hours > 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: give a number of hours above 0 (a run being scored "
-                                         "right now is 0 hours old)")
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give a number of hours above 0 (a run being scored right now is 0 hours old)"
+        )
     return hours
 
 
@@ -73,8 +83,9 @@ def _is_run_id(name: str) -> bool:
     return True
 
 
-def staged_runs(table: str, *, retention_hours: float, now: float | None = None,
-                storage: Storage = DEFAULT) -> dict[str, Any]:
+def staged_runs(
+    table: str, *, retention_hours: float, now: float | None = None, storage: Storage = DEFAULT
+) -> dict[str, Any]:
     """Remove the staged directories ``<table>/runs/<run_id>/`` of runs that were never
     published, that the live Delta version does not use, and whose newest file is older than
     ``retention_hours``; return what was removed and why the rest was kept. Works on local disk
@@ -104,7 +115,7 @@ def staged_runs(table: str, *, retention_hours: float, now: float | None = None,
                 live.add(rel[1])
     groups: dict[str, list[Any]] = {}
     for i in infos:
-        rel = i.path[len(path):].lstrip("/").split("/")
+        rel = i.path[len(path) :].lstrip("/").split("/")
         if len(rel) == 1 and i.type != pafs.FileType.Directory:
             report["ignored"].append(rel[0])  # a file directly under runs/: not a run's directory
         else:
@@ -127,8 +138,14 @@ def staged_runs(table: str, *, retention_hours: float, now: float | None = None,
             report["kept"][name] = f"younger than the retention ({age_h:.1f} h)"
         else:
             st.delete_dir(st.join(runs, name), storage)
-            report["removed"].append({"run_id": name, "age_hours": round(age_h, 1), "files": len(files),
-                                      "bytes": sum(int(f.size or 0) for f in files)})
+            report["removed"].append(
+                {
+                    "run_id": name,
+                    "age_hours": round(age_h, 1),
+                    "files": len(files),
+                    "bytes": sum(int(f.size or 0) for f in files),
+                }
+            )
     return report
 
 
@@ -143,32 +160,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = cfg.redis_url()
         store = store_of(cfg, url)
         target = target_of(cfg)
-        dropped = publication.gc(store, target, keep=keep, grace_s=grace, loader=lazy_loader(cfg, url, args.master),
-                                 log=entry.log)
+        dropped = publication.gc(
+            store, target, keep=keep, grace_s=grace, loader=lazy_loader(cfg, url, args.master), log=entry.log
+        )
         report: dict[str, Any] = {"deleted": dropped, "kept": store.known_versions()}
         if args.orphans:
             with store.locked("gc", ttl_s=rc.lock_ttl_seconds):
                 o = orphans(store, max_keys=args.max_scan_keys)
-            report["orphans"] = {"scanned": o.scanned, "deleted_keys": o.deleted, "versions": o.identities,
-                                 "complete": o.complete}
+            report["orphans"] = {
+                "scanned": o.scanned,
+                "deleted_keys": o.deleted,
+                "versions": o.identities,
+                "complete": o.complete,
+            }
         if args.staged:
             with store.locked("gc-staged", ttl_s=rc.lock_ttl_seconds):  # no publish in between
-                report["staged"] = staged_runs(cfg.outputs.delta.path, retention_hours=args.staged_retention_hours,
-                                               storage=cfg.store)
+                report["staged"] = staged_runs(
+                    cfg.outputs.delta.path, retention_hours=args.staged_retention_hours, storage=cfg.store
+                )
             for r in report["staged"]["removed"]:
-                entry.log(f"gc {cfg.name}: removed staged run {r['run_id']} ({r['files']} files, {r['bytes']:,} bytes, "
-                          f"{r['age_hours']:g} h old, never published)")
-        summary = {"current": store.current(), "deleted": dropped or "none", "kept": report["kept"],
-                   "keep / grace": f"{keep} / {grace:g} s"}
+                entry.log(
+                    f"gc {cfg.name}: removed staged run {r['run_id']} ({r['files']} files, {r['bytes']:,} bytes, "
+                    f"{r['age_hours']:g} h old, never published)"
+                )
+        summary = {
+            "current": store.current(),
+            "deleted": dropped or "none",
+            "kept": report["kept"],
+            "keep / grace": f"{keep} / {grace:g} s",
+        }
         if args.orphans:
             o_rep = report["orphans"]
-            summary["orphans"] = (f"{o_rep['deleted_keys']} key(s) of {len(o_rep['versions'])} unknown version(s) "
-                                  f"deleted, {o_rep['scanned']} scanned" + ("" if o_rep["complete"] else " (scan budget hit: run again)"))
+            summary["orphans"] = (
+                f"{o_rep['deleted_keys']} key(s) of {len(o_rep['versions'])} unknown version(s) "
+                f"deleted, {o_rep['scanned']} scanned" + ("" if o_rep["complete"] else " (scan budget hit: run again)")
+            )
         if args.staged:
             st = report["staged"]
             kept = Counter(why.split(" (")[0] for why in st["kept"].values())
             summary["staged removed"] = (", ".join(r["run_id"] for r in st["removed"]) or "none") + (
-                f" ({sum(r['bytes'] for r in st['removed']):,} bytes)" if st["removed"] else "")
+                f" ({sum(r['bytes'] for r in st['removed']):,} bytes)" if st["removed"] else ""
+            )
             summary["staged kept"] = ", ".join(f"{n} {why}" for why, n in sorted(kept.items())) or "none"
             summary["staged retention"] = f"{st['retention_hours']:g} h"
         entry.summary(f"gc {cfg.name}", summary)

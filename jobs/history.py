@@ -30,22 +30,37 @@ def rows(cfg: ModelConfig, store: RedisVersions | None) -> list[dict[str, Any]]:
     now = publication.served(store) if store else None
     out = []
     for h in delta.history(cfg.outputs.delta.path, cfg.store):
-        pub = publication.Publication.of(json.loads(h["batchscore.publication"])) if h.get("batchscore.publication") else None
+        pub = (
+            publication.Publication.of(json.loads(h["batchscore.publication"]))
+            if h.get("batchscore.publication")
+            else None
+        )
         redis_state = None
         if store is not None and pub is not None:
             meta = store.meta(pub.redis_version)
-            redis_state = ("current" if now is not None and now.seq == pub.seq else
-                           "kept" if meta.get("digest") == pub.digest else "collected")
+            redis_state = (
+                "current"
+                if now is not None and now.seq == pub.seq
+                else "kept"
+                if meta.get("digest") == pub.digest
+                else "collected"
+            )
         ts = h.get("timestamp")
-        out.append({
-            "delta_version": int(h["version"]), "operation": h.get("operation"),
-            "time": datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="seconds") if ts else None,
-            "publication": pub.seq if pub else None, "kind": pub.kind if pub else None,
-            "run_id": h.get("batchscore.run_id"), "model_version": h.get("batchscore.model_version"),
-            "rows": int(h["batchscore.rows"]) if h.get("batchscore.rows") else None,
-            "redis_version": pub.redis_version if pub else None, "redis": redis_state,
-            "rollback_to": int(h["batchscore.rollback_to"]) if h.get("batchscore.rollback_to") else None,
-        })
+        out.append(
+            {
+                "delta_version": int(h["version"]),
+                "operation": h.get("operation"),
+                "time": datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="seconds") if ts else None,
+                "publication": pub.seq if pub else None,
+                "kind": pub.kind if pub else None,
+                "run_id": h.get("batchscore.run_id"),
+                "model_version": h.get("batchscore.model_version"),
+                "rows": int(h["batchscore.rows"]) if h.get("batchscore.rows") else None,
+                "redis_version": pub.redis_version if pub else None,
+                "redis": redis_state,
+                "rollback_to": int(h["batchscore.rollback_to"]) if h.get("batchscore.rollback_to") else None,
+            }
+        )
     return out
 
 
@@ -59,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_model_config(args.model_config)
         rc = cfg.outputs.redis
         try:
-            store = RedisVersions(connect(cfg.redis_url(), cluster=rc.cluster), layout.namespace(rc.key_prefix, cfg.name))
+            store = RedisVersions(
+                connect(cfg.redis_url(), cluster=rc.cluster), layout.namespace(rc.key_prefix, cfg.name)
+            )
         except BatchscoreError as exc:
             entry.log(f"Redis state not shown: {exc}")
             store = None
@@ -77,8 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if r["rollback_to"] is not None:
                     run = f"rollback to {r['rollback_to']} ({run})"
                 rows_txt = f"{r['rows']:,}" if r["rows"] is not None else "-"
-                print(f"{r['delta_version']:>5}  {r['publication'] or '-':>4}  {r['time'] or '-':<25} {run:<34} {r['model_version'] or '-':<10} "
-                      f"{rows_txt:>10}  {what}")
+                print(
+                    f"{r['delta_version']:>5}  {r['publication'] or '-':>4}  {r['time'] or '-':<25} {run:<34} "
+                    f"{r['model_version'] or '-':<10} "
+                    f"{rows_txt:>10}  {what}"
+                )
         return {"versions": found}
 
     return entry.guarded(body)

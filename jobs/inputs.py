@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,14 +57,18 @@ def open_input(spark: SparkSession, spec: InputTable, *, storage: Storage = DEFA
     files = [u for u, _ in st.list_files(spec.path, storage, suffix=".parquet")] if not st.is_file(spec.path, storage) \
         else [st.normalize(spec.path)]
     if not files:
-        raise InputDataError(f"{where}: no Parquet files there (empty input or wrong path); check input.path in {source}")
+        raise InputDataError(
+            f"{where}: no Parquet files there (empty input or wrong path); check input.path in {source}"
+        )
     schema = _arrow_schema(files[0], storage, where)
     missing = [c for c in _needed(spec) if c not in schema.names]
     if missing and not remote and spec.read == "auto":
         return _spark_scan(spark, spec, spec.path)  # hive partition columns: Spark's scan reads them
     if missing and spec.read == "files" and not remote:
-        raise InputDataError(f"{where}: column(s) {missing} are not stored in its Parquet files "
-                             f"(partition columns?); set input.read: spark in {source}")
+        raise InputDataError(
+            f"{where}: column(s) {missing} are not stored in its Parquet files "
+            f"(partition columns?); set input.read: spark in {source}"
+        )
     return InputScan(spec.path, _spark_schema(schema), files)
 
 
@@ -101,32 +106,45 @@ def _open_delta(spark: SparkSession, spec: InputTable, storage: Storage, source:
 
     where = f"input table {spec.path}"
     if not is_table(spec.path, storage):
-        raise InputDataError(f"{where}: not a Delta table (no _delta_log); check input.path and input.format in {source}")
-    fix = ("export the features to a plain Parquet or Delta table without them, or set input.read: spark with a "
-           f"Delta-capable Spark in {source}")
+        raise InputDataError(
+            f"{where}: not a Delta table (no _delta_log); check input.path and input.format in {source}"
+        )
+    fix = (
+        "export the features to a plain Parquet or Delta table without them, or set input.read: spark with a "
+        f"Delta-capable Spark in {source}"
+    )
     try:
         dt = _dt(spec.path, storage)
     except InputDataError as exc:
         if "not supported" not in str(exc).lower() and "unsupported" not in str(exc).lower():
             raise
         detail = str(exc).split("(", 1)[-1].rstrip(")")
-        raise InputDataError(f"{where}: uses a Delta protocol feature batchscore cannot read ({detail}); {fix}") from None
+        raise InputDataError(
+            f"{where}: uses a Delta protocol feature batchscore cannot read ({detail}); {fix}"
+        ) from None
     proto = dt.protocol()
     unknown = sorted(set(proto.reader_features or []) - _DELTA_READER_FEATURES)
     if unknown or proto.min_reader_version > 3:
-        raise InputDataError(f"{where}: uses Delta reader feature(s) {unknown or [f'reader version {proto.min_reader_version}']} "
-                             f"that batchscore cannot read; {fix}")
+        raise InputDataError(
+            f"{where}: uses Delta reader feature(s) {unknown or [f'reader version {proto.min_reader_version}']} "
+            f"that batchscore cannot read; {fix}"
+        )
     if "deletionVectors" in (proto.reader_features or []):
         with st.guard(spec.path, "read deletion vectors", storage):
             n = sum(b.num_rows for b in dt.deletion_vectors())
         if n:
-            raise InputDataError(f"{where}: {n} file(s) carry deletion vectors, which batchscore does not apply yet; "
-                                 "rewrite them (OPTIMIZE / REORG TABLE ... APPLY (PURGE)) or set input.read: spark with "
-                                 f"a Delta-capable Spark in {source}")
+            raise InputDataError(
+                f"{where}: {n} file(s) carry deletion vectors, which batchscore does not apply yet; "
+                "rewrite them (OPTIMIZE / REORG TABLE ... APPLY (PURGE)) or set input.read: spark with "
+                f"a Delta-capable Spark in {source}"
+            )
     version = int(dt.version())
     arrow = pa.schema(dt.schema().to_arrow())  # arro3 -> pyarrow (Arrow C schema interface)
-    physical = {f.name: f.metadata["delta.columnMapping.physicalName"] for f in dt.schema().fields
-                if f.metadata.get("delta.columnMapping.physicalName")}
+    physical = {
+        f.name: f.metadata["delta.columnMapping.physicalName"]
+        for f in dt.schema().fields
+        if f.metadata.get("delta.columnMapping.physicalName")
+    }
     partitions = set(dt.metadata().partition_columns)
     files = [st.normalize(u) for u in dt.file_uris()]
     if not files:
@@ -134,10 +152,13 @@ def _open_delta(spark: SparkSession, spec: InputTable, storage: Storage, source:
     needed_parts = [c for c in _needed(spec) if c in partitions]
     if spec.read == "spark" or needed_parts:
         if spec.read == "files" or not st.is_local(spec.path) or physical:
-            raise InputDataError(f"{where}: column(s) {needed_parts} are Delta partition columns, which the tasks do not "
-                                 f"read; keep the key and features as data columns, or set input.read: spark in {source}"
-                                 if needed_parts else f"{where}: input.read: spark needs a local Delta table without "
-                                 f"column mapping; use input.read: auto in {source}")
+            raise InputDataError(
+                f"{where}: column(s) {needed_parts} are Delta partition columns, which the tasks do not "
+                f"read; keep the key and features as data columns, or set input.read: spark in {source}"
+                if needed_parts
+                else f"{where}: input.read: spark needs a local Delta table without "
+                f"column mapping; use input.read: auto in {source}"
+            )
         # exactly the pinned version's files; hive-style partition values from their paths
         df = spark.read.option("basePath", st.normalize(spec.path)).parquet(*files)
         return InputScan(spec.path, df.schema, None, df, delta_version=version)
@@ -154,8 +175,9 @@ def input_frame(spark: SparkSession, scan: InputScan, columns: list[str], *, sto
     from batchscore.udfs.fragments import files_frame
 
     assert scan.files is not None
-    return files_frame(spark, scan.files, _ST([scan.schema[c] for c in columns]), storage=storage,
-                       physical=scan.physical or None)
+    return files_frame(
+        spark, scan.files, _ST([scan.schema[c] for c in columns]), storage=storage, physical=scan.physical or None
+    )
 
 
 def read_input(spark: SparkSession, spec: InputTable) -> DataFrame:
@@ -189,8 +211,10 @@ def direct_files(spec: InputTable, *, source: str = "the model config") -> list[
     missing = [c for c in _needed(spec) if c not in physical_columns(files[0])]
     if missing:
         if spec.read == "files":
-            raise InputDataError(f"{where}: column(s) {missing} are not stored in its Parquet files "
-                                 f"(partition columns?); set input.read: spark in {source}")
+            raise InputDataError(
+                f"{where}: column(s) {missing} are not stored in its Parquet files "
+                f"(partition columns?); set input.read: spark in {source}"
+            )
         return None
     return files
 
@@ -200,12 +224,18 @@ def check_input(df: DataFrame | InputScan, spec: InputTable, *, source: str) -> 
     fields = {f.name: f.dataType for f in df.schema.fields}
     where = f"input table {spec.path}"
     if spec.key not in fields:
-        raise InputDataError(f"{where}: key column '{spec.key}' not found (columns: {_names(fields)}); fix input.key in {source}")
+        raise InputDataError(
+            f"{where}: key column '{spec.key}' not found (columns: {_names(fields)}); fix input.key in {source}"
+        )
     if not isinstance(fields[spec.key], _KEY_TYPES):
-        raise InputDataError(f"{where}: key column '{spec.key}' has type {fields[spec.key].simpleString()}; use a string or integer key")
+        raise InputDataError(
+            f"{where}: key column '{spec.key}' has type {fields[spec.key].simpleString()}; use a string or integer key"
+        )
     for col in spec.features or []:
         if col not in fields:
-            raise InputDataError(f"{where}: feature column '{col}' not found; fix input.features in {source} or the table")
+            raise InputDataError(
+                f"{where}: feature column '{col}' not found; fix input.features in {source} or the table"
+            )
         if not isinstance(fields[col], _NUMERIC):
             raise InputDataError(
                 f"{where}: feature column '{col}' has type {fields[col].simpleString()}, expected a number; "
@@ -215,9 +245,13 @@ def check_input(df: DataFrame | InputScan, spec: InputTable, *, source: str) -> 
         col = spec.feature_array
         dtype = fields.get(col)
         if dtype is None:
-            raise InputDataError(f"{where}: feature array column '{col}' not found; fix input.feature_array in {source}")
+            raise InputDataError(
+                f"{where}: feature array column '{col}' not found; fix input.feature_array in {source}"
+            )
         if not (isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, _NUMERIC)):
-            raise InputDataError(f"{where}: feature array column '{col}' has type {dtype.simpleString()}, expected array<float>")
+            raise InputDataError(
+                f"{where}: feature array column '{col}' has type {dtype.simpleString()}, expected array<float>"
+            )
 
 
 def check_keys(df: DataFrame, spec: InputTable) -> int:
@@ -233,7 +267,9 @@ def check_keys(df: DataFrame, spec: InputTable) -> int:
     if rows == 0:
         raise InputDataError(f"input table {spec.path} is empty; nothing to score (check the upstream job)")
     if null_keys:
-        raise InputDataError(f"input table {spec.path}: {null_keys} row(s) have a null key in '{spec.key}'; drop or fix them upstream")
+        raise InputDataError(
+            f"input table {spec.path}: {null_keys} row(s) have a null key in '{spec.key}'; drop or fix them upstream"
+        )
     if keys != rows:
         dup = df.groupBy(key).count().where("count > 1").limit(3).collect()
         sample = ", ".join(str(r[0]) for r in dup)
@@ -255,11 +291,13 @@ def check_staged_keys(staged: StagedRun, spec: InputTable, storage: Storage = DE
         raise InputDataError(f"input table {spec.path} is empty; nothing to score (check the upstream job)")
     null_keys = null_count(staged, spec.key, storage)
     if null_keys:
-        raise InputDataError(f"input table {spec.path}: {null_keys} row(s) have a null key in '{spec.key}'; drop or fix them upstream")
+        raise InputDataError(
+            f"input table {spec.path}: {null_keys} row(s) have a null key in '{spec.key}'; drop or fix them upstream"
+        )
     return rows
 
 
-def _names(fields: dict[str, object]) -> str:
+def _names(fields: Mapping[str, object]) -> str:
     names = list(fields)
     return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
 

@@ -47,7 +47,9 @@ def load_version(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: s
     def load(descriptors: Iterator[Any]) -> Iterator[Any]:
         yield from loader(read_fragments(descriptors, [key, *cols], storage=store))
 
-    frags = plan_fragments(parquet_files(paths, store), parallelism=spark.sparkContext.defaultParallelism, storage=store)
+    frags = plan_fragments(
+        parquet_files(paths, store), parallelism=spark.sparkContext.defaultParallelism, storage=store
+    )
     try:
         rows = fragment_frame(spark, frags).mapInArrow(load, "b long, n long").collect()
     except Exception as exc:
@@ -96,11 +98,17 @@ def parquet_files(paths: list[str], storage: Storage = DEFAULT) -> list[str]:
 
 def target_of(cfg: ModelConfig) -> publication.Target:
     rc = cfg.outputs.redis
-    return publication.Target(model=cfg.name, table=cfg.outputs.delta.path, key=cfg.input.key,
-                              columns=list(cfg.outputs.columns),
-                              model_version=cfg.model.version, keep_versions=rc.keep_versions,
-                              gc_grace_seconds=rc.gc_grace_seconds, lock_ttl_seconds=rc.lock_ttl_seconds,
-                              storage=cfg.store)
+    return publication.Target(
+        model=cfg.name,
+        table=cfg.outputs.delta.path,
+        key=cfg.input.key,
+        columns=list(cfg.outputs.columns),
+        model_version=cfg.model.version,
+        keep_versions=rc.keep_versions,
+        gc_grace_seconds=rc.gc_grace_seconds,
+        lock_ttl_seconds=rc.lock_ttl_seconds,
+        storage=cfg.store,
+    )
 
 
 def store_of(cfg: ModelConfig, url: str) -> RedisVersions:
@@ -111,14 +119,23 @@ def store_of(cfg: ModelConfig, url: str) -> RedisVersions:
 def preflight(cfg: ModelConfig, store: RedisVersions, staged: delta.StagedRun) -> None:
     """Refuse before writing anything when the new version would not fit; log warnings."""
     rc = cfg.outputs.redis
-    est = redis_preflight.estimate(store.r, rows=staged.total_rows, avg_key_len=_avg_key_len(cfg, staged),
-                                   columns=len(cfg.outputs.columns))
-    redis_preflight.check(store.r, ns=store.ns, rows=staged.total_rows, est=est, fraction=rc.max_memory_fraction,
-                          allow_evicting_policy=rc.allow_evicting_policy, warn=lambda w: entry.log(f"warning: {w}"))
+    est = redis_preflight.estimate(
+        store.r, rows=staged.total_rows, avg_key_len=_avg_key_len(cfg, staged), columns=len(cfg.outputs.columns)
+    )
+    redis_preflight.check(
+        store.r,
+        ns=store.ns,
+        rows=staged.total_rows,
+        est=est,
+        fraction=rc.max_memory_fraction,
+        allow_evicting_policy=rc.allow_evicting_policy,
+        warn=lambda w: entry.log(f"warning: {w}"),
+    )
 
 
 def _avg_key_len(cfg: ModelConfig, staged: delta.StagedRun) -> float:
     import pyarrow.compute as pc
+
     first = st.parquet_file(staged.uris()[0], cfg.store)
     if first.metadata.num_row_groups == 0:
         return 8.0
@@ -130,8 +147,15 @@ def _require_validated(cfg: ModelConfig, run_id: str) -> tuple[dict[str, Any], d
     scored = state.read_report(cfg, run_id, "score")
     validated = state.read_report(cfg, run_id, "validation")
     if scored is None or validated is None or not validated.get("passed") or not validated.get("digest"):
-        why = ("was not scored" if scored is None else "was not validated since it was scored" if validated is None
-               else "failed validation" if not validated.get("passed") else "was validated without a content digest")
+        why = (
+            "was not scored"
+            if scored is None
+            else "was not validated since it was scored"
+            if validated is None
+            else "failed validation"
+            if not validated.get("passed")
+            else "was validated without a content digest"
+        )
         raise PublishRefusedError(
             f"run {run_id} of '{cfg.name}' {why}; run `batchscore validate --run-id {run_id}` and fix what it "
             "reports; nothing was published"
@@ -139,8 +163,9 @@ def _require_validated(cfg: ModelConfig, run_id: str) -> tuple[dict[str, Any], d
     return scored, validated
 
 
-def publish(spark: SparkSession, cfg: ModelConfig, *, run_id: str, redis_url: str,
-            allow_older: bool = False) -> dict[str, Any]:
+def publish(
+    spark: SparkSession, cfg: ModelConfig, *, run_id: str, redis_url: str, allow_older: bool = False
+) -> dict[str, Any]:
     """Publish a scored and validated run through :func:`publication.publish`; write the report."""
     started = time.perf_counter()
     run_id = state.check_run_id(run_id)
@@ -151,34 +176,57 @@ def publish(spark: SparkSession, cfg: ModelConfig, *, run_id: str, redis_url: st
         check_alias_unchanged(cfg, scored)
     staged = delta.stage(cfg.outputs.delta.path, run_id, cfg.store)
     if staged.total_rows != int(scored["input_rows"]):
-        raise PublishRefusedError(f"{staged.run_path}: {staged.total_rows} staged rows but {scored['input_rows']} scored; re-score the run")
+        raise PublishRefusedError(
+            f"{staged.run_path}: {staged.total_rows} staged rows but {scored['input_rows']} scored; re-score the run"
+        )
     store = store_of(cfg, redis_url)
     out = publication.publish(
-        store, target_of(cfg), staged, run_id=run_id, run_date=scored.get("run_date"),
-        validated_digest=str(validated["digest"]), loader=spark_loader(spark, cfg, redis_url),
-        preflight=lambda: preflight(cfg, store, staged), allow_older=allow_older, log=entry.log,
-        metadata={"model": cfg.name, "model_version": cfg.model.version,
-                  **commit_metadata(scored),  # batchscore.model_registry: name, version, alias, run id, sha256
-                  # the validated profile travels with the version: the next run's drift reference
-                  "profile": json.dumps(validated.get("profile", {}), sort_keys=True)})
+        store,
+        target_of(cfg),
+        staged,
+        run_id=run_id,
+        run_date=scored.get("run_date"),
+        validated_digest=str(validated["digest"]),
+        loader=spark_loader(spark, cfg, redis_url),
+        preflight=lambda: preflight(cfg, store, staged),
+        allow_older=allow_older,
+        log=entry.log,
+        metadata={
+            "model": cfg.name,
+            "model_version": cfg.model.version,
+            **commit_metadata(scored),  # batchscore.model_registry: name, version, alias, run id, sha256
+            # the validated profile travels with the version: the next run's drift reference
+            "profile": json.dumps(validated.get("profile", {}), sort_keys=True),
+        },
+    )
     pub = out.publication
     assert pub is not None
     report = {
-        "model": cfg.name, "run_id": run_id, "rows": staged.total_rows, "delta_version": pub.delta_version,
-        "publication": pub.seq, "digest": staged.digest, "redis_version": pub.redis_version,
-        "previous_redis_version": out.previous_redis_version, "gc_versions": out.collected,
-        "already_published": out.action == "already-published", "seconds": round(time.perf_counter() - started, 2),
+        "model": cfg.name,
+        "run_id": run_id,
+        "rows": staged.total_rows,
+        "delta_version": pub.delta_version,
+        "publication": pub.seq,
+        "digest": staged.digest,
+        "redis_version": pub.redis_version,
+        "previous_redis_version": out.previous_redis_version,
+        "gc_versions": out.collected,
+        "already_published": out.action == "already-published",
+        "seconds": round(time.perf_counter() - started, 2),
     }
     state.write_report(cfg, run_id, "publish", report)
-    entry.log(f"{store.ns}: serving publication {pub.seq}: Redis version {pub.redis_version} "
-              f"(was {out.previous_redis_version})")
+    entry.log(
+        f"{store.ns}: serving publication {pub.seq}: Redis version {pub.redis_version} "
+        f"(was {out.previous_redis_version})"
+    )
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = entry.parser("publish", __doc__.splitlines()[0])
-    p.add_argument("--allow-older", action="store_true",
-                   help="publish even when the run's date is older than the published run's")
+    p.add_argument(
+        "--allow-older", action="store_true", help="publish even when the run's date is older than the published run's"
+    )
     args = p.parse_args(entry.argv_or_sys(argv))
 
     def body() -> dict[str, Any]:
@@ -187,10 +235,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = cfg.redis_url()
         _require_validated(cfg, run_id)  # fail fast, before starting Spark
         connect(url, cluster=cfg.outputs.redis.cluster).close()
-        spark = build_session(f"batchscore-publish-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf)
+        spark = build_session(
+            f"batchscore-publish-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf
+        )
         rep = publish(spark, cfg, run_id=run_id, redis_url=url, allow_older=args.allow_older)
-        entry.summary(f"publish {cfg.name}", {"run id": run_id, "rows": f"{rep['rows']:,}", "delta version": rep["delta_version"],
-                      "publication": rep["publication"], "redis version": rep["redis_version"], "time": f"{rep['seconds']} s"})
+        entry.summary(
+            f"publish {cfg.name}",
+            {
+                "run id": run_id,
+                "rows": f"{rep['rows']:,}",
+                "delta version": rep["delta_version"],
+                "publication": rep["publication"],
+                "redis version": rep["redis_version"],
+                "time": f"{rep['seconds']} s",
+            },
+        )
         return rep
 
     return entry.guarded(body)

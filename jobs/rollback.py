@@ -37,15 +37,23 @@ def rollback(cfg: ModelConfig, *, to_version: int, redis_url: str, master: str |
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = entry.parser("rollback", __doc__.splitlines()[0])
-    p.add_argument("--to-version", type=int, required=True, help="the Delta version to go back to (see `batchscore history`)")
+    p.add_argument(
+        "--to-version", type=int, required=True, help="the Delta version to go back to (see `batchscore history`)"
+    )
     args = p.parse_args(entry.argv_or_sys(argv))
 
     def body() -> dict[str, Any]:
         cfg = load_model_config(args.model_config)
         rep = rollback(cfg, to_version=args.to_version, redis_url=cfg.redis_url(), master=args.master)
-        entry.summary(f"rollback {cfg.name}", {"restored": rep["restored"], "delta version": rep["delta_version"],
-                      "publication": rep["publication"],
-                      "redis version": f"{rep['redis_version']} ({'reloaded' if rep['reloaded'] else 'kept'})"})
+        entry.summary(
+            f"rollback {cfg.name}",
+            {
+                "restored": rep["restored"],
+                "delta version": rep["delta_version"],
+                "publication": rep["publication"],
+                "redis version": f"{rep['redis_version']} ({'reloaded' if rep['reloaded'] else 'kept'})",
+            },
+        )
         return rep
 
     return entry.guarded(body)

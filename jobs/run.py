@@ -53,12 +53,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = cfg.redis_url()
         spark = build_session(f"batchscore-run-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf)
         rep = run(spark, cfg, run_id=run_id, run_date=args.run_date, redis_url=url)
-        entry.summary(f"run {cfg.name}", {
-            "run id": run_id, "rows": f"{rep['rows']:,}", "time": f"{rep['seconds']} s "
-            f"(score {rep['steps']['score']} s, validate {rep['steps']['validate']} s, publish {rep['steps']['publish']} s)",
-            "model loads": f"{rep['model_loads']} ({rep['model_load_seconds']} s)",
-            "delta version": rep["delta_version"], "redis version": rep["redis_version"],
-            "report": state.report_uri(cfg, run_id, "run.json")})
+        entry.summary(
+            f"run {cfg.name}",
+            {
+                "run id": run_id,
+                "rows": f"{rep['rows']:,}",
+                "time": f"{rep['seconds']} s "
+                f"(score {rep['steps']['score']} s, validate {rep['steps']['validate']} s, "
+                f"publish {rep['steps']['publish']} s)",
+                "model loads": f"{rep['model_loads']} ({rep['model_load_seconds']} s)",
+                "delta version": rep["delta_version"],
+                "redis version": rep["redis_version"],
+                "report": state.report_uri(cfg, run_id, "run.json"),
+            },
+        )
         return rep
 
     return entry.guarded(body)

@@ -143,24 +143,41 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
     state.invalidate(cfg, run_id, "validation", "publish", "run")  # whatever judged earlier files is void
     resolved = resolve_artifact(cfg)
     ref = check_artifact(cfg, resolved)
-    entry.log(f"score {cfg.name}: model {ref.uri.rsplit('/', 1)[-1]} sha256 {ref.sha256[:12]} ({cfg.model.format}, device {cfg.scoring.device}, {cfg.scoring.precision})")
+    entry.log(
+        f"score {cfg.name}: model {ref.uri.rsplit('/', 1)[-1]} sha256 {ref.sha256[:12]} "
+        f"({cfg.model.format}, device {cfg.scoring.device}, {cfg.scoring.precision})"
+    )
     source = open_input(spark, cfg.input, storage=store, source=cfg.source)
     check_input(source, cfg.input, source=cfg.source)
     how = "tasks read its files" if source.files is not None else "Spark's scan"
-    entry.log(f"score {cfg.name}: scoring {cfg.input.path}" + (f" (Delta version {source.delta_version})"
-              if source.delta_version is not None else "") + f"; {how}")
+    entry.log(
+        f"score {cfg.name}: scoring {cfg.input.path}"
+        + (f" (Delta version {source.delta_version})" if source.delta_version is not None else "")
+        + f"; {how}"
+    )
     loads = load_accumulator(spark.sparkContext)
     scored_at = datetime.now(UTC).replace(microsecond=0)
     stage_predictions(source, cfg, ref, run_path=target, run_id=run_id, scored_at=scored_at, loads=loads)
     staged = delta.stage(table, run_id, store, writers_hashes=True)  # validate and publish re-read the bytes
     input_rows = check_staged_keys(staged, cfg.input, store)  # from the scoring pass: no pre-pass over the input
     report = {
-        "model": cfg.name, "run_id": run_id, "run_date": run_date, "model_version": cfg.model.version,
-        "model_sha256": ref.sha256, "registry": resolved[1], "input_rows": input_rows, "staged_path": target, "digest": staged.digest,
-        "staged_rows": staged.total_rows, "staged_files": len(staged.relative_files), "staged_bytes": sum(staged.sizes),
+        "model": cfg.name,
+        "run_id": run_id,
+        "run_date": run_date,
+        "model_version": cfg.model.version,
+        "model_sha256": ref.sha256,
+        "registry": resolved[1],
+        "input_rows": input_rows,
+        "staged_path": target,
+        "digest": staged.digest,
+        "staged_rows": staged.total_rows,
+        "staged_files": len(staged.relative_files),
+        "staged_bytes": sum(staged.sizes),
         "input_delta_version": source.delta_version,
-        "model_loads": int(loads.value[0]), "model_load_seconds": round(float(loads.value[1]), 3),
-        "seconds": round(time.perf_counter() - started, 2), "scored_at": scored_at.isoformat(),
+        "model_loads": int(loads.value[0]),
+        "model_load_seconds": round(float(loads.value[1]), 3),
+        "seconds": round(time.perf_counter() - started, 2),
+        "scored_at": scored_at.isoformat(),
     }
     path = state.write_report(cfg, run_id, "score", report)
     entry.log(f"score {cfg.name}: staged {input_rows:,} predictions at {target}; report {path}")
@@ -173,10 +190,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> dict[str, Any]:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.new_run_id(args.run_date))
-        spark = build_session(f"batchscore-score-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf)
+        spark = build_session(
+            f"batchscore-score-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf
+        )
         rep = score(spark, cfg, run_id=run_id, run_date=args.run_date)
-        entry.summary(f"score {cfg.name}", {"run id": run_id, "rows": f"{rep['input_rows']:,}",
-                      "model loads": f"{rep['model_loads']} ({rep['model_load_seconds']} s)", "time": f"{rep['seconds']} s", "staged": rep["staged_path"]})
+        entry.summary(
+            f"score {cfg.name}",
+            {
+                "run id": run_id,
+                "rows": f"{rep['input_rows']:,}",
+                "model loads": f"{rep['model_loads']} ({rep['model_load_seconds']} s)",
+                "time": f"{rep['seconds']} s",
+                "staged": rep["staged_path"],
+            },
+        )
         return rep
 
     return entry.guarded(body)

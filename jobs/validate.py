@@ -57,12 +57,20 @@ def rules_for(cfg: ModelConfig, *, input_rows: int) -> R.Rules:
     cs = (R.ClassShares(tuple((k, b.min, b.max) for k, b in v.class_share.shares.items()), v.class_share.level,
                         cols("class_share", v.class_share)) if v.class_share else None)
     d = v.drift
-    dr = (R.Drift(cols("drift", d), d.min_rows, d.bins, d.psi.warn, d.psi.block, d.kl.warn, d.kl.block, d.kl.tail_holdout)
-          if d.enabled else None)
+    dr = (
+        R.Drift(cols("drift", d), d.min_rows, d.bins, d.psi.warn, d.psi.block, d.kl.warn, d.kl.block, d.kl.tail_holdout)
+        if d.enabled
+        else None
+    )
     return R.Rules(
         row_count=R.RowCount(input_rows, v.row_count.tolerance, v.row_count.level),
         null_rate=R.NullRate(v.null_rate.max, v.null_rate.level, cols("null_rate", v.null_rate)),
-        range=rg, mean=mean, std=std, quantiles=qb, class_share=cs, drift=dr,
+        range=rg,
+        mean=mean,
+        std=std,
+        quantiles=qb,
+        class_share=cs,
+        drift=dr,
     )
 
 
@@ -76,16 +84,26 @@ def load_reference(cfg: ModelConfig) -> tuple[dict[str, Any] | None, dict[str, A
         return None, None, f"first run: nothing published yet at {table}"
     version = pub.delta_version
     commit = delta.commit_info(table, version, cfg.store) or {}
-    source = {"delta_version": version, "publication": pub.seq, "run_id": pub.run_id,
-              "model_version": commit.get("batchscore.model_version")}
+    source = {
+        "delta_version": version,
+        "publication": pub.seq,
+        "run_id": pub.run_id,
+        "model_version": commit.get("batchscore.model_version"),
+    }
     if pub.rollback_to is not None:  # a rollback's commit carries the restored version's profile
         source["rollback_to"] = pub.rollback_to
     raw = commit.get("batchscore.profile")
     if not raw:
         return None, source, f"published version {version} carries no profile"
     if cfg.validation.drift.reset_on_new_model_version and source["model_version"] != cfg.model.version:
-        return None, source, (f"new model version {cfg.model.version} (the published one is {source['model_version']}) "
-                              "and validation.drift.reset_on_new_model_version is true")
+        return (
+            None,
+            source,
+            (
+                f"new model version {cfg.model.version} (the published one is {source['model_version']}) "
+                "and validation.drift.reset_on_new_model_version is true"
+            ),
+        )
     profile = json.loads(raw)
     if not profile.get("columns"):
         return None, source, f"published version {version} carries an empty profile"
@@ -117,8 +135,9 @@ def plans_for(cfg: ModelConfig, rules: R.Rules, reference: dict[str, Any] | None
     for c in cfg.outputs.columns:
         rc = (reference or {}).get("columns", {}).get(c) or {}
         cuts = (rc.get("hist") or {}).get("cuts")
-        plans[c] = ColumnPlan(cuts=tuple(cuts) if cuts else None, kl_edges=kl_edges(rc) if cuts else None,
-                              classes=rules.classes_for(c))
+        plans[c] = ColumnPlan(
+            cuts=tuple(cuts) if cuts else None, kl_edges=kl_edges(rc) if cuts else None, classes=rules.classes_for(c)
+        )
     return plans
 
 
@@ -166,7 +185,9 @@ def staged_frame(spark: SparkSession, staged: delta.StagedRun, store: Any, colum
 
     from batchscore.udfs.fragments import files_frame
 
-    return files_frame(spark, staged.uris(), from_arrow_schema(pa.schema([staged.schema.field(c) for c in columns])), storage=store)
+    return files_frame(
+        spark, staged.uris(), from_arrow_schema(pa.schema([staged.schema.field(c) for c in columns])), storage=store
+    )
 
 
 def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str, Any]:
@@ -178,8 +199,10 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str,
     store = cfg.store
     staged = delta.stage(cfg.outputs.delta.path, run_id, store)
     if scored.get("digest") and scored["digest"] != staged.digest:
-        raise PublishRefusedError(f"{staged.run_path}: the staged files changed since `score` wrote them (digest "
-                                  f"{staged.digest[:12]}, scored {str(scored['digest'])[:12]}); re-score run {run_id}")
+        raise PublishRefusedError(
+            f"{staged.run_path}: the staged files changed since `score` wrote them (digest "
+            f"{staged.digest[:12]}, scored {str(scored['digest'])[:12]}); re-score run {run_id}"
+        )
     rules = rules_for(cfg, input_rows=int(scored["input_rows"]))
     reference, source, no_ref = load_reference(cfg)
     if rules.drift is None:
@@ -189,8 +212,10 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str,
     bins = rules.drift.bins if rules.drift else cfg.validation.drift.bins
     profile = compute_profile(df, plans_for(cfg, rules, reference), quantiles=rules.quantiles_needed(), bins=bins)
     if delta.stage(cfg.outputs.delta.path, run_id, store).digest != staged.digest:
-        raise PublishRefusedError(f"{staged.run_path}: the staged files changed while they were validated; "
-                                  f"re-score run {run_id} and validate it again")
+        raise PublishRefusedError(
+            f"{staged.run_path}: the staged files changed while they were validated; "
+            f"re-score run {run_id} and validate it again"
+        )
     t1 = time.perf_counter()
     imports.join()
     t_imp = time.perf_counter()
@@ -200,32 +225,62 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str,
     psi = {r.column: r.observed for r in results if r.rule == "psi" and not r.skipped and r.column}
     d = cfg.validation.drift
     with tempfile.TemporaryDirectory(prefix="batchscore-validate-") as tmp:
-        local = (Path(state.run_dir(cfg, run_id)) if st.is_local(state.run_dir(cfg, run_id)) else Path(tmp)) / "validation.png"
-        plot_histograms(local, profile, reference, psi,
-                        title=f"{cfg.name} run {run_id}: {'passed' if passed else 'REJECTED'}"
-                        + (f" vs published run {source['run_id']}" if reference and source else ""),
-                        thresholds=f"warn > {d.psi.warn}, block > {d.psi.block}")
+        local = (
+            Path(state.run_dir(cfg, run_id)) if st.is_local(state.run_dir(cfg, run_id)) else Path(tmp)
+        ) / "validation.png"
+        plot_histograms(
+            local,
+            profile,
+            reference,
+            psi,
+            title=f"{cfg.name} run {run_id}: {'passed' if passed else 'REJECTED'}"
+            + (f" vs published run {source['run_id']}" if reference and source else ""),
+            thresholds=f"warn > {d.psi.warn}, block > {d.psi.block}",
+        )
         png = state.write_file(cfg, run_id, "validation.png", str(local))
     report = {
-        "model": cfg.name, "run_id": run_id, "model_version": cfg.model.version, "passed": passed,
-        "digest": staged.digest, "rows_judged": staged.total_rows,
-        "mode": "drift" if reference else "absolute-only", "mode_reason": no_ref or None,
-        "reference": source if reference else None, "profile": profile,
-        "rules": [r.as_dict() for r in results], "warnings": [r.describe() for r in warns],
-        "blocking": [r.describe() for r in blocks], "histogram_png": str(png),
-        "timings": {"profile": round(t1 - t0, 3), "import_wait": round(t_imp - t1, 3), "gx": round(t2 - t_imp, 3), "plot": round(time.perf_counter() - t2, 3)},
+        "model": cfg.name,
+        "run_id": run_id,
+        "model_version": cfg.model.version,
+        "passed": passed,
+        "digest": staged.digest,
+        "rows_judged": staged.total_rows,
+        "mode": "drift" if reference else "absolute-only",
+        "mode_reason": no_ref or None,
+        "reference": source if reference else None,
+        "profile": profile,
+        "rules": [r.as_dict() for r in results],
+        "warnings": [r.describe() for r in warns],
+        "blocking": [r.describe() for r in blocks],
+        "histogram_png": str(png),
+        "timings": {
+            "profile": round(t1 - t0, 3),
+            "import_wait": round(t_imp - t1, 3),
+            "gx": round(t2 - t_imp, 3),
+            "plot": round(time.perf_counter() - t2, 3),
+        },
         "seconds": round(time.perf_counter() - started, 2),
     }
     path = state.write_report(cfg, run_id, "validation", report)
-    against = (f"judged against published run {source['run_id']} (Delta version {source['delta_version']})"
-               if reference and source else f"absolute rules only: {no_ref}")
-    print(f"\nvalidation of {cfg.name} run {run_id}: {against}\n{format_table(results)}\n"
-          f"report: {path}\nhistogram: {png}", flush=True)
-    entry.log(f"validate {cfg.name}: {'passed' if passed else 'REJECTED'}"
-              f"{f' with {len(warns)} warning(s)' if warns else ''}; report {path}")
+    against = (
+        f"judged against published run {source['run_id']} (Delta version {source['delta_version']})"
+        if reference and source
+        else f"absolute rules only: {no_ref}"
+    )
+    print(
+        f"\nvalidation of {cfg.name} run {run_id}: {against}\n{format_table(results)}\n"
+        f"report: {path}\nhistogram: {png}",
+        flush=True,
+    )
+    entry.log(
+        f"validate {cfg.name}: {'passed' if passed else 'REJECTED'}"
+        f"{f' with {len(warns)} warning(s)' if warns else ''}; report {path}"
+    )
     if not passed:
         reasons = "; ".join(r.describe() for r in blocks)
-        raise ValidationRejectedError(f"run {run_id} of '{cfg.name}' rejected: {reasons} (report: {path}, histogram: {png})")
+        raise ValidationRejectedError(
+            f"run {run_id} of '{cfg.name}' rejected: {reasons} (report: {path}, histogram: {png})"
+        )
     return report
 
 
@@ -236,11 +291,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.latest_run_id(cfg))
         prefetch_imports()
-        spark = build_session(f"batchscore-validate-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf)
+        spark = build_session(
+            f"batchscore-validate-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf
+        )
         rep = validate(spark, cfg, run_id=run_id)
-        entry.summary(f"validate {cfg.name}", {"run id": run_id, "rows": f"{rep['profile']['rows']:,}",
-                      "passed": rep["passed"], "mode": rep["mode"], "report": state.report_uri(cfg, run_id, "validation.json"),
-                      "histogram": rep["histogram_png"], "time": f"{rep['seconds']} s"})
+        entry.summary(
+            f"validate {cfg.name}",
+            {
+                "run id": run_id,
+                "rows": f"{rep['profile']['rows']:,}",
+                "passed": rep["passed"],
+                "mode": rep["mode"],
+                "report": state.report_uri(cfg, run_id, "validation.json"),
+                "histogram": rep["histogram_png"],
+                "time": f"{rep['seconds']} s",
+            },
+        )
         return rep
 
     return entry.guarded(body)

@@ -49,10 +49,15 @@ def matrix_from_list(arr: Any, width: int, *, column: str = "features") -> np.nd
     if n == 0:
         return np.empty((0, width), dtype=np.float32)
     if arr.null_count:
-        raise InputDataError(f"feature array column '{column}' has {arr.null_count} null row(s) in a batch; fill or drop them upstream")
+        raise InputDataError(
+            f"feature array column '{column}' has {arr.null_count} null row(s) in a batch; fill or drop them upstream"
+        )
     if pa.types.is_fixed_size_list(arr.type):
         if arr.type.list_size != width:
-            raise InputDataError(f"feature array column '{column}' has length {arr.type.list_size}, expected {width} (input.feature_count)")
+            raise InputDataError(
+                f"feature array column '{column}' has length {arr.type.list_size}, expected {width} "
+                "(input.feature_count)"
+            )
     else:
         offsets = arr.offsets.to_numpy()
         lengths = np.diff(offsets)
@@ -97,7 +102,8 @@ def packed_matrix(batch: pa.RecordBatch, packing: Packing) -> np.ndarray:
     x = np.empty((batch.num_rows, packing.width), dtype=np.float32)
     if packing.array is not None:
         x[:, np.asarray(packing.packed, dtype=np.intp)] = matrix_from_list(
-            batch.column(packing.array), len(packing.packed), column=packing.array)
+            batch.column(packing.array), len(packing.packed), column=packing.array
+        )
     for j, name in packing.columns:
         x[:, j] = _float32(batch.column(name))
     return x

@@ -57,7 +57,9 @@ def _columns(outs: list[Any], n: int, uri: str) -> np.ndarray:
     for o in outs:
         a = np.asarray(o, dtype=np.float32)
         if a.ndim == 0 or a.shape[0] != n:
-            raise ModelError(f"{uri}: a model output has shape {a.shape} for {n} rows; each output must be (rows,) or (rows, k)")
+            raise ModelError(
+                f"{uri}: a model output has shape {a.shape} for {n} rows; each output must be (rows,) or (rows, k)"
+            )
         cols.append(a.reshape(n, -1))
     return cols[0] if len(cols) == 1 else np.concatenate(cols, axis=1)
 
@@ -106,13 +108,17 @@ class OnnxBackend:
         inputs = self._sess.get_inputs()
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)
-            raise ModelError(f"{uri}: ONNX model has {len(inputs)} inputs ({names}); batchscore feeds one (rows, features) matrix")
+            raise ModelError(
+                f"{uri}: ONNX model has {len(inputs)} inputs ({names}); batchscore feeds one (rows, features) matrix"
+            )
         inp = inputs[0]
         self._input, shape = inp.name, inp.shape
         if len(shape) != 2:
             raise ModelError(f"{uri}: ONNX input '{inp.name}' has shape {shape}; expected (batch, features)")
         if inp.type != "tensor(float)":
-            raise ModelError(f"{uri}: ONNX input '{inp.name}' has type {inp.type}; batchscore feeds tensor(float) (float32)")
+            raise ModelError(
+                f"{uri}: ONNX input '{inp.name}' has type {inp.type}; batchscore feeds tensor(float) (float32)"
+            )
         self.n_inputs = shape[1] if isinstance(shape[1], int) else None
         self.output_names = [o.name for o in self._sess.get_outputs()]
 
@@ -184,9 +190,13 @@ class _TorchBackend:
             if self.precision == "fp16" and not self._cuda and "not implemented" in complaint.lower():
                 fix = "an op has no fp16 kernel on CPU: use scoring.precision: bf16 (or fp32) on CPU"
             else:
-                fix = ("the model likely hard-codes float32 (constants, dtype= arguments, frozen weights): "
-                       "use scoring.precision: fp32, or export the model in that precision")
-            raise ModelError(f"{self._uri}: model failed in {self.precision} on {self._device} ({complaint}); {fix}") from None
+                fix = (
+                    "the model likely hard-codes float32 (constants, dtype= arguments, frozen weights): "
+                    "use scoring.precision: fp32, or export the model in that precision"
+                )
+            raise ModelError(
+                f"{self._uri}: model failed in {self.precision} on {self._device} ({complaint}); {fix}"
+            ) from None
 
 
 class TorchScriptBackend(_TorchBackend):
@@ -208,13 +218,18 @@ class TorchExportBackend(_TorchBackend):
         names = [n.name for n in program.graph.nodes if n.op == "placeholder"]
         specs = [m for n, m in zip(names, metas, strict=True) if n in users]
         if len(specs) != 1:
-            raise ModelError(f"{self._uri}: torch.export program has {len(specs)} inputs; batchscore feeds one (rows, features) matrix")
+            raise ModelError(
+                f"{self._uri}: torch.export program has {len(specs)} inputs; "
+                "batchscore feeds one (rows, features) matrix"
+            )
         val = specs[0]
         if val is not None:
             if val.dtype != torch.float32:
                 raise ModelError(f"{self._uri}: torch.export input has dtype {val.dtype}; batchscore feeds float32")
             if len(val.shape) != 2:
-                raise ModelError(f"{self._uri}: torch.export input has shape {tuple(val.shape)}; expected (batch, features)")
+                raise ModelError(
+                    f"{self._uri}: torch.export input has shape {tuple(val.shape)}; expected (batch, features)"
+                )
             width = val.shape[1]
             self.n_inputs = int(width) if isinstance(width, int) else None
         return program.module().to(self._device)
@@ -258,7 +273,9 @@ def check_model(backend: Backend, *, uri: str, n_features: int, n_outputs: int) 
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"{uri}: model failed on a (2, {n_features}) float32 probe batch: {_first_line(exc)}") from None
+        raise ModelError(
+            f"{uri}: model failed on a (2, {n_features}) float32 probe batch: {_first_line(exc)}"
+        ) from None
     if tuple(out.shape) != (2, n_outputs):
         raise ModelError(
             f"{uri}: model gives {out.shape[1]} output column(s), which does not match outputs.columns "

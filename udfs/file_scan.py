@@ -71,6 +71,8 @@ def with_predictions_from_files(
             yield keys, features_matrix(rb, features, feature_array, width)
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        yield from scored_batches(ref, pieces(batches), names=names, batch_size=batch_size, loads=loads, prefetch=prefetch)
+        yield from scored_batches(
+            ref, pieces(batches), names=names, batch_size=batch_size, loads=loads, prefetch=prefetch
+        )
 
     return fragment_frame(spark, fragments).mapInArrow(*sunk(score, schema, sink))

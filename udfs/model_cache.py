@@ -70,7 +70,9 @@ class ModelCache:
             seconds = time.perf_counter() - start
             self.stats.loads += 1
             self.stats.load_seconds += seconds
-            self.stats.loaded.append(f"{ref.sha256[:12]}@{device}" + ("" if ref.precision == "fp32" else f"/{ref.precision}"))
+            self.stats.loaded.append(
+                f"{ref.sha256[:12]}@{device}" + ("" if ref.precision == "fp32" else f"/{ref.precision}")
+            )
             self._entries[key] = (backend, len(data))
             self._evict()
             return backend, seconds

@@ -29,10 +29,10 @@ by the jobs (``batchscore.registry``); here give the artifact's own URI (a path 
 # No ``from __future__ import annotations`` here: pandas_udf reads the real type hints of the
 # function it wraps (typing.get_type_hints) to choose the iterator eval type.
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Literal, Tuple, Union
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -41,8 +41,8 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql.types import DataType, FloatType, StructField, StructType
 
-from batchscore.errors import ConfigError, InputDataError
 from batchscore import storage as st
+from batchscore.errors import ConfigError, InputDataError
 from batchscore.storage import DEFAULT, Storage
 from batchscore.udfs.arrow_input import features_matrix
 from batchscore.udfs.model_ref import ModelRef, hash_bytes, read_artifact
@@ -73,7 +73,7 @@ class PredictUDF:
             return FloatType()
         return StructType([StructField(c, FloatType(), True) for c in self.columns])
 
-    def __call__(self, *cols: Union[Column, str]) -> Column:
+    def __call__(self, *cols: Column | str) -> Column:
         if not cols:
             raise ConfigError("predict_udf(...)(): give the feature columns, e.g. udf(*feature_cols) "
                               "or udf(F.col('features'))")
@@ -112,7 +112,7 @@ def predict_udf(
     standard environment variables as the driver sees them, passed to the tasks in the closure).
     """
     fmt = format or FORMATS.get(PurePosixPath(model_uri.split("?")[0]).suffix.lower())
-    if fmt not in FORMATS.values():
+    if fmt is None or fmt not in FORMATS.values():
         raise ConfigError(f"predict_udf({model_uri!r}): format {fmt!r} unknown; give format= one of "
                           f"{', '.join(sorted(set(FORMATS.values())))}")
     if kind not in KINDS:
@@ -157,7 +157,7 @@ def _label(col: Column) -> str:
     return text[len("Column<'"):-2] if text.startswith("Column<'") and text.endswith("'>") else text
 
 
-def _pandas_matrix(parts: Tuple[Any, ...], labels: Tuple[str, ...], width: int | None) -> np.ndarray:
+def _pandas_matrix(parts: tuple[Any, ...], labels: tuple[str, ...], width: int | None) -> np.ndarray:
     """The float32 ``(rows, width)`` matrix of one pandas batch: several numeric Series, one
     Series of arrays, or a DataFrame (a struct column)."""
     if len(parts) == 1 and isinstance(parts[0], pd.DataFrame):
@@ -184,16 +184,16 @@ def _pandas_matrix(parts: Tuple[Any, ...], labels: Tuple[str, ...], width: int |
     return x
 
 
-def _pandas_udf(u: PredictUDF, labels: Tuple[str, ...]) -> Any:
+def _pandas_udf(u: PredictUDF, labels: tuple[str, ...]) -> Any:
     ref, columns, batch_size, prefetch, loads = u.ref, list(u.columns), u.batch_size, u.prefetch, u.loads
     width = ref.n_features
     multi = len(columns) > 1
 
-    def matrices(batches: Iterator[Any]) -> Iterator[Tuple[None, np.ndarray]]:
+    def matrices(batches: Iterator[Any]) -> Iterator[tuple[None, np.ndarray]]:
         for b in batches:
             yield None, _pandas_matrix(b if isinstance(b, tuple) else (b,), labels, width)
 
-    def predict(batches: Iterator[Tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
+    def predict(batches: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
         for _, out in score_pieces(ref, matrices(batches), n_outputs=len(columns), batch_size=batch_size,
                                    loads=loads, prefetch=prefetch):
             yield pd.DataFrame(out, columns=columns, copy=False) if multi else pd.Series(out[:, 0])
@@ -206,7 +206,7 @@ def _pandas_udf(u: PredictUDF, labels: Tuple[str, ...]) -> Any:
     return F.pandas_udf(predict, u.return_type)  # type: ignore[call-overload]
 
 
-def _arrow_udf(u: PredictUDF, labels: Tuple[str, ...], *, packed: bool) -> Any:
+def _arrow_udf(u: PredictUDF, labels: tuple[str, ...], *, packed: bool) -> Any:
     ref, columns, batch_size, prefetch, loads = u.ref, list(u.columns), u.batch_size, u.prefetch, u.loads
     names = [f"_{i}" for i in range(len(labels))]
     multi = len(columns) > 1
@@ -230,4 +230,4 @@ def _arrow_udf(u: PredictUDF, labels: Tuple[str, ...], *, packed: bool) -> Any:
             else:
                 yield pa.array(out[:, 0], type=pa.float32())
 
-    return F.arrow_udf(predict, u.return_type)  # type: ignore[attr-defined]
+    return F.arrow_udf(predict, u.return_type)  # type: ignore[call-overload]

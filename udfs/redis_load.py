@@ -1,7 +1,8 @@
 """Loading one Redis version from Spark executors (``mapInArrow`` over the staged rows).
 
 Each task reads its fragment of the staged Parquet files (one per core, no shuffle; the caller
-feeds the loader Arrow batches of key + score columns), gathers its rows into chunks of :data:`LOAD_CHUNK_ROWS` (bounded memory), sorts each chunk by bucket and
+feeds the loader Arrow batches of key + score columns), gathers its rows into chunks of
+:data:`LOAD_CHUNK_ROWS` (bounded memory), sorts each chunk by bucket and
 writes each bucket's rows of the chunk as one ``HSET``, pipelined in rounds of
 :data:`PIPELINE_ENTITIES`; it yields ``(bucket, entities)`` counts for the driver's verification.
 A bucket is filled by a few ``HSET``s (one per chunk that holds some of its entities) rather than
@@ -125,8 +126,9 @@ def resp_fields(keys: Any, packed: Any, value_width: int) -> tuple[Any, Any]:
     kb = keys.cast(pa.binary())
     lens = pc.cast(pc.cast(pc.binary_length(kb), pa.string()), pa.binary())
     values = pa.FixedSizeBinaryArray.from_buffers(pa.binary(value_width), len(kb), [None, pa.py_buffer(packed)])
-    joined = pc.binary_join_element_wise(b"$", lens, b"\r\n", kb, b"\r\n$%d\r\n" % value_width,
-                                         values.cast(pa.binary()), b"\r\n", b"")
+    joined = pc.binary_join_element_wise(
+        b"$", lens, b"\r\n", kb, b"\r\n$%d\r\n" % value_width, values.cast(pa.binary()), b"\r\n", b""
+    )
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32, count=len(joined) + 1, offset=4 * joined.offset)
     return memoryview(joined.buffers()[2]), offsets
 
@@ -152,9 +154,17 @@ def _chunks(batches: Iterator[Any], rows: int) -> Iterator[Any]:
         yield joined(buf)
 
 
-def make_loader(url: str, ns: str, vid: str, buckets_total: int, columns: list[str], *,
-                cluster: bool = False, fence: tuple[str, str] | None = None,
-                chunk_rows: int = LOAD_CHUNK_ROWS) -> Callable[[Iterator[Any]], Iterator[Any]]:
+def make_loader(
+    url: str,
+    ns: str,
+    vid: str,
+    buckets_total: int,
+    columns: list[str],
+    *,
+    cluster: bool = False,
+    fence: tuple[str, str] | None = None,
+    chunk_rows: int = LOAD_CHUNK_ROWS,
+) -> Callable[[Iterator[Any]], Iterator[Any]]:
     """The function a task runs over Arrow batches of the key (column 0, string or integer) and
     ``columns``; yields one batch of ``(b, n)``: entities written per bucket into version ``vid``.
 
@@ -196,8 +206,10 @@ def make_loader(url: str, ns: str, vid: str, buckets_total: int, columns: list[s
                     pipe.hset(key, keys[s:e], [bytes(packed[i * width : (i + 1) * width]) for i in range(s, e)])
                 else:
                     kb = key.encode()
-                    pipe.add(b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * (e - s), len(kb), kb),
-                             data[offsets[s] : offsets[e]])
+                    pipe.add(
+                        b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * (e - s), len(kb), kb),
+                        data[offsets[s] : offsets[e]],
+                    )
                 counts[b] = counts.get(b, 0) + (e - s)
                 pending += e - s
                 if pending >= PIPELINE_ENTITIES:
@@ -207,8 +219,9 @@ def make_loader(url: str, ns: str, vid: str, buckets_total: int, columns: list[s
         if pending:
             _flush(pipe)
         client.close()
-        yield pa.RecordBatch.from_arrays([pa.array(list(counts), pa.int64()), pa.array(list(counts.values()), pa.int64())],
-                                         names=["b", "n"])
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(list(counts), pa.int64()), pa.array(list(counts.values()), pa.int64())], names=["b", "n"]
+        )
 
     return load
 
@@ -221,8 +234,10 @@ def check_fence(client: Any, fence: tuple[str, str] | None) -> None:
 
     held = client.get(fence[0])
     if held is None or (held.decode() if isinstance(held, bytes) else str(held)) != fence[1]:
-        raise FencedError(f"the publish lock {fence[0]} no longer holds this run's token (it expired or another "
-                          "publisher took it over); this load stopped before its next write")
+        raise FencedError(
+            f"the publish lock {fence[0]} no longer holds this run's token (it expired or another "
+            "publisher took it over); this load stopped before its next write"
+        )
 
 
 def _flush(pipe: Any) -> None:

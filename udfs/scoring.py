@@ -55,7 +55,8 @@ _END = object()
 class Sink(Protocol):
     """What consumes a task's scored batches in the task itself, and the schema of what it yields."""
 
-    schema: StructType
+    @property
+    def schema(self) -> StructType: ...
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]: ...
 
@@ -126,7 +127,13 @@ def _prefetched(pieces: Iterator[Piece], depth: int) -> Iterator[Piece]:
 
 
 def score_pieces(
-    ref: ModelRef, pieces: Iterator[Piece], *, n_outputs: int, batch_size: int, loads: Any = None, prefetch: int | None = None
+    ref: ModelRef,
+    pieces: Iterator[Piece],
+    *,
+    n_outputs: int,
+    batch_size: int,
+    loads: Any = None,
+    prefetch: int | None = None,
 ) -> Iterator[tuple[Any, np.ndarray]]:
     """``(carried, scores)`` per model batch of ``batch_size`` rows; scores float32 (rows, n_outputs).
 
@@ -158,8 +165,14 @@ OUTPUT_ROWS = 65536  # rows per Arrow batch handed back to the JVM (at least one
 
 
 def scored_batches(
-    ref: ModelRef, pieces: Iterator[Piece], *, names: list[str], batch_size: int, loads: Any = None,
-    prefetch: int | None = None, min_rows: int = OUTPUT_ROWS,
+    ref: ModelRef,
+    pieces: Iterator[Piece],
+    *,
+    names: list[str],
+    batch_size: int,
+    loads: Any = None,
+    prefetch: int | None = None,
+    min_rows: int = OUTPUT_ROWS,
 ) -> Iterator[pa.RecordBatch]:
     """Key + score RecordBatches of ``names`` for ``(keys, matrix)`` pieces.
 
@@ -174,10 +187,13 @@ def scored_batches(
     def flush() -> pa.RecordBatch:
         k = keys[0] if len(keys) == 1 else pa.concat_arrays(keys)
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-        keys.clear(), outs.clear()
+        keys.clear()
+        outs.clear()
         return pa.RecordBatch.from_arrays([k, *_arrays(out)], names=names)
 
-    for k, out in score_pieces(ref, pieces, n_outputs=len(names) - 1, batch_size=batch_size, loads=loads, prefetch=prefetch):
+    for k, out in score_pieces(
+        ref, pieces, n_outputs=len(names) - 1, batch_size=batch_size, loads=loads, prefetch=prefetch
+    ):
         keys.append(k)
         outs.append(out)
         have += len(out)
@@ -255,7 +271,8 @@ def _scan_frame(
             expr = f"CAST({_quoted(name)} AS ARRAY<FLOAT>)" if to_float else _quoted(name)
             frame = df.selectExpr(_quoted(key), f"{expr} AS {_quoted(prefix)}")
         else:
-            col = F.col(name).cast(ArrayType(FloatType(), dtype.containsNull)) if to_float else F.col(name)
+            nullable = getattr(dtype, "containsNull", True)
+            col = F.col(name).cast(ArrayType(FloatType(), nullable)) if to_float else F.col(name)
             frame = df.select(key, col.alias(prefix))
 
         def from_array(b: pa.RecordBatch) -> np.ndarray:
@@ -267,7 +284,11 @@ def _scan_frame(
     others = [j for j in range(len(features)) if j not in set(floats)]
     packing = Packing(width, prefix if floats else None, floats, tuple((j, f"{prefix}_{j}") for j in others))
     if direct:
-        exprs = [f"array({', '.join(f'CAST({_quoted(features[j])} AS FLOAT)' for j in floats)}) AS {_quoted(prefix)}"] if floats else []
+        exprs = (
+            [f"array({', '.join(f'CAST({_quoted(features[j])} AS FLOAT)' for j in floats)}) AS {_quoted(prefix)}"]
+            if floats
+            else []
+        )
         exprs += [f"{_quoted(features[j])} AS {_quoted(f'{prefix}_{j}')}" for j in others]
         frame = df.selectExpr(_quoted(key), *exprs)
     else:
@@ -317,7 +338,9 @@ def predict_column(
     @arrow_udf(output_schema(columns))  # type: ignore[call-overload,misc]
     def predict(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
         pieces = ((None, to_matrix(a)) for a in arrays)
-        for _, out in score_pieces(ref, pieces, n_outputs=len(columns), batch_size=batch_size, loads=loads, prefetch=prefetch):
+        for _, out in score_pieces(
+            ref, pieces, n_outputs=len(columns), batch_size=batch_size, loads=loads, prefetch=prefetch
+        ):
             yield pa.StructArray.from_arrays(_arrays(out), fields=list(struct_type))
 
     return predict(arg)

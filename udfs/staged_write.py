@@ -129,6 +129,8 @@ def written(rows: list[Any]) -> dict[str, str]:
     seen: dict[int, Any] = {}
     for r in rows:
         if int(r["partition"]) in seen:
-            raise RuntimeError(f"two results for partition {r['partition']}: {seen[int(r['partition'])]['file']}, {r['file']}")
+            raise RuntimeError(
+                f"two results for partition {r['partition']}: {seen[int(r['partition'])]['file']}, {r['file']}"
+            )
         seen[int(r["partition"])] = r
     return {str(r["file"]): str(r["sha256"]) for r in sorted(seen.values(), key=lambda r: str(r["file"]))}

@@ -46,11 +46,21 @@ def _fmt(v: float | None) -> str:
 def absolute_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
     rows, cols = profile["rows"], profile["columns"]
     rc = rules.row_count
-    out = [Check("row_count", None, rc.level, float(rows),
-                 float(math.floor(rc.expected * (1 - rc.tolerance))), float(math.ceil(rc.expected * (1 + rc.tolerance))))]
+    out = [
+        Check(
+            "row_count",
+            None,
+            rc.level,
+            float(rows),
+            float(math.floor(rc.expected * (1 - rc.tolerance))),
+            float(math.ceil(rc.expected * (1 + rc.tolerance))),
+        )
+    ]
     nr = rules.null_rate
-    out += [Check("null_rate", c, nr.level, (cols[c]["nulls"] + cols[c]["nans"]) / rows if rows else 0.0, 0.0, nr.max)
-            for c in nr.columns]
+    out += [
+        Check("null_rate", c, nr.level, (cols[c]["nulls"] + cols[c]["nans"]) / rows if rows else 0.0, 0.0, nr.max)
+        for c in nr.columns
+    ]
     out += finite_checks(profile, rules)
     if (rg := rules.range) is not None:
         for c in rg.columns:
@@ -63,13 +73,17 @@ def absolute_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
             out += [Check(name, c, band.level, cols[c][name], band.min, band.max) for c in band.columns]
     if (qb := rules.quantiles) is not None:
         for c in qb.columns:
-            out += [Check(f"quantile_{qkey(q)}", c, qb.level, cols[c]["quantiles"].get(qkey(q)), lo, hi)
-                    for q, lo, hi in qb.bands]
+            out += [
+                Check(f"quantile_{qkey(q)}", c, qb.level, cols[c]["quantiles"].get(qkey(q)), lo, hi)
+                for q, lo, hi in qb.bands
+            ]
     if (cs := rules.class_share) is not None:
         for c in cs.columns:
             n = D.finite_rows(cols[c], rows)
-            out += [Check(f"class_share_{qkey(v)}", c, cs.level, cols[c]["classes"][qkey(v)] / n if n else None, lo, hi)
-                    for v, lo, hi in cs.shares]
+            out += [
+                Check(f"class_share_{qkey(v)}", c, cs.level, cols[c]["classes"][qkey(v)] / n if n else None, lo, hi)
+                for v, lo, hi in cs.shares
+            ]
     return out
 
 
@@ -85,12 +99,15 @@ def finite_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
         pos, neg = int(cols[c].get("posinf", 0)), int(cols[c].get("neginf", 0))
         n = pos + neg
         share = f" ({n / rows:.2%}: {pos:,} +inf, {neg:,} -inf)" if n and rows else ""
-        out.append(Check("finite", c, fin.level, n, 0, 0, expect="0",
-                         detail=f"{n:,} of {rows:,} scores are ±inf{share}"))
+        out.append(
+            Check("finite", c, fin.level, n, 0, 0, expect="0", detail=f"{n:,} of {rows:,} scores are ±inf{share}")
+        )
     return out
 
 
-def relative_checks(profile: dict[str, Any], rules: Rules, ref: dict[str, Any] | None) -> tuple[list[Check], list[RuleResult]]:
+def relative_checks(
+    profile: dict[str, Any], rules: Rules, ref: dict[str, Any] | None
+) -> tuple[list[Check], list[RuleResult]]:
     """Checks against the reference (mean/std moves, PSI); skipped entries say why not judged."""
     checks: list[Check] = []
     skipped: list[RuleResult] = []
@@ -152,9 +169,14 @@ def evaluate(profile: dict[str, Any], rules: Rules, reference: dict[str, Any] | 
     source = ctx.data_sources.add_pandas("batchscore")
 
     def run(asset: str, frame: Any, expectations: list[Any]) -> list[Any]:
-        batch = source.add_dataframe_asset(asset).add_batch_definition_whole_dataframe("run").get_batch(
-            batch_parameters={"dataframe": frame})
-        res = batch.validate(gx.ExpectationSuite(name=f"batchscore_{asset}", expectations=expectations), result_format="SUMMARY")
+        batch = (
+            source.add_dataframe_asset(asset)
+            .add_batch_definition_whole_dataframe("run")
+            .get_batch(batch_parameters={"dataframe": frame})
+        )
+        res = batch.validate(
+            gx.ExpectationSuite(name=f"batchscore_{asset}", expectations=expectations), result_format="SUMMARY"
+        )
         for r in res.results:
             info = r.exception_info or {}
             infos = [info] if "raised_exception" in info else list(info.values())
@@ -165,8 +187,10 @@ def evaluate(profile: dict[str, Any], rules: Rules, reference: dict[str, Any] | 
 
     results: list[RuleResult] = []
     frame = pd.DataFrame({f"m{i}": [_nan(k.observed)] for i, k in enumerate(checks)})
-    exps = [gxe.ExpectColumnValuesToBeBetween(column=f"m{i}", min_value=k.min, max_value=k.max, severity=_severity(k.level))
-            for i, k in enumerate(checks)]
+    exps = [
+        gxe.ExpectColumnValuesToBeBetween(column=f"m{i}", min_value=k.min, max_value=k.max, severity=_severity(k.level))  # type: ignore[arg-type]
+        for i, k in enumerate(checks)
+    ]
     by_column = {r.expectation_config.kwargs["column"]: r for r in (run("metrics", frame, exps) if checks else [])}
     for i, k in enumerate(checks):
         r = by_column[f"m{i}"]
@@ -177,7 +201,9 @@ def evaluate(profile: dict[str, Any], rules: Rules, reference: dict[str, Any] | 
     return results + skipped
 
 
-def _kl_results(profile: dict[str, Any], rules: Rules, ref: dict[str, Any] | None, run: Any, gxe: Any) -> list[RuleResult]:
+def _kl_results(
+    profile: dict[str, Any], rules: Rules, ref: dict[str, Any] | None, run: Any, gxe: Any
+) -> list[RuleResult]:
     import pandas as pd
 
     dr, out = rules.drift, []
@@ -191,9 +217,17 @@ def _kl_results(profile: dict[str, Any], rules: Rules, ref: dict[str, Any] | Non
         assert ref is not None
         part = D.kl_partition(ref["columns"][c], tuple(profile["columns"][c]["kl"]["edges"]))
         h = dr.tail_holdout
-        exps = [gxe.ExpectColumnKLDivergenceToBeLessThan(
-            column="x", partition_object=part, threshold=t, tail_weight_holdout=h,
-            internal_weight_holdout=h if D.has_zero_bins(part) else 0.0, severity=_severity(lv)) for lv, t in levels]
+        exps = [
+            gxe.ExpectColumnKLDivergenceToBeLessThan(
+                column="x",
+                partition_object=part,
+                threshold=t,
+                tail_weight_holdout=h,
+                internal_weight_holdout=h if D.has_zero_bins(part) else 0.0,
+                severity=_severity(lv),
+            )
+            for lv, t in levels
+        ]
         if not exps:
             continue
         frame = pd.DataFrame({"x": D.kl_sample(profile["columns"][c])})

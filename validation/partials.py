@@ -114,8 +114,16 @@ def finish(merged: dict[str, Any]) -> dict[str, Any]:
     """The column's statistics as the profile stores them (None where undefined)."""
     n = merged["n"]
     std = math.sqrt(merged["m2"] / (n - 1)) if n > 1 else None
-    return {"nulls": merged["nulls"], "nans": merged["nans"], "posinf": merged["posinf"], "neginf": merged["neginf"],
-            "min": merged["min"], "max": merged["max"], "mean": _finite(merged["mean"]) if n else None, "std": _finite(std)}
+    return {
+        "nulls": merged["nulls"],
+        "nans": merged["nans"],
+        "posinf": merged["posinf"],
+        "neginf": merged["neginf"],
+        "min": merged["min"],
+        "max": merged["max"],
+        "mean": _finite(merged["mean"]) if n else None,
+        "std": _finite(std),
+    }
 
 
 def _finite(v: float | None) -> float | None:

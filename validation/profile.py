@@ -100,15 +100,18 @@ def _partition_partials(batches: Iterator[Any], *, columns: list[str], intervals
     yield pa.RecordBatch.from_pydict({"partial": [json.dumps(out)]})
 
 
-def _partials(df: DataFrame, intervals: dict[str, list[Interval]], classes: dict[str, tuple[float, ...]]) -> list[dict[str, Any]]:
+def _partials(
+    df: DataFrame, intervals: dict[str, list[Interval]], classes: dict[str, tuple[float, ...]]
+) -> list[dict[str, Any]]:
     columns = list(intervals)
     fn = functools.partial(_partition_partials, columns=columns, intervals=intervals, classes=classes)
     rows = df.select(*columns).mapInArrow(fn, "partial string").collect()
     return [json.loads(r["partial"]) for r in rows]
 
 
-def compute_profile(df: DataFrame, plans: dict[str, ColumnPlan], *, quantiles: Sequence[float] = (),
-                    bins: int = 20) -> dict[str, Any]:
+def compute_profile(
+    df: DataFrame, plans: dict[str, ColumnPlan], *, quantiles: Sequence[float] = (), bins: int = 20
+) -> dict[str, Any]:
     """``{"rows": n, "columns": {col: {...}}, "passes": 1}``; see the module docstring."""
     freeze = [c for c, p in plans.items() if p.cuts is None]
     qs = sorted(set(STANDARD_QUANTILES) | set(quantiles) | (set(bin_quantiles(bins)) if freeze else set()))

@@ -66,7 +66,9 @@ def plot_histograms(path: Path, profile: dict[str, Any], reference: dict[str, An
         ax.stairs(_density(cand["hist"]["counts"], edges), edges, color="tab:red", linewidth=2,
                   label=f"candidate ({sum(cand['hist']['counts']):,} rows)")
         p = psi.get(c)
-        ax.set_title(f"{c}: PSI {p:.4f} ({thresholds})" if p is not None else f"{c}: PSI n/a (no reference: first run or reset)")
+        ax.set_title(
+            f"{c}: PSI {p:.4f} ({thresholds})" if p is not None else f"{c}: PSI n/a (no reference: first run or reset)"
+        )
         ax.set_xlabel(c)
         ax.set_ylabel("density")
         ax.legend(loc="upper right", fontsize=8)

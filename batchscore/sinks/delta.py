@@ -133,14 +133,18 @@ def stage_dir(table_path: str, run_path: str, storage: Storage = DEFAULT, *, mis
     known = {st.relative(table_path, st.join(run_path, n)): h for n, h in hashes.items()}
     digest = (_digest({r: (s, known[r]) for r, s in zip(rel, sizes, strict=True)})
               if writers_hashes and all(r in known for r in rel) else content_digest(table_path, rel, storage))
-    return StagedRun(st.normalize(run_path), rel, sizes, rows, schema, digest, table=st.normalize(table_path), stats=stats)
+    return StagedRun(
+        st.normalize(run_path), rel, sizes, rows, schema, digest, table=st.normalize(table_path), stats=stats
+    )
 
 
 def _stat_value(v: Any) -> Any:
     import datetime as dt
 
     if isinstance(v, dt.datetime):
-        return (v if v.tzinfo else v.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        return (v if v.tzinfo else v.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[
+            :-3
+        ] + "Z"
     if isinstance(v, bytes):
         return None
     if isinstance(v, float) and math.isnan(v):  # not a usable bound
@@ -170,11 +174,14 @@ def file_stats(md: Any) -> str:
         nulls[name] = n_null
         if complete and lo is not None and _stat_value(lo) is not None and _stat_value(hi) is not None:
             mins[name], maxs[name] = _stat_value(lo), _stat_value(hi)
-    return json.dumps({"numRecords": md.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls},
-                      default=str)
+    return json.dumps(
+        {"numRecords": md.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}, default=str
+    )
 
 
-def add_actions(staged: StagedRun, storage: Storage = DEFAULT, *, partition: dict[str, str | None] | None = None) -> list[Any]:
+def add_actions(
+    staged: StagedRun, storage: Storage = DEFAULT, *, partition: dict[str, str | None] | None = None
+) -> list[Any]:
     """The AddActions that commit ``staged``, each with its statistics; the sizes are checked
     against the store right before (delta-rs does not validate paths or sizes)."""
     from deltalake.transaction import AddAction
@@ -220,13 +227,17 @@ def null_count(staged: StagedRun, column: str, storage: Storage = DEFAULT) -> in
     return total
 
 
-def duplicate_keys(paths: list[str], column: str, *, sample: int = 3, storage: Storage = DEFAULT) -> tuple[int, list[Any]]:
+def duplicate_keys(
+    paths: list[str], column: str, *, sample: int = 3, storage: Storage = DEFAULT
+) -> tuple[int, list[Any]]:
     """(how many rows repeat a key, a few repeated keys) over the Parquet files ``paths``: one read
     of the key column, run only when a load came up short."""
     import numpy as np
     import pyarrow as pa
 
-    keys = pa.concat_arrays([c for p in paths for c in st.parquet_file(p, storage).read(columns=[column]).column(0).chunks])
+    keys = pa.concat_arrays(
+        [c for p in paths for c in st.parquet_file(p, storage).read(columns=[column]).column(0).chunks]
+    )
     values, counts = np.unique(keys.to_numpy(zero_copy_only=False), return_counts=True)
     repeated = values[counts > 1]
     return int((counts[counts > 1] - 1).sum()), [v.item() if hasattr(v, "item") else v for v in repeated[:sample]]
@@ -274,8 +285,17 @@ def _cas(expected: int | None, table_path: str, action: str, storage: Storage) -
     return _dt(table_path, storage, version=expected)
 
 
-def commit(table_path: str, staged: StagedRun, *, model: str, run_id: str, metadata: dict[str, str],
-           expected: int | None = None, check: Any = None, storage: Storage = DEFAULT) -> int:
+def commit(
+    table_path: str,
+    staged: StagedRun,
+    *,
+    model: str,
+    run_id: str,
+    metadata: dict[str, str],
+    expected: int | None = None,
+    check: Any = None,
+    storage: Storage = DEFAULT,
+) -> int:
     """Make ``staged`` the table's content in one commit on top of version ``expected`` (refused
     with :class:`CommitConflict` when the table moved since); ``check()`` runs right before the
     commit (the fencing-token check). On object stores delta-rs writes the log entry with a
@@ -288,7 +308,8 @@ def commit(table_path: str, staged: StagedRun, *, model: str, run_id: str, metad
     actions = add_actions(staged, storage)
     props = CommitProperties(
         custom_metadata={f"batchscore.{k}": v for k, v in {**metadata, "run_id": run_id}.items()},
-        app_transactions=[Transaction(app_id=app_id(model, run_id), version=1)], max_commit_retries=0,
+        app_transactions=[Transaction(app_id=app_id(model, run_id), version=1)],
+        max_commit_retries=0,
     )
     schema = Schema.from_arrow(staged.schema)
     dt = _cas(expected, table_path, "committing", storage)
@@ -299,11 +320,19 @@ def commit(table_path: str, staged: StagedRun, *, model: str, run_id: str, metad
             if dt is not None:
                 dt.create_write_transaction(actions, "overwrite", schema, commit_properties=props)
             else:
-                create_table_with_add_actions(table_path, schema, actions, mode="error", commit_properties=props,
-                                              storage_options=storage.options(table_path) or None)
+                create_table_with_add_actions(
+                    table_path,
+                    schema,
+                    actions,
+                    mode="error",
+                    commit_properties=props,
+                    storage_options=storage.options(table_path) or None,
+                )
         except CommitFailedError as exc:
-            raise CommitConflict(f"{table_path}: version {0 if expected is None else expected + 1} was committed by "
-                                 "someone else while this publication ran") from exc
+            raise CommitConflict(
+                f"{table_path}: version {0 if expected is None else expected + 1} was committed by "
+                "someone else while this publication ran"
+            ) from exc
         except Exception as exc:  # delta-rs reports "table already exists" for mode="error" generically
             if expected is None and is_table(table_path, storage):
                 raise CommitConflict(f"{table_path}: another publisher created the table first") from exc
@@ -338,12 +367,27 @@ def manifest_at(table_path: str, version: int, storage: Storage = DEFAULT) -> St
     sizes = {a["path"]: int(a["size_bytes"]) for a in acts}
     mds = [st.parquet_file(st.join(root, r), storage).metadata for r in rel]
     schema = mds[0].schema.to_arrow_schema() if mds else None
-    return StagedRun(root, rel, [sizes[r] for r in rel], [m.num_rows for m in mds], schema,
-                     content_digest(root, rel, storage), table=root, stats=[file_stats(m) for m in mds])
+    return StagedRun(
+        root,
+        rel,
+        [sizes[r] for r in rel],
+        [m.num_rows for m in mds],
+        schema,
+        content_digest(root, rel, storage),
+        table=root,
+        stats=[file_stats(m) for m in mds],
+    )
 
 
-def restore(table_path: str, version: int, *, metadata: dict[str, str], expected: int, check: Any = None,
-            storage: Storage = DEFAULT) -> int:
+def restore(
+    table_path: str,
+    version: int,
+    *,
+    metadata: dict[str, str],
+    expected: int,
+    check: Any = None,
+    storage: Storage = DEFAULT,
+) -> int:
     """Restore the table to ``version`` in one new commit on top of ``expected`` (compare-and-set,
     as :func:`commit`), carrying ``metadata``; return the new version.
 
@@ -363,6 +407,7 @@ def restore(table_path: str, version: int, *, metadata: dict[str, str], expected
         try:
             dt.restore(version, commit_properties=CommitProperties(custom_metadata=custom, max_commit_retries=0))
         except CommitFailedError as exc:
-            raise CommitConflict(f"{table_path}: version {expected + 1} was committed by someone else during the "
-                                 "rollback") from exc
+            raise CommitConflict(
+                f"{table_path}: version {expected + 1} was committed by someone else during the rollback"
+            ) from exc
     return expected + 1

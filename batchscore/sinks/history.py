@@ -34,7 +34,8 @@ def date_version(table_path: str, model: str, day: str, storage: Storage = DEFAU
     """The app-transaction version recorded for ``day`` (how often it was committed), or None."""
     if not is_table(table_path, storage):
         return None
-    return _dt(table_path, storage).transaction_version(app_id(model, day))
+    version = _dt(table_path, storage).transaction_version(app_id(model, day))
+    return None if version is None else int(version)
 
 
 def table_version(table_path: str, storage: Storage = DEFAULT) -> int | None:

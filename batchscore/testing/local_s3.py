@@ -43,7 +43,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Self
+from typing import IO, Self
 
 from batchscore.errors import BatchscoreError
 
@@ -190,7 +190,7 @@ class LocalS3:
         self._ports: dict[str, int] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.exe: str | None = None  # the binary :meth:`start` ran (see :func:`weed_binary`)
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     def __repr__(self) -> str:  # never the secret key
         state = "running" if self.running else "stopped"
@@ -489,22 +489,33 @@ class LocalS3:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batchscore.testing.local_s3",
-                                     description="Run a throwaway S3 server (SeaweedFS weed mini) on loopback until Ctrl-C.")
+                                     description="Run a throwaway S3 server (SeaweedFS weed mini) on loopback "
+                                     "until Ctrl-C.")
     parser.add_argument("--data-dir", help="where the objects live (kept); default: a temp dir, removed on exit")
     parser.add_argument("--bucket", action="append", help="bucket to create (repeatable; default: batchscore)")
     parser.add_argument("--access-key", default="batchscore")
     parser.add_argument("--secret-key", help="default: a random token")
-    parser.add_argument("--print-env", action="store_true",
-                        help="print `export AWS_...=...` lines for a client, the secret key included")
+    parser.add_argument(
+        "--print-env",
+        action="store_true",
+        help="print `export AWS_...=...` lines for a client, the secret key included",
+    )
     args = parser.parse_args(argv)
-    server = LocalS3(data_dir=args.data_dir, buckets=args.bucket or ["batchscore"],
-                     access_key=args.access_key, secret_key=args.secret_key)
+    server = LocalS3(
+        data_dir=args.data_dir,
+        buckets=args.bucket or ["batchscore"],
+        access_key=args.access_key,
+        secret_key=args.secret_key,
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     t0 = time.monotonic()
     try:
         server.start()
-        print(f"# SeaweedFS S3 on {server.endpoint} (pid {server.pid}, ready in {time.monotonic() - t0:.1f}s), "
-              f"buckets {', '.join(server.buckets)}, data {server.data_dir}", file=sys.stderr)
+        print(
+            f"# SeaweedFS S3 on {server.endpoint} (pid {server.pid}, ready in {time.monotonic() - t0:.1f}s), "
+            f"buckets {', '.join(server.buckets)}, data {server.data_dir}",
+            file=sys.stderr,
+        )
         for k, v in server.env().items():
             if k == "AWS_SECRET_ACCESS_KEY" and not args.print_env:
                 print(f"# export {k}=...  (hidden: --print-env prints it, or choose it with --secret-key)")
