@@ -14,6 +14,7 @@ date: score, validate, publish). Also runnable as ``spark-submit jobs/backfill.p
 from __future__ import annotations
 
 import argparse
+import logging
 import secrets
 import time
 from collections.abc import Sequence
@@ -28,11 +29,13 @@ from batchscore.exit import exit_now
 from batchscore.jobs import entry, state
 from batchscore.jobs.inputs import check_input, check_keys, input_frame, open_input
 from batchscore.jobs.score import check_artifact, stage_predictions
-from batchscore.jobs.session import build_session
+from batchscore.jobs.session import session_for
 from batchscore.sinks import history, publication
 from batchscore.testing import crashpoint
 from batchscore.udfs.model_cache import load_accumulator
 from batchscore.udfs.model_ref import ModelRef
+
+log = logging.getLogger(__name__)
 
 MAX_DAYS = 366
 
@@ -120,12 +123,12 @@ def backfill(spark: SparkSession, cfg: ModelConfig, *, days: list[str], force: b
         results.append(res)
         what = ("already backfilled, skipped (--force to redo)" if res["status"] == "skipped" else
                 f"{res['rows']:,} rows -> Delta version {res['delta_version']} ({res['seconds']} s)")
-        entry.log(f"backfill {cfg.name}: [{i}/{len(days)}] {day}: {what}")
+        log.info(f"backfill {cfg.name}: [{i}/{len(days)}] {day}: {what}")
     online = "unchanged (no --publish-online)"
     if publish_online:
         assert redis_url is not None
         online = maybe_publish(spark, cfg, days[-1], redis_url)
-        entry.log(f"backfill {cfg.name}: online pointer {online}")
+        log.info(f"backfill {cfg.name}: online pointer {online}")
     report = {"model": cfg.name, "history_path": table, "from": days[0], "to": days[-1], "force": force,
               "dates": results, "online": online, "delta_version": history.table_version(table, cfg.store),
               "model_loads": int(loads.value[0]), "seconds": round(time.perf_counter() - started, 2)}
@@ -157,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--from", dest="start", required=True, type=_date, help="first date (YYYY-MM-DD)")
     p.add_argument("--to", dest="end", required=True, type=_date, help="last date, inclusive (YYYY-MM-DD)")
     p.add_argument("--force", action="store_true", help="re-score dates already in the history table")
+    p.add_argument("--verbose", action="store_true", help="Spark's own log lines and progress bars on the console")
     p.add_argument("--publish-online", action="store_true",
                    help="also publish the newest date to Redis when it is newer than the published run")
     p.add_argument("--master", help="Spark master when not under spark-submit (default: the config's spark.master)")
@@ -166,14 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_model_config(args.model_config)
         days = date_range(args.start, args.end)
         url = cfg.redis_url() if args.publish_online else None
-        spark = build_session(
-            f"batchscore-backfill-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf
-        )
+        spark = session_for(cfg, "backfill", master=args.master, verbose=args.verbose)
         report = backfill(spark, cfg, days=days, force=args.force, publish_online=args.publish_online, redis_url=url)
         print_table(report)
         return report
 
-    return entry.guarded(body)
+    return entry.guarded(body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

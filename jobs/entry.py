@@ -3,19 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import re
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from batchscore.errors import EXIT_OK, EXIT_UNEXPECTED, BatchscoreError
 
+_HANDLER: logging.Handler | None = None
+
+
+def configure_logging(*, verbose: bool = False) -> None:
+    """The CLI's one handler: ``batchscore.*`` loggers to stderr as ``[batchscore HH:MM:SS] msg``
+    (INFO; DEBUG with ``--verbose``). Library modules only call ``logging.getLogger(__name__)``."""
+    global _HANDLER
+    root = logging.getLogger("batchscore")
+    if _HANDLER is None:
+        _HANDLER = logging.StreamHandler(sys.stderr)
+        _HANDLER.setFormatter(logging.Formatter("[batchscore %(asctime)s] %(message)s", datefmt="%H:%M:%S"))
+        root.addHandler(_HANDLER)
+        root.propagate = False
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
 
 def log(msg: str) -> None:
-    print(f"[batchscore {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    """Progress of a job step (INFO on the ``batchscore.jobs`` logger)."""
+    logging.getLogger("batchscore.jobs").info(msg)
+
+
+def spark_log_file(app: str) -> str:
+    """Where Spark's own log lines go unless ``--verbose`` (``$BATCHSCORE_LOG_DIR``, default the
+    temp dir's ``batchscore-logs``)."""
+    d = Path(os.environ.get("BATCHSCORE_LOG_DIR") or Path(tempfile.gettempdir()) / "batchscore-logs")
+    d.mkdir(parents=True, exist_ok=True)
+    return str(d / f"{app}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
 
 
 def _run_date(value: str) -> str:
@@ -33,11 +61,14 @@ def parser(verb: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="run identifier [A-Za-z0-9_.-]; default: new for score/run, "
                    "the latest scored run for validate/publish")
     p.add_argument("--master", help="Spark master when not under spark-submit (default: the config's spark.master)")
+    p.add_argument("--verbose", action="store_true",
+                   help="Spark's own log lines and progress bars on the console (default: a log file, named at start)")
     return p
 
 
-def guarded(fn: Callable[[], dict[str, Any] | None]) -> int:
+def guarded(fn: Callable[[], dict[str, Any] | None], *, verbose: bool = False) -> int:
     """Run a job body; known errors become one line on stderr and their exit code."""
+    configure_logging(verbose=verbose)
     try:
         fn()
         return EXIT_OK

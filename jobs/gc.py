@@ -18,6 +18,7 @@ model's publish lock, so it never races a publish, and reports what it removed. 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from collections import Counter
@@ -33,6 +34,8 @@ from batchscore.jobs.publish import lazy_loader, store_of, target_of
 from batchscore.sinks import delta, publication
 from batchscore.sinks.redis_gc import orphans
 from batchscore.storage import DEFAULT, Storage
+
+log = logging.getLogger(__name__)
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -179,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cfg.outputs.delta.path, retention_hours=args.staged_retention_hours, storage=cfg.store
                 )
             for r in report["staged"]["removed"]:
-                entry.log(
+                log.info(
                     f"gc {cfg.name}: removed staged run {r['run_id']} ({r['files']} files, {r['bytes']:,} bytes, "
                     f"{r['age_hours']:g} h old, never published)"
                 )
@@ -206,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         entry.summary(f"gc {cfg.name}", summary)
         return report
 
-    return entry.guarded(body)
+    return entry.guarded(body, verbose=getattr(args, "verbose", False))
 
 
 if __name__ == "__main__":

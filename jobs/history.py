@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,8 @@ from batchscore.jobs import entry
 from batchscore.redis_conn import connect
 from batchscore.sinks import delta, publication
 from batchscore.sinks.redis import RedisVersions
+
+log = logging.getLogger(__name__)
 
 
 def rows(cfg: ModelConfig, store: RedisVersions | None) -> list[dict[str, Any]]:
@@ -78,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 connect(cfg.redis_url(), cluster=rc.cluster), layout.namespace(rc.key_prefix, cfg.name)
             )
         except BatchscoreError as exc:
-            entry.log(f"Redis state not shown: {exc}")
+            log.info(f"Redis state not shown: {exc}")
             store = None
         found = rows(cfg, store)
         if args.json:
@@ -101,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         return {"versions": found}
 
-    return entry.guarded(body)
+    return entry.guarded(body, verbose=getattr(args, "verbose", False))
 
 
 if __name__ == "__main__":

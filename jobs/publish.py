@@ -9,6 +9,7 @@ refused (exit 2). Also runnable as ``spark-submit jobs/publish.py ...``.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
 from batchscore.exit import exit_now
 from batchscore.jobs import entry, state
-from batchscore.jobs.session import build_session
+from batchscore.jobs.session import session_for
 from batchscore.redis_conn import connect
 from batchscore.registry import check_alias_unchanged, commit_metadata
 from batchscore.sinks import delta, publication, redis_preflight
@@ -29,6 +30,8 @@ from batchscore.sinks.redis import RedisVersions, Version
 from batchscore.storage import DEFAULT, Storage
 from batchscore.udfs.fragments import fragment_frame, plan_fragments, read_fragments
 from batchscore.udfs.redis_load import make_loader
+
+log = logging.getLogger(__name__)
 
 
 def load_version(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: str, version: Version,
@@ -73,9 +76,9 @@ def lazy_loader(cfg: ModelConfig, url: str, master: str | None = None) -> public
     version, a reconcile or a gc need no Spark)."""
 
     def load(paths: list[str], version: Version, fence: tuple[str, str]) -> dict[int, int]:
-        from batchscore.jobs.session import build_session
+        from batchscore.jobs.session import session_for
 
-        spark = build_session(f"batchscore-load-{cfg.name}", master=master or cfg.spark.master, conf=cfg.spark.conf)
+        spark = session_for(cfg, "load", master=master)
         return load_version(spark, cfg, paths, url, version, fence)
 
     return load
@@ -129,7 +132,7 @@ def preflight(cfg: ModelConfig, store: RedisVersions, staged: delta.StagedRun) -
         est=est,
         fraction=rc.max_memory_fraction,
         allow_evicting_policy=rc.allow_evicting_policy,
-        warn=lambda w: entry.log(f"warning: {w}"),
+        warn=lambda w: log.info(f"warning: {w}"),
     )
 
 
@@ -215,7 +218,7 @@ def publish(
         "seconds": round(time.perf_counter() - started, 2),
     }
     state.write_report(cfg, run_id, "publish", report)
-    entry.log(
+    log.info(
         f"{store.ns}: serving publication {pub.seq}: Redis version {pub.redis_version} "
         f"(was {out.previous_redis_version})"
     )
@@ -235,9 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = cfg.redis_url()
         _require_validated(cfg, run_id)  # fail fast, before starting Spark
         connect(url, cluster=cfg.outputs.redis.cluster).close()
-        spark = build_session(
-            f"batchscore-publish-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf
-        )
+        spark = session_for(cfg, "publish", master=args.master, verbose=args.verbose)
         rep = publish(spark, cfg, run_id=run_id, redis_url=url, allow_older=args.allow_older)
         entry.summary(
             f"publish {cfg.name}",
@@ -252,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return rep
 
-    return entry.guarded(body)
+    return entry.guarded(body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         entry.summary(f"reconcile {cfg.name}", {k.replace("_", " "): v for k, v in rep.items()})
         return rep
 
-    return entry.guarded(body)
+    return entry.guarded(body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

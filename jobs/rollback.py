@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return rep
 
-    return entry.guarded(body)
+    return entry.guarded(body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

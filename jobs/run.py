@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -13,10 +14,12 @@ from batchscore.exit import exit_now
 from batchscore.jobs import entry, state
 from batchscore.jobs.publish import _require_validated, publish
 from batchscore.jobs.score import score
-from batchscore.jobs.session import build_session
+from batchscore.jobs.session import session_for
 from batchscore.jobs.validate import prefetch_imports, validate
 from batchscore.redis_conn import connect
 from batchscore.sinks import delta
+
+log = logging.getLogger(__name__)
 
 
 def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, redis_url: str) -> dict[str, Any]:
@@ -26,7 +29,7 @@ def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, re
     if any(p.get("run_id") == run_id for p in delta.publications(cfg.outputs.delta.path, cfg.store)):
         # A rerun (an Airflow retry) after this run's Delta commit, e.g. Redis failed before the flip:
         # scoring again is refused (the id is published) and not needed; the publish resumes.
-        entry.log(f"run {cfg.name}: run {run_id} is already committed to Delta; resuming its publish")
+        log.info(f"run {cfg.name}: run {run_id} is already committed to Delta; resuming its publish")
         scored, validated = _require_validated(cfg, run_id)
     else:
         prefetch_imports()  # GX + matplotlib load in the background while the driver waits on scoring
@@ -51,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.new_run_id(args.run_date))
         url = cfg.redis_url()
-        spark = build_session(f"batchscore-run-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf)
+        spark = session_for(cfg, "run", master=args.master, verbose=args.verbose)
         rep = run(spark, cfg, run_id=run_id, run_date=args.run_date, redis_url=url)
         entry.summary(
             f"run {cfg.name}",
@@ -69,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return rep
 
-    return entry.guarded(body)
+    return entry.guarded(body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

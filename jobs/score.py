@@ -5,6 +5,7 @@ Also runnable as ``spark-submit jobs/score.py --model-config ... --run-date ...`
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -26,16 +27,18 @@ from batchscore.jobs.inputs import (
     direct_files,
     open_input,
 )
-from batchscore.jobs.session import build_session
+from batchscore.jobs.session import session_for
 from batchscore.sinks import delta
 from batchscore.udfs.backends import check_model, load_backend
 from batchscore.udfs.device import resolve_device
 from batchscore.udfs.file_scan import with_predictions_from_files
 from batchscore.udfs.fragments import plan_fragments
-from batchscore.udfs.model_cache import load_accumulator
+from batchscore.udfs.model_cache import cpu_fallbacks, load_accumulator
 from batchscore.udfs.model_ref import ModelRef, hash_bytes, read_artifact
 from batchscore.udfs.scoring import Sink, with_predictions
 from batchscore.udfs.staged_write import StagedWriter, written
+
+log = logging.getLogger(__name__)
 
 Resolved = tuple[str, dict[str, Any] | None]  # (local artifact path, registry info or None)
 
@@ -49,7 +52,7 @@ def resolve_artifact(cfg: ModelConfig) -> Resolved:
         return cfg.model_path, None
     from batchscore import registry
 
-    res = registry.resolve(cfg, log=lambda m: entry.log(f"score {cfg.name}: {m}"))
+    res = registry.resolve(cfg, log=lambda m: log.info(f"score {cfg.name}: {m}"))
     return res.path, res.info
 
 
@@ -67,7 +70,7 @@ def check_artifact(cfg: ModelConfig, resolved: Resolved | None = None) -> Any:
     # Driver-side messages name what the config names: the registered version, not the cache file.
     label = (ref.uri if registered is None else cfg.model.uri if registered["alias"] is None
              else f"{cfg.model.uri} (version {registered['version']})")
-    device = resolve_device(ref.device, ref.format, uri=label)
+    device = resolve_device(ref.device, ref.format, uri=label, warn=False)  # the executors' loads decide
     backend = load_backend(data, fmt=ref.format, uri=label, device=device, precision=ref.precision)
     check_model(backend, uri=label, n_features=cfg.input.n_features, n_outputs=len(cfg.outputs.columns))
     return ref
@@ -143,14 +146,14 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
     state.invalidate(cfg, run_id, "validation", "publish", "run")  # whatever judged earlier files is void
     resolved = resolve_artifact(cfg)
     ref = check_artifact(cfg, resolved)
-    entry.log(
+    log.info(
         f"score {cfg.name}: model {ref.uri.rsplit('/', 1)[-1]} sha256 {ref.sha256[:12]} "
         f"({cfg.model.format}, device {cfg.scoring.device}, {cfg.scoring.precision})"
     )
     source = open_input(spark, cfg.input, storage=store, source=cfg.source)
     check_input(source, cfg.input, source=cfg.source)
     how = "tasks read its files" if source.files is not None else "Spark's scan"
-    entry.log(
+    log.info(
         f"score {cfg.name}: scoring {cfg.input.path}"
         + (f" (Delta version {source.delta_version})" if source.delta_version is not None else "")
         + f"; {how}"
@@ -158,6 +161,10 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
     loads = load_accumulator(spark.sparkContext)
     scored_at = datetime.now(UTC).replace(microsecond=0)
     stage_predictions(source, cfg, ref, run_path=target, run_id=run_id, scored_at=scored_at, loads=loads)
+    fallbacks = cpu_fallbacks(loads.value)
+    if cfg.scoring.device == "auto" and fallbacks:  # once per run, however many workers loaded the model
+        log.warning("score %s: scoring.device is 'auto' and %d of %d model load(s) found no GPU; scored on CPU",
+                    cfg.name, fallbacks, int(loads.value[0]))
     staged = delta.stage(table, run_id, store, writers_hashes=True)  # validate and publish re-read the bytes
     input_rows = check_staged_keys(staged, cfg.input, store)  # from the scoring pass: no pre-pass over the input
     report = {
@@ -176,11 +183,12 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
         "input_delta_version": source.delta_version,
         "model_loads": int(loads.value[0]),
         "model_load_seconds": round(float(loads.value[1]), 3),
+        "model_devices": sorted(set(loads.value[3])),
         "seconds": round(time.perf_counter() - started, 2),
         "scored_at": scored_at.isoformat(),
     }
     path = state.write_report(cfg, run_id, "score", report)
-    entry.log(f"score {cfg.name}: staged {input_rows:,} predictions at {target}; report {path}")
+    log.info(f"score {cfg.name}: staged {input_rows:,} predictions at {target}; report {path}")
     return report
 
 
@@ -190,9 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> dict[str, Any]:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.new_run_id(args.run_date))
-        spark = build_session(
-            f"batchscore-score-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf
-        )
+        spark = session_for(cfg, "score", master=args.master, verbose=args.verbose)
         rep = score(spark, cfg, run_id=run_id, run_date=args.run_date)
         entry.summary(
             f"score {cfg.name}",
@@ -206,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return rep
 
-    return entry.guarded(body)
+    return entry.guarded(body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

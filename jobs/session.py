@@ -1,10 +1,12 @@
-"""The only place a SparkSession is built."""
+"""The only place a SparkSession is built (:func:`session_for` for a job step of a model config)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -41,8 +43,31 @@ def _submitted_keys() -> set[str]:
     return {key for key, _ in SparkConf().getAll()}
 
 
+_LOG4J = """\
+rootLogger.level = warn
+rootLogger.appenderRef.file.ref = file
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {path}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n
+"""
+
+
+def session_for(cfg: Any, verb: str, *, master: str | None = None, verbose: bool = False) -> SparkSession:
+    """The session of one job step for model config ``cfg``: its app name, the config's master
+    (unless ``master`` or spark-submit says otherwise) and ``spark.conf``; unless ``verbose``,
+    Spark's own log lines go to a file (named in the job's log) and no progress bars are drawn."""
+    from batchscore.jobs import entry
+
+    app = f"batchscore-{verb}-{cfg.name}"
+    log_file = None if verbose else entry.spark_log_file(app)
+    return build_session(app, master=master or cfg.spark.master, conf=cfg.spark.conf, log_file=log_file)
+
+
 def build_session(
-    app_name: str, *, master: str | None = None, conf: Mapping[str, Any] | None = None
+    app_name: str, *, master: str | None = None, conf: Mapping[str, Any] | None = None,
+    log_file: str | None = None,
 ) -> SparkSession:
     # Executors' Python must be this interpreter (the job environment), not whatever `python3` is.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -54,7 +79,16 @@ def build_session(
     # still wins over both.
     submitted = _submitted_keys()
     base = {k: v for k, v in BASE_CONF.items() if k not in submitted}
-    for key, value in {**base, **{k: str(v) for k, v in (conf or {}).items()}}.items():
+    user = {k: str(v) for k, v in (conf or {}).items()}
+    if log_file and not launched_by_spark_submit() and SparkSession.getActiveSession() is None:
+        props = Path(log_file).with_suffix(".log4j2.properties")
+        props.write_text(_LOG4J.format(path=log_file))
+        java = f"-Dlog4j2.configurationFile=file:{props}"
+        extra = user.get("spark.driver.extraJavaOptions")
+        user["spark.driver.extraJavaOptions"] = f"{java} {extra}" if extra else java
+        base["spark.ui.showConsoleProgress"] = "false"
+        logging.getLogger(__name__).info("Spark's log: %s (--verbose: on the console)", log_file)
+    for key, value in {**base, **user}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

@@ -12,6 +12,7 @@ the run (exit code 3) and nothing is published; ``warn`` failures are reported. 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import threading
 import time
@@ -27,13 +28,15 @@ from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError, PublishRefusedError, ValidationRejectedError
 from batchscore.exit import exit_now
 from batchscore.jobs import entry, state
-from batchscore.jobs.session import build_session
+from batchscore.jobs.session import session_for
 from batchscore.sinks import delta, publication
 from batchscore.validation import rules as R
 from batchscore.validation.drift import kl_edges
 from batchscore.validation.gate import decision, evaluate
 from batchscore.validation.profile import ColumnPlan, compute_profile
 from batchscore.validation.report import format_table, plot_histograms
+
+log = logging.getLogger(__name__)
 
 
 def _columns(cfg: ModelConfig, rule: str, wanted: list[str] | None) -> tuple[str, ...]:
@@ -126,7 +129,7 @@ def _served(cfg: ModelConfig) -> publication.Publication | None:
         store = RedisVersions(connect(url, cluster=rc.cluster), layout.namespace(rc.key_prefix, cfg.name))
         return publication.served(store)
     except BatchscoreError as exc:
-        entry.log(f"validate {cfg.name}: cannot read the served publication ({exc}); the reference is the Delta head")
+        log.info(f"validate {cfg.name}: cannot read the served publication ({exc}); the reference is the Delta head")
         return None
 
 
@@ -272,7 +275,7 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str,
         f"report: {path}\nhistogram: {png}",
         flush=True,
     )
-    entry.log(
+    log.info(
         f"validate {cfg.name}: {'passed' if passed else 'REJECTED'}"
         f"{f' with {len(warns)} warning(s)' if warns else ''}; report {path}"
     )
@@ -291,9 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.latest_run_id(cfg))
         prefetch_imports()
-        spark = build_session(
-            f"batchscore-validate-{cfg.name}", master=args.master or cfg.spark.master, conf=cfg.spark.conf
-        )
+        spark = session_for(cfg, "validate", master=args.master, verbose=args.verbose)
         rep = validate(spark, cfg, run_id=run_id)
         entry.summary(
             f"validate {cfg.name}",
@@ -309,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return rep
 
-    return entry.guarded(body)
+    return entry.guarded(body, verbose=args.verbose)
 
 
 if __name__ == "__main__":

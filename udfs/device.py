@@ -65,8 +65,10 @@ def cuda_ordinal(address: str | None, visible: str | None) -> int:
     return int(address) if address.isdigit() else 0
 
 
-def resolve_device(requested: str, fmt: str, *, uri: str = "model") -> str:
-    """``cpu`` or ``cuda:<ordinal>`` for this task (see the module docstring)."""
+def resolve_device(requested: str, fmt: str, *, uri: str = "model", warn: bool = True) -> str:
+    """``cpu`` or ``cuda:<ordinal>`` for this task (see the module docstring). ``warn=False``: no
+    CPU-fallback warning here (the executors' caches: the driver warns once per run from the devices
+    the loads report, :func:`batchscore.udfs.model_cache.cpu_fallbacks`)."""
     global _warned
     if requested == "cpu":
         return "cpu"
@@ -78,7 +80,7 @@ def resolve_device(requested: str, fmt: str, *, uri: str = "model") -> str:
                 f"(no CUDA-enabled {'onnxruntime-gpu' if fmt == 'onnx' else 'torch'} or no device); "
                 "run on a GPU executor (spark.executor/task.resource.gpu.amount) or set scoring.device: auto|cpu"
             )
-        if not _warned:
+        if warn and not _warned:
             _warned = True
             warnings.warn("batchscore: scoring.device is 'auto' and no GPU is visible; scoring on CPU", stacklevel=2)
         return "cpu"

@@ -50,7 +50,7 @@ class ModelCache:
     def get(self, ref: ModelRef) -> tuple[Backend, float | None]:
         """The loaded model for ``ref`` on this task's device and, when this call loaded it, the
         seconds the load (read, hash check, session build, one warm-up batch) took."""
-        device = resolve_device(ref.device, ref.format, uri=ref.uri)
+        device = resolve_device(ref.device, ref.format, uri=ref.uri, warn=False)  # the driver warns once per run
         key = ref.cache_key(device)
         with self._lock:
             hit = self._entries.get(key)
@@ -104,22 +104,29 @@ CACHE = ModelCache(
 )
 
 
-def load_event(seconds: float) -> list[Any]:
-    """One load as an accumulator update: ``[1, seconds, ["<worker pid>"]]``."""
-    return [1, seconds, [str(os.getpid())]]
+def load_event(seconds: float, device: str = "cpu") -> list[Any]:
+    """One load as an accumulator update: ``[1, seconds, ["<worker pid>"], ["<device>"]]``."""
+    return [1, seconds, [str(os.getpid())], [device]]
+
+
+def cpu_fallbacks(value: list[Any]) -> int:
+    """How many of an accumulator's loads ran on CPU (for the driver's one warning per run when
+    ``device: auto`` found no GPU on some executors)."""
+    return sum(1 for d in (value[3] if len(value) > 3 else []) if d == "cpu")
 
 
 class LoadStatsParam:
     """Spark ``AccumulatorParam`` summing ``[loads, load_seconds, worker pids]`` from executors."""
 
     def zero(self, value: list[Any]) -> list[Any]:
-        return [0, 0.0, []]
+        return [0, 0.0, [], []]
 
     def addInPlace(self, a: list[Any], b: list[Any]) -> list[Any]:  # noqa: N802 (Spark API)
         pids = list(a[2] if len(a) > 2 else []) + list(b[2] if len(b) > 2 else [])
-        return [a[0] + b[0], a[1] + b[1], pids]
+        devices = list(a[3] if len(a) > 3 else []) + list(b[3] if len(b) > 3 else [])
+        return [a[0] + b[0], a[1] + b[1], pids, devices]
 
 
 def load_accumulator(sc: Any) -> Any:
-    """A fresh load counter for one job; ``.value`` is ``[loads, seconds, pids]``."""
-    return sc.accumulator([0, 0.0, []], LoadStatsParam())
+    """A fresh load counter for one job; ``.value`` is ``[loads, seconds, pids, devices]``."""
+    return sc.accumulator([0, 0.0, [], []], LoadStatsParam())

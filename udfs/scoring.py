@@ -82,7 +82,7 @@ def output_schema(columns: list[str]) -> StructType:
 def _model(ref: ModelRef, loads: Any) -> Any:
     backend, seconds = model_cache.CACHE.get(ref)  # module attribute: resolved in the worker
     if seconds is not None and loads is not None:
-        loads.add(load_event(seconds))
+        loads.add(load_event(seconds, "cuda" if getattr(backend, "on_gpu", False) else "cpu"))
     return backend
 
 

@@ -52,3 +52,28 @@ def test_step_help_and_unknown_verb() -> None:
     assert res.returncode == 0 and "--model-config" in res.stdout and "--run-id" in res.stdout
     res = subprocess.run([sys.executable, "-m", "batchscore", "frobnicate"], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown command 'frobnicate'" in res.stderr
+
+
+def test_the_cli_keeps_spark_logs_in_a_file_and_warns_once_for_a_cpu_fallback(
+        make_config: Any, tmp_path: Path) -> None:
+    """``batchscore score`` without ``--verbose``: Spark's own WARN lines and progress bars go to the
+    log file it names, and ``device: auto`` without a GPU warns once per run (not once per Python
+    worker: the four tasks below load the model in two workers). ``--verbose`` puts Spark's lines
+    back on the console."""
+    import re
+
+    cfg = make_config(rows=4000, scoring={"device": "auto"}, spark={"conf": {"spark.sql.shuffle.partitions": "4"}})
+    logs = tmp_path / "logs"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "BATCHSCORE_LOG_DIR": str(logs),
+           "CUDA_VISIBLE_DEVICES": ""}
+    res = _run([sys.executable, "-m", "batchscore", "score", "--model-config", str(cfg), "--run-id", "q1",
+                "--master", "local[2]"], env)
+    err = res.stderr
+    assert len(re.findall(r"found no GPU; scored on CPU", err)) == 1, err
+    assert "no GPU is visible" not in err, err  # the per-worker warning is gone
+    assert not re.search(r"^\S+ \S+ WARN ", err, flags=re.M) and "[Stage" not in err, err
+    named = re.search(r"Spark's log: (\S+)", err)
+    assert named and Path(named.group(1)).parent == logs and Path(named.group(1)).is_file(), err
+    loud = _run([sys.executable, "-m", "batchscore", "score", "--model-config", str(cfg), "--run-id", "q2",
+                 "--master", "local[2]", "--verbose"], env)
+    assert "Spark's log:" not in loud.stderr and re.search(r"WARN", loud.stderr), loud.stderr[-2000:]
