@@ -17,6 +17,20 @@ from typing import Any
 
 from batchscore.errors import EXIT_OK, EXIT_UNEXPECTED, BatchscoreError
 
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler on whatever ``sys.stderr`` is when a record is written (it may be replaced after
+    the handler is made, e.g. by a caller capturing output)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 _HANDLER: logging.Handler | None = None
 
 
@@ -26,7 +40,7 @@ def configure_logging(*, verbose: bool = False) -> None:
     global _HANDLER
     root = logging.getLogger("batchscore")
     if _HANDLER is None:
-        _HANDLER = logging.StreamHandler(sys.stderr)
+        _HANDLER = _Stderr()
         _HANDLER.setFormatter(logging.Formatter("[batchscore %(asctime)s] %(message)s", datefmt="%H:%M:%S"))
         root.addHandler(_HANDLER)
         root.propagate = False
