@@ -3,8 +3,8 @@
 * :func:`with_predictions` (what ``batchscore score`` uses): DataFrame -> DataFrame of
   ``key`` + one float column per model output, built on ``mapInArrow``. It was the fastest
   honest path measured (``benchmarks/README.md``): no pandas, no row-queue in the JVM.
-* :func:`predict_column`: a column expression for users who want one, like a vectorized
-  ``pandas_udf`` (struct of output columns), built on an iterator ``arrow_udf``.
+* the column UDFs of :func:`batchscore.udfs.predict_udf` (pandas and arrow kinds) share
+  :func:`score_pieces` with it.
 
 Both read the model from the worker's :data:`batchscore.udfs.model_cache.CACHE` (loaded once per Python
 worker, not per task or batch; the closure captures only the picklable :class:`ModelRef`), turn
@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, FloatType, StructField, StructType
 
@@ -42,7 +42,6 @@ from batchscore.udfs.arrow_input import (
     Packing,
     Piece,
     assemble,
-    features_matrix,
     matrix_from_list,
     packed_matrix,
 )
@@ -300,47 +299,3 @@ def _scan_frame(
         return packed_matrix(b, packing)
 
     return frame, from_packed
-
-
-def predict_column(
-    ref: ModelRef,
-    *,
-    features: list[str] | None,
-    feature_array: str | None,
-    columns: list[str],
-    batch_size: int,
-    loads: Any = None,
-    prefetch: int | None = None,
-) -> Column:
-    """A struct column of the model's outputs (one float field per output column).
-
-    ``loads``: an optional Spark accumulator (:func:`batchscore.udfs.model_cache.load_accumulator`).
-    """
-    from pyspark.sql.functions import arrow_udf
-
-    width = len(features) if features else (ref.n_features or 0)
-    struct_type = pa.struct([pa.field(c, pa.float32()) for c in columns])
-    to_matrix: Callable[[Any], np.ndarray]
-    if features:
-        names = [f"_{i}" for i in range(len(features))]  # struct fields, position by position
-
-        def to_matrix(a: Any) -> np.ndarray:
-            return features_matrix(a, names, None, width)
-
-        arg = F.struct(*[F.col(c).alias(n) for c, n in zip(features, names, strict=True)])
-    else:
-
-        def to_matrix(a: Any) -> np.ndarray:
-            return features_matrix(pa.StructArray.from_arrays([a], ["x"]), None, "x", width)
-
-        arg = F.col(str(feature_array))
-
-    @arrow_udf(output_schema(columns))  # type: ignore[call-overload,misc]
-    def predict(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
-        pieces = ((None, to_matrix(a)) for a in arrays)
-        for _, out in score_pieces(
-            ref, pieces, n_outputs=len(columns), batch_size=batch_size, loads=loads, prefetch=prefetch
-        ):
-            yield pa.StructArray.from_arrays(_arrays(out), fields=list(struct_type))
-
-    return predict(arg)

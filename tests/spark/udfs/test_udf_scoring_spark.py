@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pyspark.sql import functions as F
 
 from batchscore.config import load_model_config
 from batchscore.errors import ModelError
@@ -23,7 +24,8 @@ from batchscore.testing.demo_data import (
 )
 from batchscore.udfs.model_cache import load_accumulator
 from batchscore.udfs.model_ref import model_ref
-from batchscore.udfs.scoring import predict_column, with_predictions
+from batchscore.udfs.predict import PredictUDF
+from batchscore.udfs.scoring import with_predictions
 
 pytestmark = pytest.mark.spark
 LAYERS = (8, 16, 2)
@@ -64,7 +66,7 @@ def test_scores_equal_the_models_direct_outputs(frame: tuple[Any, np.ndarray], t
     got = out.toPandas().sort_values("k")
     np.testing.assert_array_equal(got["k"].to_numpy(), np.arange(ROWS))
     np.testing.assert_allclose(got[["a", "b"]].to_numpy(), want, atol=1e-5)
-    col = predict_column(ref, features=None, feature_array="emb", columns=["a", "b"], batch_size=700)
+    col = PredictUDF(ref=ref, columns=("a", "b"), batch_size=700, kind="arrow")(F.col("emb"))  # predict_udf's column
     got = df.select("k", col.alias("p")).select("k", "p.*").toPandas().sort_values("k")
     np.testing.assert_allclose(got[["a", "b"]].to_numpy(), want, atol=1e-5)
 
