@@ -81,9 +81,9 @@ def bench_model(spark: object, model: str, data: Path, work: Path, rows: int) ->
     with LocalRedis() as server:
         pipe = redis_cli_pipe(server.port, resp)
     resp.unlink()
-    steps = rep["steps"]
+    steps = rep.steps
     return {"rows": rows, "core": core, "score": steps["score"], "validate": steps["validate"],
-            "publish": steps["publish"], "pipe": pipe, "run": rep["seconds"]}
+            "publish": steps["publish"], "pipe": pipe, "run": rep.seconds}
 
 
 def main() -> int:

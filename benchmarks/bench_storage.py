@@ -107,12 +107,12 @@ class StepMeter:
 
         self.probe: StoreProbe | None = None
         self.steps: dict[str, dict[str, float]] = {}
-        self.reports: dict[str, dict[str, Any]] = {}
+        self.reports: dict[str, Any] = {}  # step -> its typed report
         for step in STEPS:
             setattr(run_mod, step, self._wrap(step, getattr(run_mod, step)))
 
-    def _wrap(self, step: str, fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-        def wrapped(*args: Any, **kw: Any) -> dict[str, Any]:
+    def _wrap(self, step: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kw: Any) -> Any:
             before = self.probe.snapshot() if self.probe else None
             _STEP[0] = step
             try:
@@ -252,13 +252,13 @@ def one_run(spark: Any, meter: StepMeter, probe: StoreProbe, fs: Any, work: Path
             raise
     sep = "/" if case == "s3" else os.sep
     objects, written = stored_bytes(case, f"{locations[case]}{sep}{model}-{case}-{tag}", fs)
-    score_rep = meter.reports.get("score", {})
-    val_rep = meter.reports.get("validate", {})
-    return {"steps": {s: float(rep["steps"][s]) for s in STEPS}, "run": float(rep["seconds"]),
+    score_rep = meter.reports["score"].to_json() if "score" in meter.reports else {}
+    val_rep = meter.reports["validate"].to_json() if "validate" in meter.reports else {}
+    return {"steps": {s: float(rep.steps[s]) for s in STEPS}, "run": float(rep.seconds),
             "bytes": dict(meter.steps), "objects": objects, "written": written,
             "staged_bytes": int(score_rep.get("staged_bytes", 0)),
             "staged_files": int(score_rep.get("staged_files", 0)),
-            "model_loads": rep["model_loads"], "validate_timings": val_rep.get("timings", {}),
+            "model_loads": rep.model_loads, "validate_timings": val_rep.get("timings", {}),
             "profile": profiler.take() if profiler is not None else {}}
 
 

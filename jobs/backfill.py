@@ -105,7 +105,7 @@ def maybe_publish(spark: SparkSession, cfg: ModelConfig, day: str, redis_url: st
         return f"not moved: {day} is not newer than the published run's date {current}"
     run_id = state.new_run_id(day)
     rep = run(spark, config_for(cfg, day), run_id=run_id, run_date=day, redis_url=redis_url)
-    return f"moved to {day} (run {run_id}, Redis version {rep['redis_version']})"
+    return f"moved to {day} (run {run_id}, Redis version {rep.redis_version})"
 
 
 def backfill(spark: SparkSession, cfg: ModelConfig, *, days: list[str], force: bool = False,

@@ -80,7 +80,7 @@ def parser(verb: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def guarded(fn: Callable[[], dict[str, Any] | None], *, verbose: bool = False) -> int:
+def guarded(fn: Callable[[], object], *, verbose: bool = False) -> int:
     """Run a job body; known errors become one line on stderr and their exit code."""
     configure_logging(verbose=verbose)
     try:

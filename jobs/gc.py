@@ -30,7 +30,8 @@ from batchscore.config import load_model_config
 from batchscore.errors import ConfigError
 from batchscore.exit import exit_now
 from batchscore.jobs import entry, state
-from batchscore.jobs.publish import lazy_loader, store_of, target_of
+from batchscore.jobs.publish import lazy_loader
+from batchscore.jobs.targets import store_of, target_of
 from batchscore.sinks import delta, publication
 from batchscore.sinks.redis_gc import orphans
 from batchscore.storage import DEFAULT, Storage

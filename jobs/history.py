@@ -13,12 +13,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from batchscore import redis_layout as layout
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import BatchscoreError
 from batchscore.exit import exit_now
 from batchscore.jobs import entry
-from batchscore.redis_conn import connect
+from batchscore.jobs.targets import store_of
 from batchscore.sinks import delta, publication
 from batchscore.sinks.redis import RedisVersions
 
@@ -75,11 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> dict[str, Any]:
         cfg = load_model_config(args.model_config)
-        rc = cfg.outputs.redis
         try:
-            store = RedisVersions(
-                connect(cfg.redis_url(), cluster=rc.cluster), layout.namespace(rc.key_prefix, cfg.name)
-            )
+            store = store_of(cfg)
         except BatchscoreError as exc:
             log.info(f"Redis state not shown: {exc}")
             store = None

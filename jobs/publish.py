@@ -22,7 +22,9 @@ from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
 from batchscore.exit import exit_now
 from batchscore.jobs import entry, state
+from batchscore.jobs.reports import PublishReport, ScoreReport, ValidationReport
 from batchscore.jobs.session import session_for
+from batchscore.jobs.targets import store_of, target_of
 from batchscore.redis_conn import connect
 from batchscore.registry import check_alias_unchanged, commit_metadata
 from batchscore.sinks import delta, publication, redis_preflight
@@ -99,26 +101,6 @@ def parquet_files(paths: list[str], storage: Storage = DEFAULT) -> list[str]:
     return out
 
 
-def target_of(cfg: ModelConfig) -> publication.Target:
-    rc = cfg.outputs.redis
-    return publication.Target(
-        model=cfg.name,
-        table=cfg.outputs.delta.path,
-        key=cfg.input.key,
-        columns=list(cfg.outputs.columns),
-        model_version=cfg.model.version,
-        keep_versions=rc.keep_versions,
-        gc_grace_seconds=rc.gc_grace_seconds,
-        lock_ttl_seconds=rc.lock_ttl_seconds,
-        storage=cfg.store,
-    )
-
-
-def store_of(cfg: ModelConfig, url: str) -> RedisVersions:
-    rc = cfg.outputs.redis
-    return RedisVersions(connect(url, cluster=rc.cluster), layout.namespace(rc.key_prefix, cfg.name))
-
-
 def preflight(cfg: ModelConfig, store: RedisVersions, staged: delta.StagedRun) -> None:
     """Refuse before writing anything when the new version would not fit; log warnings."""
     rc = cfg.outputs.redis
@@ -146,17 +128,17 @@ def _avg_key_len(cfg: ModelConfig, staged: delta.StagedRun) -> float:
     return float(pc.mean(pc.utf8_length(keys)).as_py() or 8.0)
 
 
-def _require_validated(cfg: ModelConfig, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    scored = state.read_report(cfg, run_id, "score")
-    validated = state.read_report(cfg, run_id, "validation")
-    if scored is None or validated is None or not validated.get("passed") or not validated.get("digest"):
+def _require_validated(cfg: ModelConfig, run_id: str) -> tuple[ScoreReport, ValidationReport]:
+    scored = state.read(cfg, run_id, ScoreReport)
+    validated = state.read(cfg, run_id, ValidationReport)
+    if scored is None or validated is None or not validated.passed or not validated.digest:
         why = (
             "was not scored"
             if scored is None
             else "was not validated since it was scored"
             if validated is None
             else "failed validation"
-            if not validated.get("passed")
+            if not validated.passed
             else "was validated without a content digest"
         )
         raise PublishRefusedError(
@@ -168,7 +150,7 @@ def _require_validated(cfg: ModelConfig, run_id: str) -> tuple[dict[str, Any], d
 
 def publish(
     spark: SparkSession, cfg: ModelConfig, *, run_id: str, redis_url: str, allow_older: bool = False
-) -> dict[str, Any]:
+) -> PublishReport:
     """Publish a scored and validated run through :func:`publication.publish`; write the report."""
     started = time.perf_counter()
     run_id = state.check_run_id(run_id)
@@ -176,11 +158,11 @@ def publish(
     if delta.committed_version(cfg.outputs.delta.path, cfg.name, run_id, cfg.store) is None:
         # A registry alias that moved since scoring (or a changed model.uri) is refused before any side
         # effect; a run already committed (a retry after a crash) converges whatever the alias says now.
-        check_alias_unchanged(cfg, scored)
+        check_alias_unchanged(cfg, scored.to_json())
     staged = delta.stage(cfg.outputs.delta.path, run_id, cfg.store)
-    if staged.total_rows != int(scored["input_rows"]):
+    if staged.total_rows != int(scored.input_rows):
         raise PublishRefusedError(
-            f"{staged.run_path}: {staged.total_rows} staged rows but {scored['input_rows']} scored; re-score the run"
+            f"{staged.run_path}: {staged.total_rows} staged rows but {scored.input_rows} scored; re-score the run"
         )
     store = store_of(cfg, redis_url)
     out = publication.publish(
@@ -188,8 +170,8 @@ def publish(
         target_of(cfg),
         staged,
         run_id=run_id,
-        run_date=scored.get("run_date"),
-        validated_digest=str(validated["digest"]),
+        run_date=scored.run_date,
+        validated_digest=str(validated.digest),
         loader=spark_loader(spark, cfg, redis_url),
         preflight=lambda: preflight(cfg, store, staged),
         allow_older=allow_older,
@@ -197,26 +179,26 @@ def publish(
         metadata={
             "model": cfg.name,
             "model_version": cfg.model.version,
-            **commit_metadata(scored),  # batchscore.model_registry: name, version, alias, run id, sha256
+            **commit_metadata(scored.to_json()),  # batchscore.model_registry: name, version, alias, run id, sha256
             # the validated profile travels with the version: the next run's drift reference
-            "profile": json.dumps(validated.get("profile", {}), sort_keys=True),
+            "profile": json.dumps(validated.profile, sort_keys=True),
         },
     )
     pub = out.publication
     assert pub is not None
-    report = {
-        "model": cfg.name,
-        "run_id": run_id,
-        "rows": staged.total_rows,
-        "delta_version": pub.delta_version,
-        "publication": pub.seq,
-        "digest": staged.digest,
-        "redis_version": pub.redis_version,
-        "previous_redis_version": out.previous_redis_version,
-        "gc_versions": out.collected,
-        "already_published": out.action == "already-published",
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    report = PublishReport(
+        model=cfg.name,
+        run_id=run_id,
+        rows=staged.total_rows,
+        delta_version=pub.delta_version,
+        publication=pub.seq,
+        digest=staged.digest,
+        redis_version=pub.redis_version,
+        previous_redis_version=out.previous_redis_version,
+        gc_versions=list(out.collected),
+        already_published=out.action == "already-published",
+        seconds=round(time.perf_counter() - started, 2),
+    )
     state.write_report(cfg, run_id, "publish", report)
     log.info(
         f"{store.ns}: serving publication {pub.seq}: Redis version {pub.redis_version} "
@@ -232,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(entry.argv_or_sys(argv))
 
-    def body() -> dict[str, Any]:
+    def body() -> PublishReport:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.latest_run_id(cfg))
         url = cfg.redis_url()
@@ -244,11 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"publish {cfg.name}",
             {
                 "run id": run_id,
-                "rows": f"{rep['rows']:,}",
-                "delta version": rep["delta_version"],
-                "publication": rep["publication"],
-                "redis version": rep["redis_version"],
-                "time": f"{rep['seconds']} s",
+                "rows": f"{rep.rows:,}",
+                "delta version": rep.delta_version,
+                "publication": rep.publication,
+                "redis version": rep.redis_version,
+                "time": f"{rep.seconds} s",
             },
         )
         return rep

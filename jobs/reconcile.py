@@ -15,7 +15,8 @@ from typing import Any
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.exit import exit_now
 from batchscore.jobs import entry
-from batchscore.jobs.publish import lazy_loader, store_of, target_of
+from batchscore.jobs.publish import lazy_loader
+from batchscore.jobs.targets import store_of, target_of
 from batchscore.sinks import publication
 
 

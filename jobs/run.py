@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from pyspark.sql import SparkSession
 
@@ -13,6 +12,7 @@ from batchscore.config import ModelConfig, load_model_config
 from batchscore.exit import exit_now
 from batchscore.jobs import entry, state
 from batchscore.jobs.publish import _require_validated, publish
+from batchscore.jobs.reports import RunReport
 from batchscore.jobs.score import score
 from batchscore.jobs.session import session_for
 from batchscore.jobs.validate import prefetch_imports, validate
@@ -22,7 +22,7 @@ from batchscore.sinks import delta
 log = logging.getLogger(__name__)
 
 
-def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, redis_url: str) -> dict[str, Any]:
+def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, redis_url: str) -> RunReport:
     """The whole pipeline for one run; returns the run report (also written as ``run.json``)."""
     started = time.perf_counter()
     connect(redis_url).close()  # fail fast, before scoring, when Redis is unreachable
@@ -36,13 +36,13 @@ def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, re
         scored = score(spark, cfg, run_id=run_id, run_date=run_date)
         validated = validate(spark, cfg, run_id=run_id)
     published = publish(spark, cfg, run_id=run_id, redis_url=redis_url)
-    report = {
-        "model": cfg.name, "run_id": run_id, "run_date": run_date, "rows": published["rows"],
-        "delta_version": published["delta_version"], "redis_version": published["redis_version"],
-        "model_loads": scored["model_loads"], "model_load_seconds": scored["model_load_seconds"],
-        "warnings": validated["warnings"], "seconds": round(time.perf_counter() - started, 2),
-        "steps": {"score": scored["seconds"], "validate": validated["seconds"], "publish": published["seconds"]},
-    }
+    report = RunReport(
+        model=cfg.name, run_id=run_id, run_date=run_date, rows=published.rows,
+        delta_version=published.delta_version, redis_version=published.redis_version,
+        model_loads=scored.model_loads, model_load_seconds=scored.model_load_seconds,
+        warnings=validated.warnings, seconds=round(time.perf_counter() - started, 2),
+        steps={"score": scored.seconds, "validate": validated.seconds, "publish": published.seconds},
+    )
     state.write_report(cfg, run_id, "run", report)
     return report
 
@@ -50,7 +50,7 @@ def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, re
 def main(argv: Sequence[str] | None = None) -> int:
     args = entry.parser("run", __doc__.splitlines()[0]).parse_args(entry.argv_or_sys(argv))
 
-    def body() -> dict[str, Any]:
+    def body() -> RunReport:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.new_run_id(args.run_date))
         url = cfg.redis_url()
@@ -60,13 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"run {cfg.name}",
             {
                 "run id": run_id,
-                "rows": f"{rep['rows']:,}",
-                "time": f"{rep['seconds']} s "
-                f"(score {rep['steps']['score']} s, validate {rep['steps']['validate']} s, "
-                f"publish {rep['steps']['publish']} s)",
-                "model loads": f"{rep['model_loads']} ({rep['model_load_seconds']} s)",
-                "delta version": rep["delta_version"],
-                "redis version": rep["redis_version"],
+                "rows": f"{rep.rows:,}",
+                "time": f"{rep.seconds} s "
+                f"(score {rep.steps['score']} s, validate {rep.steps['validate']} s, "
+                f"publish {rep.steps['publish']} s)",
+                "model loads": f"{rep.model_loads} ({rep.model_load_seconds} s)",
+                "delta version": rep.delta_version,
+                "redis version": rep.redis_version,
                 "report": state.report_uri(cfg, run_id, "run.json"),
             },
         )

@@ -27,6 +27,7 @@ from batchscore.jobs.inputs import (
     direct_files,
     open_input,
 )
+from batchscore.jobs.reports import ScoreReport
 from batchscore.jobs.session import session_for
 from batchscore.sinks import delta
 from batchscore.udfs.backends import check_model, load_backend
@@ -134,7 +135,7 @@ def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef, *, run
     return files
 
 
-def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) -> dict[str, Any]:
+def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) -> ScoreReport:
     """Score ``cfg``'s input into ``<delta>/runs/<run_id>/`` and write the score report."""
     started = time.perf_counter()
     table, store = cfg.outputs.delta.path, cfg.store
@@ -167,26 +168,26 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
                     cfg.name, fallbacks, int(loads.value[0]))
     staged = delta.stage(table, run_id, store, writers_hashes=True)  # validate and publish re-read the bytes
     input_rows = check_staged_keys(staged, cfg.input, store)  # from the scoring pass: no pre-pass over the input
-    report = {
-        "model": cfg.name,
-        "run_id": run_id,
-        "run_date": run_date,
-        "model_version": cfg.model.version,
-        "model_sha256": ref.sha256,
-        "registry": resolved[1],
-        "input_rows": input_rows,
-        "staged_path": target,
-        "digest": staged.digest,
-        "staged_rows": staged.total_rows,
-        "staged_files": len(staged.relative_files),
-        "staged_bytes": sum(staged.sizes),
-        "input_delta_version": source.delta_version,
-        "model_loads": int(loads.value[0]),
-        "model_load_seconds": round(float(loads.value[1]), 3),
-        "model_devices": sorted(set(loads.value[3])),
-        "seconds": round(time.perf_counter() - started, 2),
-        "scored_at": scored_at.isoformat(),
-    }
+    report = ScoreReport(
+        model=cfg.name,
+        run_id=run_id,
+        run_date=run_date,
+        model_version=cfg.model.version,
+        model_sha256=ref.sha256,
+        registry=resolved[1],
+        input_rows=input_rows,
+        staged_path=target,
+        digest=staged.digest,
+        staged_rows=staged.total_rows,
+        staged_files=len(staged.relative_files),
+        staged_bytes=sum(staged.sizes),
+        input_delta_version=source.delta_version,
+        model_loads=int(loads.value[0]),
+        model_load_seconds=round(float(loads.value[1]), 3),
+        model_devices=sorted(set(loads.value[3])),
+        seconds=round(time.perf_counter() - started, 2),
+        scored_at=scored_at.isoformat(),
+    )
     path = state.write_report(cfg, run_id, "score", report)
     log.info(f"score {cfg.name}: staged {input_rows:,} predictions at {target}; report {path}")
     return report
@@ -195,7 +196,7 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
 def main(argv: Sequence[str] | None = None) -> int:
     args = entry.parser("score", __doc__.splitlines()[0]).parse_args(entry.argv_or_sys(argv))
 
-    def body() -> dict[str, Any]:
+    def body() -> ScoreReport:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.new_run_id(args.run_date))
         spark = session_for(cfg, "score", master=args.master, verbose=args.verbose)
@@ -204,10 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"score {cfg.name}",
             {
                 "run id": run_id,
-                "rows": f"{rep['input_rows']:,}",
-                "model loads": f"{rep['model_loads']} ({rep['model_load_seconds']} s)",
-                "time": f"{rep['seconds']} s",
-                "staged": rep["staged_path"],
+                "rows": f"{rep.input_rows:,}",
+                "model loads": f"{rep.model_loads} ({rep.model_load_seconds} s)",
+                "time": f"{rep.seconds} s",
+                "staged": rep.staged_path,
             },
         )
         return rep

@@ -13,11 +13,14 @@ import re
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from batchscore import storage as st
 from batchscore.config import ModelConfig
 from batchscore.errors import ConfigError, PublishRefusedError
+from batchscore.jobs.reports import Report
+
+R = TypeVar("R", bound=Report)
 
 # A run id is a path segment and part of Redis keys: no "." or "..", no leading dot or dash.
 _RUN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -55,10 +58,11 @@ def invalidate(cfg: ModelConfig, run_id: str, *steps: str) -> None:
         st.delete_file(report_uri(cfg, run_id, f"{step}.json"), cfg.store)
 
 
-def write_report(cfg: ModelConfig, run_id: str, step: str, report: dict[str, Any]) -> str:
+def write_report(cfg: ModelConfig, run_id: str, step: str, report: Report | dict[str, Any]) -> str:
     """Write ``<step>.json`` whole (a rename locally, one PUT on an object store); return where."""
     uri = report_uri(cfg, run_id, f"{step}.json")
-    st.write_bytes(uri, json.dumps(report, indent=2, sort_keys=True, default=str).encode(), cfg.store)
+    body = report.to_json() if isinstance(report, Report) else report
+    st.write_bytes(uri, json.dumps(body, indent=2, sort_keys=True, default=str).encode(), cfg.store)
     if step == "score":
         st.write_bytes(st.join(cfg.runtime.report_dir, cfg.name, "LATEST"), run_id.encode(), cfg.store)
     return uri
@@ -74,8 +78,15 @@ def write_file(cfg: ModelConfig, run_id: str, name: str, local: str) -> str:
 
 
 def read_report(cfg: ModelConfig, run_id: str, step: str) -> dict[str, Any] | None:
+    """``<step>.json`` of ``run_id`` as written (a JSON object), or None when there is none."""
     uri = report_uri(cfg, run_id, f"{step}.json")
     return json.loads(st.read_bytes(uri, cfg.store)) if st.is_file(uri, cfg.store) else None
+
+
+def read(cfg: ModelConfig, run_id: str, kind: type[R]) -> R | None:
+    """The typed report of ``kind`` (its ``STEP``) for ``run_id``, or None when there is none."""
+    raw = read_report(cfg, run_id, kind.STEP)
+    return None if raw is None else kind.from_json(raw, where=report_uri(cfg, run_id, f"{kind.STEP}.json"))
 
 
 def latest_run_id(cfg: ModelConfig) -> str:

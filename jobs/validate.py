@@ -22,17 +22,18 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from batchscore import redis_layout as layout
 from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError, PublishRefusedError, ValidationRejectedError
 from batchscore.exit import exit_now
 from batchscore.jobs import entry, state
+from batchscore.jobs.reports import ScoreReport, ValidationReport
 from batchscore.jobs.session import session_for
+from batchscore.jobs.targets import store_of
 from batchscore.sinks import delta, publication
 from batchscore.validation import rules as R
 from batchscore.validation.drift import kl_edges
-from batchscore.validation.gate import decision, evaluate
+from batchscore.validation.gate import Judgement, judge
 from batchscore.validation.profile import ColumnPlan, compute_profile
 from batchscore.validation.report import format_table, plot_histograms
 
@@ -118,15 +119,13 @@ def _served(cfg: ModelConfig) -> publication.Publication | None:
     import os
 
     from batchscore.errors import BatchscoreError
-    from batchscore.redis_conn import connect
-    from batchscore.sinks.redis import RedisVersions
 
     rc = cfg.outputs.redis
     url = os.environ.get(rc.url_env)
     if not url:
         return None
     try:
-        store = RedisVersions(connect(url, cluster=rc.cluster), layout.namespace(rc.key_prefix, cfg.name))
+        store = store_of(cfg, url)
         return publication.served(store)
     except BatchscoreError as exc:
         log.info(f"validate {cfg.name}: cannot read the served publication ({exc}); the reference is the Delta head")
@@ -193,20 +192,20 @@ def staged_frame(spark: SparkSession, staged: delta.StagedRun, store: Any, colum
     )
 
 
-def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str, Any]:
+def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> ValidationReport:
     started = time.perf_counter()
     imports = prefetch_imports()
-    scored = state.read_report(cfg, run_id, "score")
+    scored = state.read(cfg, run_id, ScoreReport)
     if scored is None:
         raise PublishRefusedError(f"run {run_id} of '{cfg.name}' has no score report; run `batchscore score` first")
     store = cfg.store
     staged = delta.stage(cfg.outputs.delta.path, run_id, store)
-    if scored.get("digest") and scored["digest"] != staged.digest:
+    if scored.digest and scored.digest != staged.digest:
         raise PublishRefusedError(
             f"{staged.run_path}: the staged files changed since `score` wrote them (digest "
-            f"{staged.digest[:12]}, scored {str(scored['digest'])[:12]}); re-score run {run_id}"
+            f"{staged.digest[:12]}, scored {scored.digest[:12]}); re-score run {run_id}"
         )
-    rules = rules_for(cfg, input_rows=int(scored["input_rows"]))
+    rules = rules_for(cfg, input_rows=int(scored.input_rows))
     reference, source, no_ref = load_reference(cfg)
     if rules.drift is None:
         reference, no_ref = None, "validation.drift.enabled is false"
@@ -222,10 +221,9 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str,
     t1 = time.perf_counter()
     imports.join()
     t_imp = time.perf_counter()
-    results = evaluate(profile, rules, reference)
+    verdict = judge(profile, rules, reference)
     t2 = time.perf_counter()
-    passed, blocks, warns = decision(results)
-    psi = {r.column: r.observed for r in results if r.rule == "psi" and not r.skipped and r.column}
+    passed, psi = verdict.passed, verdict.psi
     d = cfg.validation.drift
     with tempfile.TemporaryDirectory(prefix="batchscore-validate-") as tmp:
         local = (
@@ -241,56 +239,60 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> dict[str,
             thresholds=f"warn > {d.psi.warn}, block > {d.psi.block}",
         )
         png = state.write_file(cfg, run_id, "validation.png", str(local))
-    report = {
-        "model": cfg.name,
-        "run_id": run_id,
-        "model_version": cfg.model.version,
-        "passed": passed,
-        "digest": staged.digest,
-        "rows_judged": staged.total_rows,
-        "mode": "drift" if reference else "absolute-only",
-        "mode_reason": no_ref or None,
-        "reference": source if reference else None,
-        "profile": profile,
-        "rules": [r.as_dict() for r in results],
-        "warnings": [r.describe() for r in warns],
-        "blocking": [r.describe() for r in blocks],
-        "histogram_png": str(png),
-        "timings": {
+    report = ValidationReport(
+        model=cfg.name,
+        run_id=run_id,
+        model_version=cfg.model.version,
+        passed=passed,
+        digest=staged.digest,
+        rows_judged=staged.total_rows,
+        mode="drift" if reference else "absolute-only",
+        mode_reason=no_ref or None,
+        reference=source if reference else None,
+        profile=profile,
+        rules=[r.as_dict() for r in verdict.results],
+        warnings=[r.describe() for r in verdict.warnings],
+        blocking=[r.describe() for r in verdict.blocking],
+        histogram_png=str(png),
+        timings={
             "profile": round(t1 - t0, 3),
             "import_wait": round(t_imp - t1, 3),
             "gx": round(t2 - t_imp, 3),
             "plot": round(time.perf_counter() - t2, 3),
         },
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+        seconds=round(time.perf_counter() - started, 2),
+    )
     path = state.write_report(cfg, run_id, "validation", report)
-    against = (
-        f"judged against published run {source['run_id']} (Delta version {source['delta_version']})"
-        if reference and source
-        else f"absolute rules only: {no_ref}"
-    )
-    print(
-        f"\nvalidation of {cfg.name} run {run_id}: {against}\n{format_table(results)}\n"
-        f"report: {path}\nhistogram: {png}",
-        flush=True,
-    )
-    log.info(
-        f"validate {cfg.name}: {'passed' if passed else 'REJECTED'}"
-        f"{f' with {len(warns)} warning(s)' if warns else ''}; report {path}"
-    )
-    if not passed:
-        reasons = "; ".join(r.describe() for r in blocks)
+    present(cfg, report, verdict, path)
+    if not verdict.passed:
+        reasons = "; ".join(r.describe() for r in verdict.blocking)
         raise ValidationRejectedError(
             f"run {run_id} of '{cfg.name}' rejected: {reasons} (report: {path}, histogram: {png})"
         )
     return report
 
 
+def present(cfg: ModelConfig, report: ValidationReport, verdict: Judgement, path: str) -> None:
+    """The verdict for people: the rules table on stdout, one log line."""
+    ref = report.reference
+    against = (f"judged against published run {ref['run_id']} (Delta version {ref['delta_version']})" if ref
+               else f"absolute rules only: {report.mode_reason}")
+    print(
+        f"\nvalidation of {cfg.name} run {report.run_id}: {against}\n{format_table(list(verdict.results))}\n"
+        f"report: {path}\nhistogram: {report.histogram_png}",
+        flush=True,
+    )
+    warns = verdict.warnings
+    log.info(
+        f"validate {cfg.name}: {'passed' if verdict.passed else 'REJECTED'}"
+        f"{f' with {len(warns)} warning(s)' if warns else ''}; report {path}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = entry.parser("validate", __doc__.splitlines()[0]).parse_args(entry.argv_or_sys(argv))
 
-    def body() -> dict[str, Any]:
+    def body() -> ValidationReport:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.latest_run_id(cfg))
         prefetch_imports()
@@ -300,12 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"validate {cfg.name}",
             {
                 "run id": run_id,
-                "rows": f"{rep['profile']['rows']:,}",
-                "passed": rep["passed"],
-                "mode": rep["mode"],
+                "rows": f"{rep.profile['rows']:,}",
+                "passed": rep.passed,
+                "mode": rep.mode,
                 "report": state.report_uri(cfg, run_id, "validation.json"),
-                "histogram": rep["histogram_png"],
-                "time": f"{rep['seconds']} s",
+                "histogram": rep.histogram_png,
+                "time": f"{rep.seconds} s",
             },
         )
         return rep

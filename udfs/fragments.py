@@ -52,8 +52,7 @@ def plan_fragments(files: Sequence[str], *, parallelism: int = 1, max_bytes: int
     ``n``: enough that no fragment is much above ``max_bytes`` (Spark's ``maxPartitionBytes``), and
     at least one per core (``parallelism``) unless that would cut fragments below ``min_bytes``
     (a table of several files still gets ``min(parallelism, files)``). Each task costs the JVM and
-    the Python worker a fixed set-up, so a task per core beats a task per file: 8 files on
-    ``local[2]`` score ≈ 10 % faster as 2 fragments than as 8 (``benchmarks/README.md``).
+    the Python worker a fixed set-up, so a task per core beats a task per file (``benchmarks/README.md``).
     """
     groups: list[tuple[str, int, int, int]] = []  # path, row group, bytes, rows
     from batchscore.storage import parquet_file

@@ -6,7 +6,7 @@ feeds the loader Arrow batches of key + score columns), gathers its rows into ch
 writes each bucket's rows of the chunk as one ``HSET``, pipelined in rounds of
 :data:`PIPELINE_ENTITIES`; it yields ``(bucket, entities)`` counts for the driver's verification.
 A bucket is filled by a few ``HSET``s (one per chunk that holds some of its entities) rather than
-one: grouping whole buckets into one task needs a shuffle (+25-40 % load time on 2 cores) and saves
+one: grouping whole buckets into one task needs a shuffle and saves
 the server nothing, since its cost is the listpack scan per field, which depends on the bucket's
 final size, not on how many commands fill it (``benchmarks/README.md``). On a standalone server the
 commands are encoded straight to RESP bytes, the fields of a whole chunk at once with Arrow compute

@@ -1,8 +1,8 @@
-"""The prediction UDFs: Arrow-native scoring inside Spark, in two shapes.
+"""The scoring core inside Spark tasks, Arrow-native.
 
 * :func:`with_predictions` (what ``batchscore score`` uses): DataFrame -> DataFrame of
-  ``key`` + one float column per model output, built on ``mapInArrow``. It was the fastest
-  honest path measured (``benchmarks/README.md``): no pandas, no row-queue in the JVM.
+  ``key`` + one float column per model output, built on ``mapInArrow`` (no pandas, no row queue
+  in the JVM).
 * the column UDFs of :func:`batchscore.udfs.predict_udf` (pandas and arrow kinds) share
   :func:`score_pieces` with it.
 
@@ -14,13 +14,10 @@ convert the next batch in a second thread while the model runs on the current on
 
 :func:`with_predictions` asks the JVM for the float and double feature columns packed into one
 ``array<float>`` column (``array(CAST(f AS FLOAT), ...)``: the same float32 values the Python-side
-cast gives) rather than one Arrow vector per feature. Spark's Arrow writer costs per row *per
-vector*, and after every row it sums the byte size of every vector (``maxBytesPerBatch``), so with
-500 feature columns the transfer cost the JVM more than its own Parquet scan; packed, the JVM
-needs ≈ 40 % less CPU in all (12.8 s -> 7.8 s for 200k x 500) and the batch arrives in Python as a
-zero-copy ``(rows, width)`` matrix (``benchmarks/README.md``, "Wide inputs"). Other column types
-(integers, decimals, booleans) still come as columns and are cast in Python as before, so their
-checks and errors are unchanged.
+cast gives) rather than one Arrow vector per feature: Spark's Arrow writer costs per row *per
+vector*, and the batch arrives in Python as a zero-copy ``(rows, width)`` matrix (measurements:
+``benchmarks/README.md``, "Wide inputs"). Other column types (integers, decimals, booleans) come as
+columns and are cast in Python, with the same checks and errors.
 """
 
 from __future__ import annotations
@@ -139,7 +136,7 @@ def score_pieces(
     ``prefetch``: pieces read and converted ahead in a second thread; ``None`` (the default) means
     2 when the model runs on a GPU (the device would otherwise wait on the CPU work) and 0 on CPU,
     where the model already keeps the task's cores busy and the thread only adds hand-offs
-    (measured: +4-8 % CPU per row on the heavy benchmark model, ``benchmarks/README.md``).
+    (``benchmarks/README.md``).
     """
     backend = _model(ref, loads)
     if prefetch is None:

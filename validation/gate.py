@@ -260,3 +260,28 @@ def decision(results: list[RuleResult]) -> tuple[bool, list[RuleResult], list[Ru
     blocks = [r for r in results if not r.passed and r.level == "block"]
     warns = [r for r in results if not r.passed and r.level == "warn"]
     return (not blocks, blocks, warns)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The gate's verdict on one profile: pure data, no I/O (presented by the validate step)."""
+
+    results: tuple[RuleResult, ...]
+    blocking: tuple[RuleResult, ...]
+    warnings: tuple[RuleResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.blocking
+
+    @property
+    def psi(self) -> dict[str, float | None]:
+        """PSI per drifted column (for the histogram titles)."""
+        return {r.column: r.observed for r in self.results if r.rule == "psi" and not r.skipped and r.column}
+
+
+def judge(profile: dict[str, Any], rules: Rules, reference: dict[str, Any] | None = None) -> Judgement:
+    """Every rule judged against ``profile`` (and ``reference`` for the drift rules); the verdict."""
+    results = evaluate(profile, rules, reference)
+    _, blocks, warns = decision(results)
+    return Judgement(tuple(results), tuple(blocks), tuple(warns))

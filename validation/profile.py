@@ -9,12 +9,9 @@ inf or NaN. Nothing exact-distinct, nothing collected but a few KB.
 One Spark job reads only the output columns: ``mapInArrow`` computes a partial per partition with
 numpy in the (already warm) Python workers (:mod:`batchscore.validation.partials`) and the driver merges
 them: counts and moments exactly, quantiles from mergeable rank sketches (rank error <= 0.05%).
-This replaced a single ``df.agg`` with ``percentile_approx``: in a fresh JVM (every run is one)
-that aggregate cost 10 s of wall and 8.7 s of JVM CPU at 1M rows, mostly JIT and codegen of the
-ObjectHashAggregate path, against 1.5 s for this pass (0.75 s warm), measured on the 2-core box.
 Without a reference for a column its bins are frozen from this run's quantiles and counted from
-the same pass's sketches (each count within 0.1 % of the rows); a second pass over the scores for
-exact counts made a first run's validation ≈ 1.7x slower (``benchmarks/README.md``).
+the same pass's sketches (each count within 0.1 % of the rows), not from a second pass (why this
+shape and not ``percentile_approx``: ``benchmarks/README.md``, "Validation").
 
 Bins are given by their inner cut points ``c0 < c1 < ... < ck-1`` and are ``(-inf, c0)``,
 ``[c0, c1)``, ..., ``[ck-1, +inf)``; they are stored with the profile so that the next run, which
@@ -141,7 +138,7 @@ def compute_profile(
 def _freeze_bins(parts: list[dict[str, Any]], profile: dict[str, Any], columns: list[str], bins: int) -> None:
     """First run for these columns: cut points = this run's quantiles, and the counts over them
     from the same pass's sketches (each within 0.1 % of the rows: a reference histogram needs no
-    more, and a second pass over the scores cost ≈ 40 % of a first run's validation)."""
+    more; no second pass over the scores)."""
     for c in columns:
         q = profile["columns"][c]["quantiles"]
         cuts = sorted({q[qkey(b)] for b in bin_quantiles(bins) if q[qkey(b)] is not None})

@@ -276,6 +276,43 @@ class CommitConflict(Exception):
     """The table moved past the expected version: someone else committed first."""
 
 
+def commit_files(
+    table_path: str,
+    staged: StagedRun,
+    *,
+    app: tuple[str, int],
+    metadata: dict[str, str],
+    dt: Any = None,
+    partition: dict[str, str] | None = None,
+    schema: Any = None,
+    storage: Storage = DEFAULT,
+) -> None:
+    """The one Delta file commit (the published table's and the history table's): ``staged``'s
+    files, each with its statistics, become the whole content of the table (of ``partition``,
+    when given) in one commit carrying the app transaction ``app`` = (id, version) and
+    ``metadata`` (keys prefixed ``batchscore.``). On top of the snapshot ``dt``; with ``dt`` None
+    the table is created (``mode="error"``: it must not exist). ``max_commit_retries=0``: a racing
+    commit makes this one fail (delta-rs's ``CommitFailedError`` reaches the caller), so two
+    attempts' files are never both committed."""
+    from deltalake import Schema, Transaction
+    from deltalake.transaction import CommitProperties, create_table_with_add_actions
+
+    actions = add_actions(staged, storage, partition=dict(partition) if partition else None)
+    props = CommitProperties(
+        custom_metadata={f"batchscore.{k}": v for k, v in metadata.items()},
+        app_transactions=[Transaction(app_id=app[0], version=app[1])],
+        max_commit_retries=0,
+    )
+    delta_schema = Schema.from_arrow(schema if schema is not None else staged.schema)
+    by: dict[str, Any] = {"partition_by": list(partition)} if partition else {}
+    if dt is not None:
+        where = {"partition_filters": [(k, "=", v) for k, v in partition.items()]} if partition else {}
+        dt.create_write_transaction(actions, "overwrite", delta_schema, commit_properties=props, **by, **where)
+    else:
+        create_table_with_add_actions(table_path, delta_schema, actions, mode="error", commit_properties=props,
+                                      storage_options=storage.options(table_path) or None, **by)
+
+
 def _cas(expected: int | None, table_path: str, action: str, storage: Storage) -> Any:
     """The snapshot a commit builds on: exactly version ``expected`` (None: no table yet)."""
     if expected is None:
@@ -301,33 +338,15 @@ def commit(
     commit (the fencing-token check). On object stores delta-rs writes the log entry with a
     conditional PUT (create-if-absent), never a rename: a racing commit of the same version loses.
     Returns the new version."""
-    from deltalake import Schema, Transaction
     from deltalake.exceptions import CommitFailedError
-    from deltalake.transaction import CommitProperties, create_table_with_add_actions
 
-    actions = add_actions(staged, storage)
-    props = CommitProperties(
-        custom_metadata={f"batchscore.{k}": v for k, v in {**metadata, "run_id": run_id}.items()},
-        app_transactions=[Transaction(app_id=app_id(model, run_id), version=1)],
-        max_commit_retries=0,
-    )
-    schema = Schema.from_arrow(staged.schema)
     dt = _cas(expected, table_path, "committing", storage)
     if check is not None:
         check()
     with st.guard(table_path, "commit to the Delta table", storage):  # CommitConflict passes through
         try:
-            if dt is not None:
-                dt.create_write_transaction(actions, "overwrite", schema, commit_properties=props)
-            else:
-                create_table_with_add_actions(
-                    table_path,
-                    schema,
-                    actions,
-                    mode="error",
-                    commit_properties=props,
-                    storage_options=storage.options(table_path) or None,
-                )
+            commit_files(table_path, staged, app=(app_id(model, run_id), 1), metadata={**metadata, "run_id": run_id},
+                         dt=dt, storage=storage)
         except CommitFailedError as exc:
             raise CommitConflict(
                 f"{table_path}: version {0 if expected is None else expected + 1} was committed by "

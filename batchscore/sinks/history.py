@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from batchscore.errors import InfrastructureError, PublishRefusedError
-from batchscore.sinks.delta import StagedRun, _dt, add_actions, is_table, stage_dir
+from batchscore.sinks.delta import StagedRun, _dt, commit_files, is_table, stage_dir
 from batchscore.storage import DEFAULT, Storage, guard, join
 
 PARTITION = "run_date"
@@ -77,27 +77,16 @@ def _conflict(table_path: str, day: str, failed: type[BaseException]) -> Iterato
 def replace_partition(table_path: str, staged: StagedRun, *, model: str, day: str, txn_version: int,
                       metadata: dict[str, str], storage: Storage = DEFAULT) -> int:
     """Make ``staged`` the whole content of partition ``day`` in one commit; return the new version."""
-    from deltalake import Schema, Transaction
-    from deltalake.transaction import CommitProperties, create_table_with_add_actions
-
-    actions = add_actions(staged, storage, partition={PARTITION: day})
-    props = CommitProperties(
-        custom_metadata={f"batchscore.{k}": v for k, v in {**metadata, PARTITION: day}.items()},
-        app_transactions=[Transaction(app_id=app_id(model, day), version=txn_version)],
-        max_commit_retries=0,  # a racing commit of the same date must fail, not leave both attempts' files
-    )
-    arrow_schema = _table_schema(staged)
-    schema = Schema.from_arrow(arrow_schema)
     from deltalake.exceptions import CommitFailedError
 
+    arrow_schema = _table_schema(staged)
+    # a racing commit of the same date must fail, not leave both attempts' files (commit_files)
     with guard(table_path, "commit to the history table", storage), _conflict(table_path, day, CommitFailedError):
+        dt = None
         if is_table(table_path, storage):
             _check_columns(table_path, arrow_schema, storage)
-            _dt(table_path, storage).create_write_transaction(
-                actions, "overwrite", schema, partition_by=[PARTITION],
-                partition_filters=[(PARTITION, "=", day)], commit_properties=props,
-            )
-        else:
-            create_table_with_add_actions(table_path, schema, actions, mode="error", partition_by=[PARTITION],
-                                          commit_properties=props, storage_options=storage.options(table_path) or None)
+            dt = _dt(table_path, storage)
+        commit_files(table_path, staged, app=(app_id(model, day), txn_version),
+                     metadata={**metadata, PARTITION: day}, dt=dt, partition={PARTITION: day}, schema=arrow_schema,
+                     storage=storage)
     return int(_dt(table_path, storage).version())

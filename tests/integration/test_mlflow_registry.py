@@ -169,7 +169,7 @@ def test_champion_alias_is_scored_published_and_recorded(spark: Any, make_config
     assert all(delta_scores[k] == want[k][0] for k in want)  # bit-exact float32: the registered model's outputs
     found = ScoreReader(redis_url, prefix="t").get_many("m", list(want))
     assert all(found[str(k)] is not None and found[str(k)].value == float(want[k][0]) for k in want)  # type: ignore[union-attr]
-    assert report["delta_version"] == 0 and 1 <= report["model_loads"] <= 2
+    assert report.delta_version == 0 and 1 <= report.model_loads <= 2
 
 
 # -- (2) the alias moved to a broken version ------------------------------------------------------
@@ -256,8 +256,8 @@ def _score_and_validate(spark: Any, cfg: ModelConfig, run_id: str) -> dict[str, 
     from batchscore.jobs.validate import validate
 
     scored = score(spark, cfg, run_id=run_id, run_date=RUN_DATE)
-    assert validate(spark, cfg, run_id=run_id)["passed"]
-    return scored
+    assert validate(spark, cfg, run_id=run_id).passed
+    return scored.to_json()  # as publish reads it back
 
 
 def test_alias_moved_between_score_and_publish_is_caught(spark: Any, make_config: Any, redis_url: str,
@@ -322,7 +322,7 @@ def test_publish_refuses_a_run_whose_alias_moved(spark: Any, make_config: Any, r
     registry.alias(name, v1)  # back where it was when the run was scored: it publishes
     rep = publish(spark, cfg, run_id="p1", redis_url=redis_url)
     meta = DeltaTable(cfg.outputs.delta.path).history()[0]
-    assert rep["delta_version"] == 0
+    assert rep.delta_version == 0
     recorded = json.loads(meta["batchscore.model_registry"])
     assert recorded["version"] == v1 and recorded["run_id"] == run1 and recorded["alias"] == "champion"
 

@@ -114,7 +114,7 @@ def test_node_reads_exactly_what_python_reads_from_a_real_publish(spark: Any, no
     assert sum(s is not None for s in want.values()) == len(ids)
 
     got = lookup(node, redis_url, keys, tmp=tmp_path)
-    assert got["versionId"] == report["redis_version"]
+    assert got["versionId"] == report.redis_version
     assert set(got["scores"]) == set(want)
     single = lookup(node, redis_url, [*ids[:25], 10**9], get=True, tmp=tmp_path)  # HGET path
     for result in (got, single):
@@ -175,7 +175,7 @@ def test_node_readers_never_see_a_mix_through_publishes(spark: Any, node: str, m
     assert list(cfg.outputs.columns) == ["s0", "s1"]
     for i in range(PUBLISHES + 1):
         stage_run(cfg, f"p{i}", _keys(i), _scores(i, _keys(i)))
-    ids = {publish(spark, cfg, run_id="p0", redis_url=redis_url)["redis_version"]: 0}
+    ids = {publish(spark, cfg, run_id="p0", redis_url=redis_url).redis_version: 0}
 
     pollers = [  # subscribed with a 100 ms pointer cache; and re-reading the pointer on every batch
         (*_start_poller(node, redis_url, tmp_path / "sub.jsonl", "--subscribe", "--pointer-ttl-ms", "100"),
@@ -187,8 +187,8 @@ def test_node_readers_never_see_a_mix_through_publishes(spark: Any, node: str, m
         assert ready[0]["subscribed"] is True, "the subscribing poller has no subscription"
         for i in range(1, PUBLISHES + 1):
             rep = publish(spark, cfg, run_id=f"p{i}", redis_url=redis_url)
-            assert layout.parse_version_id(rep["redis_version"])[0] == i + 1
-            ids[rep["redis_version"]] = i
+            assert layout.parse_version_id(rep.redis_version)[0] == i + 1
+            ids[rep.redis_version] = i
         time.sleep(0.3)  # let both see the last flip
     finally:
         for proc, _fh, _ in pollers:

@@ -42,7 +42,7 @@ def onnx_scores(cfg_path: Path) -> dict[int, np.ndarray]:
     return dict(zip(table[cfg.input.key].to_pylist(), out, strict=True))
 
 
-def run_pipeline(spark: Any, cfg_path: Path, url: str, run_id: str) -> dict[str, Any]:
+def run_pipeline(spark: Any, cfg_path: Path, url: str, run_id: str) -> Any:
     cfg = load_model_config(cfg_path)
     return run_job.run(spark, cfg, run_id=run_id, run_date="2026-11-22", redis_url=url)
 
@@ -61,7 +61,7 @@ def test_every_row_reaches_delta_and_redis_with_the_models_score(spark: Any, mak
     assert max(abs(float(want[k][0]) - float(ref[k][0])) for k in want) < 1e-5  # ONNX == the MLP
 
     dt = DeltaTable(cfg.outputs.delta.path)
-    assert dt.version() == report["delta_version"] == 0
+    assert dt.version() == report.delta_version == 0
     got = dt.to_pyarrow_table()
     assert got.num_rows == 3000
     assert set(got.column_names) >= {"user_id", "score", "model_version", "run_id", "scored_at"}
@@ -74,11 +74,11 @@ def test_every_row_reaches_delta_and_redis_with_the_models_score(spark: Any, mak
     found = reader.get_many("m", list(want))
     assert all(found[str(k)] is not None for k in want)
     assert all(found[str(k)].value == float(want[k][0]) for k in want)  # type: ignore[union-attr]
-    assert {s.version_id for s in found.values() if s} == {report["redis_version"]}
+    assert {s.version_id for s in found.values() if s} == {report.redis_version}
     assert reader.get("m", 10**9) is None
     assert dt.history()[0]["batchscore.run_id"] == "r1"
     # One load per Python worker that scored (local[2]: one or two), never one per batch or task.
-    assert 1 <= report["model_loads"] <= 2
+    assert 1 <= report.model_loads <= 2
 
 
 def test_second_run_swaps_atomically_for_a_polling_reader(spark: Any, make_config: Any, redis_url: str,
@@ -109,7 +109,7 @@ def test_second_run_swaps_atomically_for_a_polling_reader(spark: Any, make_confi
                 errors.append(f"missing or mixed: {versions}")
                 continue
             v = versions.pop()
-            table = old if v == first["redis_version"] else new
+            table = old if v == first.redis_version else new
             exact = all(batch[k].value == float(table[int(k)][0]) for k in keys)  # type: ignore[union-attr]
             seen.append((v, exact))
 
@@ -122,9 +122,9 @@ def test_second_run_swaps_atomically_for_a_polling_reader(spark: Any, make_confi
         t.join()
     assert not errors
     assert all(exact for _, exact in seen)
-    assert {v for v, _ in seen} <= {first["redis_version"], second["redis_version"]}
-    assert layout.parse_version_id(second["redis_version"])[0] > layout.parse_version_id(first["redis_version"])[0]
-    assert second["delta_version"] == first["delta_version"] + 1
+    assert {v for v, _ in seen} <= {first.redis_version, second.redis_version}
+    assert layout.parse_version_id(second.redis_version)[0] > layout.parse_version_id(first.redis_version)[0]
+    assert second.delta_version == first.delta_version + 1
     final = ScoreReader(redis_url, prefix="t").get_many("m", keys)
     assert all(final[k].value == float(new[int(k)][0]) and final[k].model_version == "v2" for k in keys)  # type: ignore[union-attr]
     # Delta: the live table holds only the new run; the old version is still readable.
@@ -134,6 +134,6 @@ def test_second_run_swaps_atomically_for_a_polling_reader(spark: Any, make_confi
     assert DeltaTable(cfg.outputs.delta.path, version=0).to_pyarrow_table().num_rows == 2000
     # keep_versions=1: the replaced version is kept as the rollback target (nothing older exists).
     r = redis.Redis.from_url(redis_url)
-    assert r.hget(layout.meta_key("t:m", first["redis_version"]), "state") == b"retired"
+    assert r.hget(layout.meta_key("t:m", first.redis_version), "state") == b"retired"
     assert [v.decode() for v in r.zrange(layout.versions_key("t:m"), 0, -1)] == [
-        first["redis_version"], second["redis_version"]]
+        first.redis_version, second.redis_version]

@@ -90,7 +90,7 @@ def test_spark_submit_to_a_standalone_cluster_matches_local_mode(
 
     keys, want = model_outputs(cfg.input.path)
     local = score(spark, cfg, run_id="local-mode", run_date="2026-11-22")
-    on_cluster, in_local = staged(f"{cfg.outputs.delta.path}/runs/on-cluster"), staged(local["staged_path"])
+    on_cluster, in_local = staged(f"{cfg.outputs.delta.path}/runs/on-cluster"), staged(local.staged_path)
     np.testing.assert_array_equal(on_cluster["user_id"], keys)
     np.testing.assert_array_equal(in_local["user_id"], keys)
     np.testing.assert_allclose(on_cluster["score"], in_local["score"], rtol=0, atol=1e-6)

@@ -28,14 +28,14 @@ def test_publish_lookup_and_rollback_through_a_cluster(spark: Any, make_config: 
     for i in range(2):
         stage_run(cfg, f"c{i}", KEYS, (KEYS + i * 10_000).astype(np.float32))
         rep = publish(spark, cfg, run_id=f"c{i}", redis_url=redis_cluster)
-        assert layout.parse_version_id(rep["redis_version"])[0] == i + 1
+        assert layout.parse_version_id(rep.redis_version)[0] == i + 1
 
     rc = RedisCluster.from_url(redis_cluster)
     masters = rc.get_primaries()
     assert len(masters) == 3
     held = [rc.get_redis_connection(n).dbsize() for n in masters]
     assert all(h > 5 for h in held), held  # the buckets spread over every master
-    assert rc.get(layout.pointer_key("t:m")).decode() == rep["redis_version"]
+    assert rc.get(layout.pointer_key("t:m")).decode() == rep.redis_version
 
     reader = ScoreReader(redis_cluster, prefix="t", cluster=True)
     found = reader.get_many("m", KEYS.tolist())
@@ -53,8 +53,8 @@ def test_publish_lookup_and_rollback_through_a_cluster(spark: Any, make_config: 
 
     # Rollback on the Cluster: Delta version 0's Redis version 1 is kept; the Lua CAS moves the pointer.
     first = state.read_report(cfg, "c0", "publish")["redis_version"]
-    rep = rollback(cfg, to_version=0, redis_url=redis_cluster)
-    assert rep["redis_version"] == first and not rep["reloaded"]
+    back = rollback(cfg, to_version=0, redis_url=redis_cluster)
+    assert back["redis_version"] == first and not back["reloaded"]
     assert ScoreReader(redis_cluster, prefix="t", cluster=True).get("m", 17).value == 17.0  # type: ignore[union-attr]
 
 

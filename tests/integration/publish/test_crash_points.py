@@ -59,12 +59,12 @@ def test_publish_killed_between_side_effects_then_rerun_converges(
     assert committed == (["r0"] if point == "after_redis_load" else ["r1", "r0"])
 
     rep = publish(spark, cfg, run_id="r1", redis_url=redis_url)  # the orchestrator's retry
-    assert rep["delta_version"] == 1
+    assert rep.delta_version == 1
     assert_converged(redis_url, cfg, "r1")
     assert [p["run_id"] for p in delta.publications(cfg.outputs.delta.path)] == ["r1", "r0"]  # committed once
     r = redis.Redis.from_url(redis_url)
-    assert [v.decode() for v in r.zrange(layout.versions_key("t:m"), 0, -1)] == [rep["redis_version"]]
-    assert not [k for k in r.keys("t:m:v*") if not k.decode().startswith(f"t:m:v{rep['redis_version']}:")]
+    assert [v.decode() for v in r.zrange(layout.versions_key("t:m"), 0, -1)] == [rep.redis_version]
+    assert not [k for k in r.keys("t:m:v*") if not k.decode().startswith(f"t:m:v{rep.redis_version}:")]
 
 
 def test_rollback_killed_between_restore_and_flip_then_rerun_converges(

@@ -80,7 +80,7 @@ def test_sigkill_during_redis_load_then_rerun_converges(spark: Any, make_config:
     assert len(DeltaTable(cfg.outputs.delta.path).history()) == 1
 
     rep = publish(spark, cfg, run_id="r1", redis_url=redis_url)  # the rerun resumes the same version
-    assert rep["redis_version"] == loading
+    assert rep.redis_version == loading
     _assert_converged(redis_url, cfg, delta_commits=2)
 
 
@@ -92,11 +92,11 @@ def test_sigkill_between_delta_commit_and_flip_then_rerun_flips(spark: Any, make
     _assert_serves(redis_url, OLD, 1)  # ... but not flipped: readers still on r0
 
     rep = publish(spark, cfg, run_id="r1", redis_url=redis_url)
-    assert rep["delta_version"] == 1  # the recorded app transaction: no second commit
+    assert rep.delta_version == 1  # the recorded app transaction: no second commit
     _assert_converged(redis_url, cfg, delta_commits=2)
     # A third try is a no-op, and never moves anything.
     again = publish(spark, cfg, run_id="r1", redis_url=redis_url)
-    assert again.get("already_published") and again["redis_version"] == rep["redis_version"]
+    assert again.already_published and again.redis_version == rep.redis_version
     _assert_converged(redis_url, cfg, delta_commits=2)
 
 

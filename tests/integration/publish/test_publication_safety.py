@@ -166,7 +166,7 @@ def test_4_an_old_run_republished_after_gc_is_refused(spark: Any, make_config: A
     with pytest.raises(SupersededError, match="run r0 .* superseded by publication 3 .run r2."):
         publish(spark, cfg, run_id="r0", redis_url=redis_url)
     assert_converged(redis_url, cfg, "r2")
-    assert publish(spark, cfg, run_id="r2", redis_url=redis_url)["already_published"]  # the served run: no-op
+    assert publish(spark, cfg, run_id="r2", redis_url=redis_url).already_published  # the served run: no-op
     assert_converged(redis_url, cfg, "r2")
 
 
@@ -196,7 +196,7 @@ def test_5_a_loaded_version_is_reused_only_for_the_same_content(spark: Any, make
     first = r.get(layout.run_key("t:m", "r1")).decode()
     stage_run(cfg, "r1", KEYS, scores(7))  # re-scored: same run id, same rows and columns, other scores
     rep = publish(spark, cfg, run_id="r1", redis_url=redis_url)
-    assert rep["redis_version"] != first  # not reused: a fresh version with the new content
+    assert rep.redis_version != first  # not reused: a fresh version with the new content
     assert_converged(redis_url, cfg, "r1")
     assert DeltaTable(cfg.outputs.delta.path).to_pyarrow_table()["score"].to_numpy()[0] >= 7
 
@@ -211,7 +211,7 @@ def test_6_rescoring_voids_the_validation_and_publish_needs_the_judged_content(
     path, cfg = _cfg(make_config)
     score(spark, cfg, run_id="r1", run_date="2026-11-22")
     judged = validate(spark, cfg, run_id="r1")
-    assert judged["passed"] and judged["digest"] == state.read_report(cfg, "r1", "score")["digest"]
+    assert judged.passed and judged.digest == state.read_report(cfg, "r1", "score")["digest"]
     score(spark, cfg, run_id="r1", run_date="2026-11-22")  # re-scored after a passing validation
     assert state.read_report(cfg, "r1", "validation") is None
     with pytest.raises(PublishRefusedError, match="was not validated since it was scored"):
@@ -246,7 +246,7 @@ def test_9_orphans_of_a_restart_mid_load_never_collide_and_gc_removes_them(
         r.hset(key, mapping={str(k): layout.encode_scores([9.0]) for k in KEYS[:40]})
     stage_run(cfg, "r1", KEYS, scores(1))
     rep = publish(spark, cfg, run_id="r1", redis_url=redis_url)  # reconciles r0 back, then publishes r1
-    assert not rep["redis_version"].endswith(".deadbeef")
+    assert not rep.redis_version.endswith(".deadbeef")
     assert_converged(redis_url, cfg, "r1")  # every bucket exact: no orphan counted in
     capsys.readouterr()
     assert gc_job.main(["--model-config", str(path), "--orphans"]) == 0

@@ -94,8 +94,8 @@ def test_readers_never_see_a_mix_through_twenty_publishes(spark: Any, make_confi
     try:
         for i in range(1, PUBLISHES + 1):
             rep = publish(spark, cfg, run_id=f"p{i}", redis_url=redis_url)
-            assert layout.parse_version_id(rep["redis_version"])[0] == i + 1
-            ids[i + 1] = rep["redis_version"]
+            assert layout.parse_version_id(rep.redis_version)[0] == i + 1
+            ids[i + 1] = rep.redis_version
     finally:
         stop.set()
         for t in threads:

@@ -80,7 +80,7 @@ def test_rollback_gc_history(spark: Any, make_config: Any, redis_url: str, capsy
 
     # A new publish after the rollbacks goes forward again.
     stage_run(cfg, "r3", KEYS, _scores(3))
-    assert publish(spark, cfg, run_id="r3", redis_url=redis_url)["redis_version"].startswith("5.")
+    assert publish(spark, cfg, run_id="r3", redis_url=redis_url).redis_version.startswith("5.")
     _serves(redis_url, 3, 5)
     assert rollback_job.main(["--model-config", str(cfg_path), "--to-version", "42"]) == 2
     assert "no Delta version 42" in capsys.readouterr().err

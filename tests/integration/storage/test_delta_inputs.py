@@ -61,7 +61,7 @@ def test_a_delta_input_on_s3_is_read_through_its_log(spark: Any, make_config: An
     cfg = load_model_config(path)
 
     rep = score_job.score(spark, cfg, run_id="d1", run_date="2026-11-30")
-    assert rep["input_delta_version"] == dt.version() == 1  # the version read is pinned in the report
+    assert rep.input_delta_version == dt.version() == 1  # the version read is pinned in the report
     assert state.read_report(cfg, "d1", "score")["input_delta_version"] == 1
     staged = pa.concat_tables([st.parquet_file(u).read() for u in delta.stage(cfg.outputs.delta.path, "d1").uris()])
     got = dict(zip(staged["user_id"].to_pylist(), staged["score"].to_pylist(), strict=True))

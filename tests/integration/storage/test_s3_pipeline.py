@@ -33,7 +33,7 @@ def test_pipeline_on_s3_reads_back_the_models_scores(spark: Any, s3_project: Any
 
     rep = run_job.run(spark, cfg, run_id="s1", run_date="2026-11-30", redis_url=redis_url)
     dt = delta_table(cfg.outputs.delta.path)
-    assert dt.version() == rep["delta_version"] == 0
+    assert dt.version() == rep.delta_version == 0
     got = dt.to_pyarrow_table()
     assert got.num_rows == 3000
     assert dict(zip(got["user_id"].to_pylist(), got["score"].to_pylist(), strict=True)) == want  # bit-exact
@@ -76,11 +76,11 @@ def test_second_run_rollback_history_and_backfill_on_s3(spark: Any, s3_project: 
     cfg2 = cfg.model_copy(update={"model": cfg.model.model_copy(
         update={"uri": f"{cfg.model.uri.rsplit('/', 1)[0]}/model2.onnx", "version": "v2"})})
     second = run_job.run(spark, cfg2, run_id="b", run_date="2026-11-30", redis_url=redis_url)
-    assert second["delta_version"] == first["delta_version"] + 1
+    assert second.delta_version == first.delta_version + 1
     reader = ScoreReader(redis_url, prefix="t", pointer_ttl=0)
     assert reader.get("m", next(iter(want))).model_version == "v2"  # type: ignore[union-attr]
 
-    assert rollback_job.main(["--model-config", str(path), "--to-version", str(first["delta_version"])]) == 0
+    assert rollback_job.main(["--model-config", str(path), "--to-version", str(first.delta_version)]) == 0
     back = reader.get_many("m", list(want))
     assert all(back[str(k)].value == want[k] and back[str(k)].model_version == "v1" for k in want)  # type: ignore[union-attr]
     live = delta_table(cfg.outputs.delta.path).to_pyarrow_table()

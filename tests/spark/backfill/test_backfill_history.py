@@ -102,7 +102,7 @@ def test_online_pointer_stays_on_the_newest_published_run(spark: Any, cfg_path: 
     published = run(spark, bf.config_for(cfg, "2026-11-20"), run_id="2026-11-20_live", run_date="2026-11-20",
                     redis_url=redis_url)
     live = pointer(cfg, redis_url)
-    assert live == published["redis_version"]
+    assert live == published.redis_version
 
     bf.backfill(spark, cfg, days=DAYS)  # no --publish-online
     assert pointer(cfg, redis_url) == live

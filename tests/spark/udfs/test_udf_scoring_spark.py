@@ -91,8 +91,8 @@ def test_one_load_per_worker_per_model_across_two_jobs(spark: Any, make_config: 
     assert 1 <= jobs[0][0] <= 2 and len(set(pids)) == len(pids)  # never twice in one worker
     assert jobs[1][0] == 0  # the second job found the model in every worker's cache
     report = score(spark, cfg, run_id="r1", run_date="2024-01-01")
-    assert report["model_loads"] == 0 and report["model_load_seconds"] == 0  # still cached
-    assert report["input_rows"] == 4000
+    assert report.model_loads == 0 and report.model_load_seconds == 0  # still cached
+    assert report.input_rows == 4000
 
 
 def test_threads_follow_spark_task_cpus(spark: Any, tmp_path: Path) -> None:

@@ -62,6 +62,9 @@ def stage(cfg: Any, run_id: str, values: np.ndarray | dict[str, np.ndarray]) -> 
                       **{c: pa.array(np.asarray(v, dtype=np.float32)) for c, v in cols.items()},
                       "model_version": pa.array([cfg.model.version] * n), "run_id": pa.array([run_id] * n)})
     pq.write_table(table, target / "part-00000.parquet")
-    state.write_report(cfg, run_id, "score", {"model": cfg.name, "run_id": run_id, "input_rows": n,
+    from batchscore.sinks import delta
+
+    digest = delta.stage(cfg.outputs.delta.path, run_id).digest  # what `score` records of the staged files
+    state.write_report(cfg, run_id, "score", {"model": cfg.name, "run_id": run_id, "input_rows": n, "digest": digest,
                                               "staged_path": str(target), "model_version": cfg.model.version})
     return str(target)

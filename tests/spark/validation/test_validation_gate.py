@@ -21,6 +21,7 @@ from batchscore import redis_layout as layout
 from batchscore.errors import EXIT_REJECTED, ValidationRejectedError
 from batchscore.jobs import state
 from batchscore.jobs.publish import publish
+from batchscore.jobs.reports import ValidationReport
 from batchscore.jobs.validate import validate
 
 pytestmark = [pytest.mark.spark]
@@ -28,16 +29,16 @@ pytestmark = [pytest.mark.spark]
 TIGHT = {"range": {"min": 0.0, "max": 1.0}, "drift": {"psi": {"warn": 0.02, "block": 0.05}}}
 
 
-def _rule(report: dict[str, Any], rule: str, level: str) -> dict[str, Any]:
-    return next(r for r in report["rules"] if r["rule"] == rule and r["level"] == level)
+def _rule(report: ValidationReport, rule: str, level: str) -> dict[str, Any]:
+    return next(r for r in report.rules if r["rule"] == rule and r["level"] == level)
 
 
-def _rejected(spark: Any, cfg: Any, run_id: str) -> dict[str, Any]:
+def _rejected(spark: Any, cfg: Any, run_id: str) -> ValidationReport:
     with pytest.raises(ValidationRejectedError) as err:
         validate(spark, cfg, run_id=run_id)
     assert err.value.exit_code == EXIT_REJECTED and run_id in str(err.value)
-    report = state.read_report(cfg, run_id, "validation")
-    assert report is not None and report["passed"] is False
+    report = state.read(cfg, run_id, ValidationReport)  # what the rejected run wrote
+    assert report is not None and report.passed is False
     return report
 
 
@@ -51,13 +52,13 @@ def test_first_run_passes_on_absolute_rules_and_freezes_bins(spark: Any, vconfig
     cfg = vconfig(TIGHT)
     stage(cfg, "a", scores(1))
     rep = validate(spark, cfg, run_id="a")
-    assert rep["passed"] and rep["mode"] == "absolute-only" and rep["reference"] is None
-    assert rep["mode_reason"].startswith("first run")
-    drift = [r for r in rep["rules"] if r["rule"] in ("psi", "kl")]
+    assert rep.passed and rep.mode == "absolute-only" and rep.reference is None
+    assert rep.mode_reason.startswith("first run")
+    drift = [r for r in rep.rules if r["rule"] in ("psi", "kl")]
     assert len(drift) == 4 and all(r["skipped"] == "no reference" for r in drift)
-    col = rep["profile"]["columns"]["score"]
+    col = rep.profile["columns"]["score"]
     x = scores(1).astype(np.float64)
-    assert rep["profile"]["rows"] == N and col["nulls"] == col["nans"] == 0
+    assert rep.profile["rows"] == N and col["nulls"] == col["nans"] == 0
     assert col["min"] == pytest.approx(x.min()) and col["max"] == pytest.approx(x.max())
     assert col["mean"] == pytest.approx(x.mean(), rel=1e-6) and col["std"] == pytest.approx(x.std(ddof=1), rel=1e-6)
     assert col["quantiles"]["0.5"] == pytest.approx(np.quantile(x, 0.5), abs=2e-3)
@@ -68,8 +69,8 @@ def test_first_run_passes_on_absolute_rules_and_freezes_bins(spark: Any, vconfig
     assert all(abs(n / N - 0.05) < 0.005 for n in col["hist"]["counts"])
     exact = np.histogram(x, bins=[-np.inf, *cuts, np.inf])[0]
     assert np.abs(np.asarray(col["hist"]["counts"]) - exact).max() <= 2 * N / 2000
-    assert rep["profile"]["passes"] == 1
-    assert _png_size(rep["histogram_png"])[0] > 300
+    assert rep.profile["passes"] == 1
+    assert _png_size(rep.histogram_png)[0] > 300
 
 
 @pytest.mark.integration
@@ -85,9 +86,9 @@ def test_stable_passes_shifted_is_blocked_and_the_reference_stays_the_last_publi
     # a stable candidate (same distribution, other rows) passes, judged against run a in one pass
     stage(cfg, "b", scores(2))
     rep = validate(spark, cfg, run_id="b")
-    assert rep["passed"] and rep["mode"] == "drift" and rep["reference"]["run_id"] == "a"
-    assert rep["profile"]["passes"] == 1
-    assert rep["profile"]["columns"]["score"]["hist"]["cuts"] == published["columns"]["score"]["hist"]["cuts"]
+    assert rep.passed and rep.mode == "drift" and rep.reference["run_id"] == "a"
+    assert rep.profile["passes"] == 1
+    assert rep.profile["columns"]["score"]["hist"]["cuts"] == published["columns"]["score"]["hist"]["cuts"]
     assert _rule(rep, "psi", "block")["observed"] < 0.02 and _rule(rep, "kl", "block")["passed"]
 
     # the mean moved by 0.3 sigma: PSI above the block threshold, rejected, nothing published
@@ -95,17 +96,17 @@ def test_stable_passes_shifted_is_blocked_and_the_reference_stays_the_last_publi
     rej = _rejected(spark, cfg, "shifted")
     psi = _rule(rej, "psi", "block")
     assert psi["observed"] > 0.05 and psi["passed"] is False and psi["expected"] == "<= 0.05"
-    assert any("psi score" in b for b in rej["blocking"])
+    assert any("psi score" in b for b in rej.blocking)
     assert DeltaTable(table).version() == 0  # still run a
 
     # the next good run is compared with run a (the last published), not with the rejected one
     stage(cfg, "c", scores(4))
     rep_c = validate(spark, cfg, run_id="c")
-    assert rep_c["passed"] and rep_c["reference"] == {"delta_version": 0, "publication": 1, "run_id": "a",
+    assert rep_c.passed and rep_c.reference == {"delta_version": 0, "publication": 1, "run_id": "a",
                                                       "model_version": "v1"}
     publish(spark, cfg, run_id="c", redis_url=redis_url)
     assert DeltaTable(table).version() == 1
-    assert json.loads(DeltaTable(table).history()[0]["batchscore.profile"]) == rep_c["profile"]
+    assert json.loads(DeltaTable(table).history()[0]["batchscore.profile"]) == rep_c.profile
 
 
 @pytest.mark.integration
@@ -127,7 +128,7 @@ def test_constant_scores_are_blocked_with_default_thresholds_and_the_png_shows_b
     assert DeltaTable(cfg.outputs.delta.path).version() == 0
     assert redis.Redis.from_url(redis_url).get(pointer).decode() == live  # readers still see run a
 
-    png = rej["histogram_png"]
+    png = rej.histogram_png
     assert Path(png).parent == Path(state.run_dir(cfg, "zeros"))
     w, h = _png_size(png)
     assert (w, h) == (720, 288)
@@ -147,9 +148,9 @@ def test_nan_scores_are_blocked(spark: Any, vconfig: Any) -> None:
     rej = _rejected(spark, cfg, "nans")
     nr = _rule(rej, "null_rate", "block")
     assert nr["observed"] == pytest.approx(0.01) and not nr["passed"]
-    assert rej["profile"]["columns"]["score"]["nans"] == N // 100
+    assert rej.profile["columns"]["score"]["nans"] == N // 100
     # NaN never leaks into the statistics
-    assert rej["profile"]["columns"]["score"]["max"] == pytest.approx(float(np.nanmax(x)))
+    assert rej.profile["columns"]["score"]["max"] == pytest.approx(float(np.nanmax(x)))
 
 
 def test_band_rules_and_a_warn_level_failure_do_not_block(spark: Any, vconfig: Any) -> None:
@@ -162,9 +163,9 @@ def test_band_rules_and_a_warn_level_failure_do_not_block(spark: Any, vconfig: A
     })
     stage(cfg, "w", scores(6))
     rep = validate(spark, cfg, run_id="w")
-    assert rep["passed"] and len(rep["warnings"]) == 1 and rep["warnings"][0].startswith("mean score")
+    assert rep.passed and len(rep.warnings) == 1 and rep.warnings[0].startswith("mean score")
     assert not _rule(rep, "mean", "warn")["passed"]
-    assert {r["rule"] for r in rep["rules"] if r["passed"] and not r.get("skipped")} >= {
+    assert {r["rule"] for r in rep.rules if r["passed"] and not r.get("skipped")} >= {
         "std", "quantile_0.5", "quantile_0.99", "class_share_0"}
 
 
@@ -193,7 +194,7 @@ def test_inf_scores_are_rejected_by_the_gate_with_exit_3_not_a_crash(
     rej = _rejected(spark, cfg, "infs")  # and jobs.validate.validate raises ValidationRejectedError
     fin = _rule(rej, "finite", "block")
     assert fin["column"] == "score" and fin["passed"] is False and fin["observed"] == 30
-    assert any(b.startswith("finite score: 30 of 20,000 scores are ±inf") for b in rej["blocking"]), rej["blocking"]
+    assert any(b.startswith("finite score: 30 of 20,000 scores are ±inf") for b in rej.blocking), rej.blocking
     strict = _no_nonfinite_json(Path(state.run_dir(cfg, "infs")) / "validation.json")
     col = strict["profile"]["columns"]["score"]
     finite = x[np.isfinite(x)].astype(np.float64)
@@ -202,7 +203,7 @@ def test_inf_scores_are_rejected_by_the_gate_with_exit_3_not_a_crash(
     assert (col["mean"] == pytest.approx(finite.mean(), rel=1e-6)
             and col["std"] == pytest.approx(finite.std(ddof=1), rel=1e-6))
     assert all(np.isfinite(col["hist"]["cuts"])) and sum(col["hist"]["counts"]) == len(finite)
-    assert _png_size(rej["histogram_png"])[0] > 300
+    assert _png_size(rej.histogram_png)[0] > 300
 
 
 def test_spark_profile_counts_inf_per_column_and_computes_every_statistic_over_finite_values(spark: Any) -> None:

@@ -27,7 +27,7 @@ def test_warn_failure_publishes_and_is_reported_then_the_cli_rejects_a_block_fai
                                               "drift": {"min_rows": 500}})
     cfg = load_model_config(path)
     first = run_job.run(spark, cfg, run_id="r1", run_date="2026-11-22", redis_url=redis_url)
-    assert first["delta_version"] == 0 and first["warnings"] and first["warnings"][0].startswith("mean score")
+    assert first.delta_version == 0 and first.warnings and first.warnings[0].startswith("mean score")
     v1 = state.read_report(cfg, "r1", "validation")
     assert v1 is not None and v1["passed"] and v1["mode"] == "absolute-only"
     mean = next(r for r in v1["rules"] if r["rule"] == "mean")

@@ -156,7 +156,10 @@ def test_changed_artifact_is_refused(tmp_path: Path) -> None:
         ModelCache().get(ref)
 
 
-def test_load_stats_accumulate_counts_seconds_and_workers() -> None:
+def test_load_stats_accumulate_counts_seconds_workers_and_devices() -> None:
+    from batchscore.udfs.model_cache import cpu_fallbacks
+
     p = LoadStatsParam()
-    total = p.addInPlace(p.addInPlace(p.zero([]), [1, 0.5, ["11"]]), [1, 0.25, ["12"]])
-    assert total == [2, 0.75, ["11", "12"]]
+    total = p.addInPlace(p.addInPlace(p.zero([]), [1, 0.5, ["11"], ["cuda"]]), [1, 0.25, ["12"], ["cpu"]])
+    assert total == [2, 0.75, ["11", "12"], ["cuda", "cpu"]]
+    assert cpu_fallbacks(total) == 1 and cpu_fallbacks([1, 0.1, ["13"]]) == 0  # an event without devices

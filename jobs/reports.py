@@ -1,0 +1,127 @@
+"""The reports the steps hand each other, typed: what ``score``, ``validate``, ``publish`` and ``run``
+return and write as ``<step>.json`` beside the run (``runtime.report_dir/<model>/<run_id>/``).
+
+The JSON is the contract with the Airflow environment and any other reader (it never imports
+this module): :meth:`Report.to_json` writes exactly the field names below; :meth:`Report.from_json`
+reads a report back, ignoring keys it does not know (a report written by a newer batchscore) and
+naming the missing ones when a field without a default is absent. The validation ``profile`` stays a
+JSON object (its shape is :func:`batchscore.validation.profile.compute_profile`'s, also stored in the
+Delta commit as the next run's drift reference).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field
+from typing import Any, ClassVar, Self
+
+from batchscore.errors import PublishRefusedError
+
+__all__ = ["PublishReport", "Report", "RunReport", "ScoreReport", "ValidationReport"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    """Base of the step reports: a JSON round trip."""
+
+    STEP: ClassVar[str] = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, where: str = "") -> Self:
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise PublishRefusedError(
+                f"{where or cls.STEP + '.json'}: the {cls.STEP} report lacks {', '.join(missing)} (written by another "
+                f"batchscore version or edited); rerun `batchscore {'score' if cls.STEP == 'score' else cls.STEP}` "
+                "for this run")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreReport(Report):
+    """What ``batchscore score`` staged: the rows, their digest, the model that scored them."""
+
+    STEP: ClassVar[str] = "score"
+    input_rows: int
+    digest: str
+    model: str = ""
+    run_id: str = ""
+    run_date: str | None = None
+    model_version: str | None = None
+    model_sha256: str | None = None
+    registry: dict[str, Any] | None = None  # models:/ URIs: name, version, alias, run id (batchscore.registry)
+    staged_path: str = ""
+    staged_rows: int = 0
+    staged_files: int = 0
+    staged_bytes: int = 0
+    input_delta_version: int | None = None  # the Delta input's version read (pinned)
+    model_loads: int = 0
+    model_load_seconds: float = 0.0
+    model_devices: list[str] = field(default_factory=list)  # the devices the executors' loads used
+    seconds: float = 0.0
+    scored_at: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidationReport(Report):
+    """The gate's verdict on exactly the staged content of ``digest``."""
+
+    STEP: ClassVar[str] = "validation"
+    passed: bool
+    digest: str
+    profile: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    run_id: str = ""
+    model_version: str | None = None
+    rows_judged: int = 0
+    mode: str = "absolute-only"  # or "drift" (judged against the published reference)
+    mode_reason: str | None = None
+    reference: dict[str, Any] | None = None  # the published run judged against: run_id, delta_version
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    blocking: list[str] = field(default_factory=list)
+    histogram_png: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublishReport(Report):
+    """What ``batchscore publish`` made visible: the Delta version and the Redis version served."""
+
+    STEP: ClassVar[str] = "publish"
+    run_id: str
+    rows: int
+    delta_version: int | None
+    redis_version: str
+    model: str = ""
+    publication: int | None = None
+    digest: str = ""
+    previous_redis_version: str | None = None
+    gc_versions: list[str] = field(default_factory=list)
+    already_published: bool = False
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunReport(Report):
+    """``batchscore run``: the three steps of one run in one application."""
+
+    STEP: ClassVar[str] = "run"
+    run_id: str
+    rows: int
+    delta_version: int | None
+    redis_version: str
+    model: str = ""
+    run_date: str | None = None
+    model_loads: int = 0
+    model_load_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step: score, validate, publish
