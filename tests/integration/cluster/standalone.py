@@ -58,7 +58,7 @@ def alive_workers(web_url: str) -> int:
     try:
         with urllib.request.urlopen(f"{web_url}/json/", timeout=2) as resp:
             return int(json.load(resp).get("aliveworkers", 0))
-    except OSError:
+    except (OSError, ValueError):  # not up yet, or still serving its HTML page while it starts
         return 0
 
 
