@@ -1,6 +1,6 @@
 # Cluster packaging: `make package` builds what Spark executors need. Included by the Makefile.
 #
-#   dist/batchscore-<version>-py3-none-any.whl   the code (batchscore, jobs, udfs, validation)
+#   dist/batchscore-<version>-py3-none-any.whl   the code: the one package batchscore (with batchscore.jobs, .udfs, .validation)
 #   dist/batchscore.zip                           the same wheel as .zip, for spark-submit --py-files
 #                                                 (PySpark puts only .zip/.egg/.jar py-files on the
 #                                                 executors' sys.path, never a .whl)
