@@ -15,7 +15,18 @@ columns, every 4th float64, the rest float32; 500->64->1), ``array`` (``--array-
 500k rows, one ``array<float>`` column of 64; 64->64->1) and ``multi`` (the 1M x 32 table, a
 32->64->4 model: four output columns).
 
-    .venv/bin/python benchmarks/bench_inference.py [--rows 1000000] [--reps 5] [--wide-rows 200000] [--array-rows 500000]
+The public UDF ``batchscore.udfs.predict_udf`` (``kind="pandas"``: a real iterator ``pandas_udf``;
+``kind="arrow"``: an iterator ``arrow_udf``) on every shape beside ``predict_batch_udf`` (cases
+``predict_udf pandas`` / ``predict_udf arrow``, the narrow shape under ``light``): the same frame,
+model, batch size, ``noop`` sink and ``select("id", udf(...))``; fed the feature columns
+(``udf(*feats)``) or the array column (``udf(F.col("emb"))``). Bar: the pandas kind >= 1.5x
+``predict_batch_udf`` on each shape (the arrow kind's ratios are printed, no bar).
+
+``--cases SUBSTR`` (repeatable) runs only the cases whose ``model case`` label contains one of
+them, plus the baselines of their bars and ``predict_batch_udf`` beside a ``predict_udf`` case
+(e.g. ``--cases predict_udf``); bars and ratios left without both cases are skipped.
+
+    .venv/bin/python benchmarks/bench_inference.py [--rows 1000000] [--reps 5] [--wide-rows 200000] [--array-rows 500000] [--cases SUBSTR ...]
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ SHAPES = {  # shape: (model layers, batch size); their "batchscore" case is the 
     "multi": ((N_FEATURES, 64, 4), 4096),
 }
 FILES = 8
+UDF_KINDS = ("pandas", "arrow")  # predict_udf(kind=...): cases "predict_udf pandas", "predict_udf arrow"
 BARS = [  # (model or shape, case, baseline case, minimum ratio)
     ("light", "batchscore", "identity mapInArrow", 0.85),
     ("light", "batchscore", "predict_batch_udf", 1.15),
@@ -58,6 +70,7 @@ BARS = [  # (model or shape, case, baseline case, minimum ratio)
     ("wide", "batchscore", "predict_batch_udf", 1.2),
     ("array", "batchscore", "predict_batch_udf", 1.2),
     ("multi", "batchscore", "predict_batch_udf", 1.2),
+    *((shape, "predict_udf pandas", "predict_batch_udf", 1.5) for shape in ("light", *SHAPES)),  # the public UDF
 ]
 
 
@@ -93,6 +106,16 @@ def make_array_data(rows: int) -> Path:
     """``id`` + ``emb``: one ``array<float>`` column of ``ARRAY`` values per row."""
     return _write_once(OUT / f"array-{rows}x{ARRAY}", rows, ARRAY, 13, lambda part, x: {"emb": pa.ListArray.from_arrays(
         pa.array(np.arange(0, len(part) * ARRAY + 1, ARRAY, dtype=np.int32)), pa.array(x[part].ravel()))})
+
+
+def udf_frames(df, path: Path, args: list, *, columns: list[str], batch: int) -> dict[str, object]:  # type: ignore[no-untyped-def,type-arg]
+    """``predict_udf`` of each kind over ``df``: ``select("id", udf(*args).alias("score"))``, as the
+    ``predict_batch_udf`` case of the same shape selects it (one output: float; several: a struct)."""
+    from batchscore.udfs import predict_udf
+
+    return {f"predict_udf {kind}": df.select("id", predict_udf(
+        str(path), columns=columns, batch_size=batch, device="cpu", kind=kind)(*args).alias("score"))
+        for kind in UDF_KINDS}
 
 
 def raw_ort(model: Path, x: np.ndarray, batch: int) -> Callable[[], None]:
@@ -153,6 +176,9 @@ def spark_cases(spark, data: Path, models: dict[str, Path]) -> dict[tuple[str, s
 
         pbu = predict_batch_udf(make_predict_fn, return_type=FloatType(), batch_size=batch)
         cases[(name, "predict_batch_udf")] = noop(df.select("id", pbu(F.struct(*feats)).alias("score")))
+        if name == "light":  # the narrow shape: the public UDF fed the 32 feature columns
+            for case, frame in udf_frames(df, path, feats, columns=["score"], batch=batch).items():
+                cases[(name, case)] = noop(frame)
         cfg = ModelConfig.model_validate({
             "name": f"bench_{name}", "model": {"uri": str(path), "format": "onnx", "version": "bench"},
             "input": {"path": str(data), "key": "id", "features": feats},
@@ -224,6 +250,9 @@ def shape_cases(spark, data: dict[str, Path], models: dict[str, Path]) -> dict[t
             pbu_array = predict_batch_udf(ort_predict_fn(str(path)), return_type=FloatType(), batch_size=batch,
                                           input_tensor_shapes=[[layers[0]]])
             cases[(shape, "predict_batch_udf array")] = noop(df.select("id", pbu_array(F.array(*feats)).alias("score")))
+        for case, frame in udf_frames(df, path, [F.col("emb")] if feats is None else feats, columns=columns,
+                                      batch=batch).items():
+            cases[(shape, case)] = noop(frame)
         out = with_predictions(df, ref, key="id", features=feats, feature_array="emb" if feats is None else None,
                                columns=columns, batch_size=batch)
         cases[(shape, "batchscore")] = noop(out)
@@ -236,6 +265,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--wide-rows", type=int, default=200_000)
     ap.add_argument("--array-rows", type=int, default=500_000)
+    ap.add_argument("--cases", action="append", metavar="SUBSTR",
+                    help="only the cases whose 'model case' label contains SUBSTR (repeatable), plus their baselines")
     args = ap.parse_args()
     data = make_data(args.rows)
     models = {n: OUT / f"{n}.onnx" for n in MODELS}
@@ -257,6 +288,13 @@ def main() -> int:
     cases.update(spark_cases(spark, data, models))
     cases.update(shape_cases(spark, shape_data, shape_models))
     del x
+    if args.cases:
+        keep = {k for k in cases if any(s in " ".join(k) for s in args.cases)}
+        for model, case, base, _need in BARS:
+            if (model, case) in keep:
+                keep.add((model, base) if (model, base) in cases else ("-", base))
+        keep |= {(model, "predict_batch_udf") for model, case in keep if case.startswith("predict_udf")}
+        cases = {k: v for k, v in cases.items() if k in keep}
     times: dict[tuple[str, str], list[float]] = {k: [] for k in cases}
     for rep in range(args.reps + 1):  # round 0 is the warm-up
         for key, run in cases.items():
@@ -281,19 +319,37 @@ def main() -> int:
     print("between rounds cancels; the ratio of the medians above is shown beside it):")
     for model, case, base, need in BARS:
         base_key = (model, base) if (model, base) in times else ("-", base)
+        if (model, case) not in times or base_key not in times:
+            continue  # not run (--cases)
         per_round = [tb / tc for tb, tc in zip(times[base_key], times[(model, case)], strict=True)]
         ratio = statistics.median(per_round)
         ok &= ratio >= need
         spread = f"rounds {min(per_round):.2f}..{max(per_round):.2f}, medians {rate[(model, case)] / rate[base_key]:.2f}x"
         print(f"  {model:6} {case} / {base}: {ratio:.2f}x ({spread}; need >= {need:.2f}x) {'ok' if ratio >= need else 'MISSED'}")
     for model in MODELS:
+        if not {(model, c) for c in ("batchscore", "predict_batch_udf", "raw ORT (2 threads)")} <= rate.keys():
+            continue
         r = rate[(model, "batchscore")] / rate[(model, "predict_batch_udf")]
         print(f"  {model:6} batchscore / predict_batch_udf: {r:.2f}x; / raw ORT: {rate[(model, 'batchscore')] / rate[(model, 'raw ORT (2 threads)')]:.2f}x")
-    per_round = [tb / tc for tb, tc in zip(times[("heavy", "predict_batch_udf")], times[("heavy", "batchscore read=spark")], strict=True)]
-    print(f"  heavy  batchscore read=spark / predict_batch_udf: {statistics.median(per_round):.2f}x (no bar: the model's cost)")
-    per_round = [tb / tc for tb, tc in zip(times[("wide", "predict_batch_udf array")], times[("wide", "batchscore")], strict=True)]
-    print(f"  wide   batchscore / predict_batch_udf array: {statistics.median(per_round):.2f}x (no bar; rounds "
-          f"{min(per_round):.2f}..{max(per_round):.2f})")
+
+    def rounds(model: str, case: str, base: str) -> list[float] | None:
+        if (model, case) not in times or (model, base) not in times:
+            return None
+        return [tb / tc for tb, tc in zip(times[(model, base)], times[(model, case)], strict=True)]
+
+    if got := rounds("heavy", "batchscore read=spark", "predict_batch_udf"):
+        print(f"  heavy  batchscore read=spark / predict_batch_udf: {statistics.median(got):.2f}x (no bar: the model's cost)")
+    if got := rounds("wide", "batchscore", "predict_batch_udf array"):
+        print(f"  wide   batchscore / predict_batch_udf array: {statistics.median(got):.2f}x (no bar; rounds "
+              f"{min(got):.2f}..{max(got):.2f})")
+    print("\npredict_udf / predict_batch_udf on the same shape (median of the per-round ratios; rounds min..max):")
+    print(f"  {'shape':6} {'kind':7} {'rows/s':>12} {'ratio':>7}  rounds")
+    for model in ("light", *SHAPES):
+        for kind in UDF_KINDS:
+            if got := rounds(model, f"predict_udf {kind}", "predict_batch_udf"):
+                shape = "narrow" if model == "light" else model
+                print(f"  {shape:6} {kind:7} {rate[(model, f'predict_udf {kind}')]:12,.0f} {statistics.median(got):6.2f}x"
+                      f"  {min(got):.2f}..{max(got):.2f}{'  (bar >= 1.50x)' if kind == 'pandas' else ''}")
     (OUT / "inference.json").write_text(json.dumps({" | ".join(k): v for k, v in rate.items()}, indent=1))
     return 0 if ok else 1
 
