@@ -9,8 +9,10 @@
     both = predict_udf("models/two_heads.onnx", columns=["p_churn", "p_upsell"])
     df.withColumn("s", both(F.col("features"))).select("user_id", "s.p_churn", "s.p_upsell")
 
-``kind="pandas"`` (the default) is a real ``pandas_udf`` of ``Iterator[tuple[pd.Series, ...]] ->
+``kind="pandas"`` (the default) is a real ``pandas_udf`` of ``Iterator[pd.Series] ->
 Iterator[pd.Series]`` (one output) or ``Iterator[pd.DataFrame]`` (a struct of several outputs);
+several feature columns reach it packed into one ``array<float>`` column (cast to float32 in
+Spark), which is one Arrow vector per batch instead of one per column;
 ``kind="arrow"`` is the same on Spark's ``arrow_udf`` (no pandas conversion, the faster of the two).
 Either way the model comes from the Python worker's cache (loaded once per worker, keyed by the
 artifact's sha256 + format + device + precision: :mod:`batchscore.udfs.model_cache`), runs on
@@ -77,14 +79,21 @@ class PredictUDF:
         if not cols:
             raise ConfigError("predict_udf(...)(): give the feature columns, e.g. udf(*feature_cols) "
                               "or udf(F.col('features'))")
-        exprs = [F.col(c) if isinstance(c, str) else c for c in cols]
-        labels = tuple(c if isinstance(c, str) else _label(c) for c in cols)
+        if len(cols) == 1:  # an array<float> column (or a one-feature model): passed as it is
+            arg = F.col(cols[0]) if isinstance(cols[0], str) else cols[0]
+            label = cols[0] if isinstance(cols[0], str) else _label(cols[0])
+        else:
+            # Several feature columns travel as one array<float> (cast to float32 in Spark): Spark's
+            # Arrow writer costs per row per vector, and Python gets a zero-copy (rows, width)
+            # matrix instead of one Series or array per column (benchmarks/README.md, predict_udf).
+            if all(isinstance(c, str) for c in cols):  # one SQL expression, not one py4j call per column
+                arg = F.expr("array(" + ", ".join(f"CAST({_quoted(str(c))} AS FLOAT)" for c in cols) + ")")
+            else:
+                arg = F.array(*[(F.col(c) if isinstance(c, str) else c).cast("float") for c in cols])
+            label = "features"
         if self.kind == "pandas":
-            return _pandas_udf(self, labels)(*exprs)
-        if len(exprs) == 1:  # an array<float> column (or a one-feature model): passed as it is
-            return _arrow_udf(self, labels, packed=False)(exprs[0])
-        arg = F.struct(*[e.alias(f"_{i}") for i, e in enumerate(exprs)])
-        return _arrow_udf(self, labels, packed=True)(arg)
+            return _pandas_udf(self, label)(arg)
+        return _arrow_udf(self, label)(arg)
 
 
 def predict_udf(
@@ -152,73 +161,68 @@ def _checked_width(data: bytes, *, fmt: str, uri: str, precision: str, n_feature
     return width
 
 
+def _quoted(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
 def _label(col: Column) -> str:
     text = str(col)  # Column<'features'>
     return text[len("Column<'"):-2] if text.startswith("Column<'") and text.endswith("'>") else text
 
 
-def _pandas_matrix(parts: tuple[Any, ...], labels: tuple[str, ...], width: int | None) -> np.ndarray:
-    """The float32 ``(rows, width)`` matrix of one pandas batch: several numeric Series, one
-    Series of arrays, or a DataFrame (a struct column)."""
-    if len(parts) == 1 and isinstance(parts[0], pd.DataFrame):
-        frame = parts[0]
-        parts, labels = tuple(frame[c] for c in frame.columns), tuple(map(str, frame.columns))
-    if len(parts) == 1 and parts[0].dtype == object:
-        s, label = parts[0], labels[0]
-        values = s.to_numpy()
-        if s.isna().any():
-            raise InputDataError(f"feature array column '{label}' has {int(s.isna().sum())} null row(s) in a batch; "
-                                 "fill or drop them upstream")
-        lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
-        want = width if width is not None else (int(lengths[0]) if len(lengths) else 0)
-        if len(lengths) and not (lengths == want).all():
-            bad = int(lengths[np.argmax(lengths != want)])
-            raise InputDataError(f"feature array column '{label}' has a row of length {bad}, expected {want}; "
-                                 f"every row must have exactly {want} values")
-        if not len(values):
-            return np.empty((0, want), dtype=np.float32)
-        return np.stack(values).astype(np.float32, copy=False)
-    x = np.empty((len(parts[0]), len(parts)), dtype=np.float32)
-    for j, s in enumerate(parts):
-        x[:, j] = s.to_numpy(dtype=np.float32, na_value=np.nan)
-    return x
+def _pandas_matrix(batch: Any, label: str, width: int | None) -> np.ndarray:
+    """The float32 ``(rows, width)`` matrix of one pandas batch: a Series of arrays (the feature
+    array, or the feature columns packed into one), a numeric Series (a one-feature model) or a
+    DataFrame (a struct column's fields, in order)."""
+    if isinstance(batch, pd.DataFrame):
+        x = np.empty((len(batch), batch.shape[1]), dtype=np.float32)
+        for j, c in enumerate(batch.columns):
+            x[:, j] = batch[c].to_numpy(dtype=np.float32, na_value=np.nan)
+        return x
+    if batch.dtype != object:
+        return batch.to_numpy(dtype=np.float32, na_value=np.nan).reshape(-1, 1)
+    values = batch.to_numpy()
+    if batch.isna().any():
+        raise InputDataError(f"feature array column '{label}' has {int(batch.isna().sum())} null row(s) in a batch; "
+                             "fill or drop them upstream")
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    want = width if width is not None else (int(lengths[0]) if len(lengths) else 0)
+    if len(lengths) and not (lengths == want).all():
+        bad = int(lengths[np.argmax(lengths != want)])
+        raise InputDataError(f"feature array column '{label}' has a row of length {bad}, expected {want}; "
+                             f"every row must have exactly {want} values")
+    if not len(values):
+        return np.empty((0, want), dtype=np.float32)
+    return np.concatenate(values).astype(np.float32, copy=False).reshape(len(values), want)
 
 
-def _pandas_udf(u: PredictUDF, labels: tuple[str, ...]) -> Any:
+def _pandas_udf(u: PredictUDF, label: str) -> Any:
     ref, columns, batch_size, prefetch, loads = u.ref, list(u.columns), u.batch_size, u.prefetch, u.loads
     width = ref.n_features
     multi = len(columns) > 1
 
-    def matrices(batches: Iterator[Any]) -> Iterator[tuple[None, np.ndarray]]:
-        for b in batches:
-            yield None, _pandas_matrix(b if isinstance(b, tuple) else (b,), labels, width)
-
-    def predict(batches: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
-        for _, out in score_pieces(ref, matrices(batches), n_outputs=len(columns), batch_size=batch_size,
+    def predict(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        matrices = ((None, _pandas_matrix(b, label, width)) for b in batches)
+        for _, out in score_pieces(ref, matrices, n_outputs=len(columns), batch_size=batch_size,
                                    loads=loads, prefetch=prefetch):
             yield pd.DataFrame(out, columns=columns, copy=False) if multi else pd.Series(out[:, 0])
 
-    if len(labels) == 1:  # one argument: Spark passes each batch as a Series (or a DataFrame), not a tuple
-        def predict_one(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-            return predict(batches)  # type: ignore[arg-type]
-
-        return F.pandas_udf(predict_one, u.return_type)  # type: ignore[call-overload]
     return F.pandas_udf(predict, u.return_type)  # type: ignore[call-overload]
 
 
-def _arrow_udf(u: PredictUDF, labels: tuple[str, ...], *, packed: bool) -> Any:
+def _arrow_udf(u: PredictUDF, label: str) -> Any:
     ref, columns, batch_size, prefetch, loads = u.ref, list(u.columns), u.batch_size, u.prefetch, u.loads
-    names = [f"_{i}" for i in range(len(labels))]
     multi = len(columns) > 1
     fields = [pa.field(c, pa.float32()) for c in columns]
 
     def matrix(a: Any) -> np.ndarray:
-        if packed:
+        if pa.types.is_struct(a.type):  # a struct column: its fields in order
+            names = [a.type.field(i).name for i in range(a.type.num_fields)]
             return features_matrix(a, names, None, len(names))
         if pa.types.is_list(a.type) or pa.types.is_large_list(a.type) or pa.types.is_fixed_size_list(a.type):
             width = ref.n_features or (a.type.list_size if pa.types.is_fixed_size_list(a.type) else
                                        (int(a.value_lengths()[0].as_py()) if len(a) and a.is_valid()[0].as_py() else 0))
-            return features_matrix(pa.StructArray.from_arrays([a], [labels[0]]), None, labels[0], width)
+            return features_matrix(pa.StructArray.from_arrays([a], [label]), None, label, width)
         return features_matrix(pa.StructArray.from_arrays([a], ["_0"]), ["_0"], None, 1)
 
     def predict(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:

@@ -70,9 +70,9 @@ def test_the_pandas_kind_is_a_pandas_udf(data: Any) -> None:
     assert isinstance(udf, PredictUDF) and udf.kind == "pandas"
     from batchscore.udfs import predict as P
 
-    fn = P._pandas_udf(udf, tuple(FEATURES))  # noqa: SLF001
+    fn = P._pandas_udf(udf, "features")  # noqa: SLF001
     assert fn.evalType == PythonEvalType.SQL_SCALAR_PANDAS_ITER_UDF
-    assert P._arrow_udf(udf, ("arr",), packed=False).evalType != PythonEvalType.SQL_SCALAR_PANDAS_ITER_UDF  # noqa: SLF001
+    assert P._arrow_udf(udf, "arr").evalType != PythonEvalType.SQL_SCALAR_PANDAS_ITER_UDF  # noqa: SLF001
 
 
 def test_a_torchscript_model_through_the_pandas_kind(spark: Any, data: Any, tmp_path: Path) -> None:
