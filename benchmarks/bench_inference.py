@@ -26,7 +26,8 @@ model, batch size, ``noop`` sink and ``select("id", udf(...))``; fed the feature
 them, plus the baselines of their bars and ``predict_batch_udf`` beside a ``predict_udf`` case
 (e.g. ``--cases predict_udf``); bars and ratios left without both cases are skipped.
 
-    .venv/bin/python benchmarks/bench_inference.py [--rows 1000000] [--reps 5] [--wide-rows 200000] [--array-rows 500000] [--cases SUBSTR ...]
+    .venv/bin/python benchmarks/bench_inference.py [--rows 1000000] [--reps 5] [--wide-rows 200000] \
+        [--array-rows 500000] [--cases SUBSTR ...]
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-from batchscore.testing.demo_data import feature_matrix, write_onnx_mlp
+from batchscore.testing.demo_data import feature_matrix, write_onnx_mlp  # noqa: E402 (after the sys.path edit)
 
 OUT = REPO / ".batchscore" / "bench"
 N_FEATURES = 32
@@ -282,7 +283,8 @@ def main() -> int:
 
     from batchscore.jobs.session import build_session
 
-    spark = build_session("batchscore-bench-inference", master="local[2]", conf={"spark.ui.showConsoleProgress": "false"})
+    spark = build_session("batchscore-bench-inference", master="local[2]",
+                          conf={"spark.ui.showConsoleProgress": "false"})
     x = feature_matrix(args.rows, N_FEATURES)
     cases = {(n, "raw ORT (2 threads)"): raw_ort(p, x, MODELS[n][1]) for n, p in models.items()}
     cases.update(spark_cases(spark, data, models))
@@ -324,13 +326,16 @@ def main() -> int:
         per_round = [tb / tc for tb, tc in zip(times[base_key], times[(model, case)], strict=True)]
         ratio = statistics.median(per_round)
         ok &= ratio >= need
-        spread = f"rounds {min(per_round):.2f}..{max(per_round):.2f}, medians {rate[(model, case)] / rate[base_key]:.2f}x"
-        print(f"  {model:6} {case} / {base}: {ratio:.2f}x ({spread}; need >= {need:.2f}x) {'ok' if ratio >= need else 'MISSED'}")
+        medians = rate[(model, case)] / rate[base_key]
+        spread = f"rounds {min(per_round):.2f}..{max(per_round):.2f}, medians {medians:.2f}x"
+        verdict = "ok" if ratio >= need else "MISSED"
+        print(f"  {model:6} {case} / {base}: {ratio:.2f}x ({spread}; need >= {need:.2f}x) {verdict}")
     for model in MODELS:
         if not {(model, c) for c in ("batchscore", "predict_batch_udf", "raw ORT (2 threads)")} <= rate.keys():
             continue
         r = rate[(model, "batchscore")] / rate[(model, "predict_batch_udf")]
-        print(f"  {model:6} batchscore / predict_batch_udf: {r:.2f}x; / raw ORT: {rate[(model, 'batchscore')] / rate[(model, 'raw ORT (2 threads)')]:.2f}x")
+        raw = rate[(model, "batchscore")] / rate[(model, "raw ORT (2 threads)")]
+        print(f"  {model:6} batchscore / predict_batch_udf: {r:.2f}x; / raw ORT: {raw:.2f}x")
 
     def rounds(model: str, case: str, base: str) -> list[float] | None:
         if (model, case) not in times or (model, base) not in times:
@@ -338,7 +343,8 @@ def main() -> int:
         return [tb / tc for tb, tc in zip(times[(model, base)], times[(model, case)], strict=True)]
 
     if got := rounds("heavy", "batchscore read=spark", "predict_batch_udf"):
-        print(f"  heavy  batchscore read=spark / predict_batch_udf: {statistics.median(got):.2f}x (no bar: the model's cost)")
+        print(f"  heavy  batchscore read=spark / predict_batch_udf: {statistics.median(got):.2f}x "
+              "(no bar: the model's cost)")
     if got := rounds("wide", "batchscore", "predict_batch_udf array"):
         print(f"  wide   batchscore / predict_batch_udf array: {statistics.median(got):.2f}x (no bar; rounds "
               f"{min(got):.2f}..{max(got):.2f})")
@@ -348,8 +354,10 @@ def main() -> int:
         for kind in UDF_KINDS:
             if got := rounds(model, f"predict_udf {kind}", "predict_batch_udf"):
                 shape = "narrow" if model == "light" else model
-                print(f"  {shape:6} {kind:7} {rate[(model, f'predict_udf {kind}')]:12,.0f} {statistics.median(got):6.2f}x"
-                      f"  {min(got):.2f}..{max(got):.2f}{'  (bar >= 1.50x)' if kind == 'pandas' else ''}")
+                speed = rate[(model, f"predict_udf {kind}")]
+                bar = "  (bar >= 1.50x)" if kind == "pandas" else ""
+                print(f"  {shape:6} {kind:7} {speed:12,.0f} {statistics.median(got):6.2f}x"
+                      f"  {min(got):.2f}..{max(got):.2f}{bar}")
     (OUT / "inference.json").write_text(json.dumps({" | ".join(k): v for k, v in rate.items()}, indent=1))
     return 0 if ok else 1
 
