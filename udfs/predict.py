@@ -86,7 +86,8 @@ class PredictUDF:
             # Several feature columns travel as one array<float> (cast to float32 in Spark): Spark's
             # Arrow writer costs per row per vector, and Python gets a zero-copy (rows, width)
             # matrix instead of one Series or array per column (benchmarks/README.md, predict_udf).
-            if all(isinstance(c, str) for c in cols):  # one SQL expression, not one py4j call per column
+            if all(isinstance(c, str) and "." not in c for c in cols):  # one SQL expression, not a py4j call
+                # per column (a dotted name keeps F.col's struct-field resolution, below)
                 arg = F.expr("array(" + ", ".join(f"CAST({_quoted(str(c))} AS FLOAT)" for c in cols) + ")")
             else:
                 arg = F.array(*[(F.col(c) if isinstance(c, str) else c).cast("float") for c in cols])

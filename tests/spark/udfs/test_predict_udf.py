@@ -127,3 +127,14 @@ def test_the_readme_example_runs_as_written(spark: Any, tmp_path: Path, monkeypa
         scope: dict[str, Any] = {"__name__": "readme_example"}
         exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
         assert (tmp_path / "churn.onnx").exists() and scope["got"] is not None
+
+
+def test_struct_fields_named_with_dots_resolve_as_spark_does(data: Any) -> None:
+    """``udf("s.f0", "s.f1", ...)``: a dotted name is a struct field (as ``F.col`` reads it), not a
+    column literally named with a dot."""
+    df, x, models = data
+    nested = df.select("k", F.struct(*FEATURES).alias("s"))
+    for kind in ("pandas", "arrow"):
+        udf = predict_udf(str(models[1]), kind=kind)  # type: ignore[arg-type]
+        got = nested.withColumn("p", udf(*[f"s.{c}" for c in FEATURES])).select("k", "p").toPandas()
+        np.testing.assert_array_equal(got.sort_values("k")["p"].to_numpy(), ort_scores(models[1], x)[:, 0])
