@@ -124,6 +124,16 @@ class InputTable(_Strict):
     features: list[str] | None = None
     feature_array: str | None = None
     feature_count: int | None = Field(default=None, gt=0)
+    on_invalid: Literal["fail", "quarantine"] = Field(
+        default="fail",
+        description="fail: a bad row fails the run (null key, short feature array); quarantine: rows with a null "
+        "key, a null or non-finite feature (unless allow_nan), a feature array of the wrong length, or a "
+        "non-finite model output go to outputs.quarantine and are left out of the publication",
+    )
+    allow_nan: bool = Field(
+        default=False,
+        description="on_invalid: quarantine: null/NaN/inf features are scored (as NaN) instead of quarantined",
+    )
     read: Literal["auto", "files", "spark"] = Field(
         default="auto",
         description="files: Python workers read the Parquet files themselves (any store: local "
@@ -163,6 +173,12 @@ class RedisOutput(_Strict):
         default=0.9, gt=0, le=1, description="refuse a publish that would take Redis past this share of maxmemory"
     )
     lock_ttl_seconds: int = Field(default=120, ge=5, description="publish lock lifetime, renewed while running")
+    ttl_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="expire every published version's keys (data, meta, pointer) this long after its publish; "
+        "each publish renews it, so a pipeline that stops publishing stops serving (missing rather than stale)",
+    )
     allow_evicting_policy: bool = Field(
         default=False,
         description="publish even when maxmemory-policy is "
@@ -177,6 +193,11 @@ class Outputs(_Strict):
     history: DeltaOutput | None = Field(
         default=None, description="date-partitioned table `batchscore backfill` writes (default: <delta.path>_history)"
     )
+    quarantine: DeltaOutput | None = Field(
+        default=None,
+        description="input.on_invalid: quarantine: the table of rows left out, partitioned by run_id "
+        "(default: <delta.path>_quarantine)",
+    )
 
     @field_validator("columns")
     @classmethod
@@ -190,6 +211,11 @@ class Outputs(_Strict):
 class Scoring(_Strict):
     batch_size: int = Field(default=4096, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    incremental: bool = Field(
+        default=False,
+        description="reuse the last publication's score of every key whose features (float32 hash) and model "
+        "artifact are unchanged; score only new and changed rows (`--full` rescores everything)",
+    )
     precision: Literal["fp32", "fp16", "bf16"] = Field(
         default="fp32",
         description="torch models: cast weights and inputs to this dtype (outputs stay float32); "
@@ -305,8 +331,13 @@ class DriftRule(_Strict):
     kl: KlRule = Field(default_factory=KlRule)
 
 
+class QuarantineRateRule(Level):
+    max: float = Field(default=0.01, ge=0, le=1, description="largest allowed share of input rows quarantined")
+
+
 class Validation(_Strict):
     row_count: RowCountRule = Field(default_factory=RowCountRule)
+    quarantine_rate: QuarantineRateRule = Field(default_factory=QuarantineRateRule)
     null_rate: NullRateRule = Field(default_factory=NullRateRule)
     range: RangeRule | None = None
     mean: MeanRule | None = None
@@ -409,6 +440,7 @@ _PATH_FIELDS = (
     ("input", "path"),
     ("outputs", "delta.path"),
     ("outputs", "history.path"),
+    ("outputs", "quarantine.path"),
     ("runtime", "report_dir"),
 )
 

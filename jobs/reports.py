@@ -66,6 +66,18 @@ class ScoreReport(Report):
     model_devices: list[str] = field(default_factory=list)  # the devices the executors' loads used
     seconds: float = 0.0
     scored_at: str | None = None
+    # input.on_invalid: quarantine: rows left out, by reason, and where they went
+    quarantined_rows: int = 0
+    quarantine: dict[str, int] = field(default_factory=dict)
+    quarantine_table: str | None = None
+    quarantine_delta_version: int | None = None
+    # scoring.incremental: how the rows were obtained ("incremental", or why everything was scored)
+    scoring_mode: str = "full"
+    rows_reused: int = 0
+    rows_rescored: int = 0
+    rows_new: int = 0
+    rows_dropped: int = 0
+    reused_from_delta_version: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

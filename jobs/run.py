@@ -13,7 +13,7 @@ from batchscore.exit import exit_now
 from batchscore.jobs import entry, state
 from batchscore.jobs.publish import _require_validated, publish
 from batchscore.jobs.reports import RunReport
-from batchscore.jobs.score import score
+from batchscore.jobs.score import add_full_flag, score
 from batchscore.jobs.session import session_for
 from batchscore.jobs.validate import prefetch_imports, validate
 from batchscore.redis_conn import connect
@@ -22,8 +22,10 @@ from batchscore.sinks import delta
 log = logging.getLogger(__name__)
 
 
-def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, redis_url: str) -> RunReport:
-    """The whole pipeline for one run; returns the run report (also written as ``run.json``)."""
+def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, redis_url: str,
+        full: bool = False) -> RunReport:
+    """The whole pipeline for one run; returns the run report (also written as ``run.json``).
+    ``full``: with ``scoring.incremental``, rescore every row."""
     started = time.perf_counter()
     connect(redis_url).close()  # fail fast, before scoring, when Redis is unreachable
     if any(p.get("run_id") == run_id for p in delta.publications(cfg.outputs.delta.path, cfg.store)):
@@ -33,7 +35,7 @@ def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, re
         scored, validated = _require_validated(cfg, run_id)
     else:
         prefetch_imports()  # GX + matplotlib load in the background while the driver waits on scoring
-        scored = score(spark, cfg, run_id=run_id, run_date=run_date)
+        scored = score(spark, cfg, run_id=run_id, run_date=run_date, full=full)
         validated = validate(spark, cfg, run_id=run_id)
     published = publish(spark, cfg, run_id=run_id, redis_url=redis_url)
     report = RunReport(
@@ -48,14 +50,16 @@ def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, re
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = entry.parser("run", __doc__.splitlines()[0]).parse_args(entry.argv_or_sys(argv))
+    p = entry.parser("run", __doc__.splitlines()[0])
+    add_full_flag(p)
+    args = p.parse_args(entry.argv_or_sys(argv))
 
     def body() -> RunReport:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.new_run_id(args.run_date))
         url = cfg.redis_url()
         spark = session_for(cfg, "run", master=args.master, verbose=args.verbose)
-        rep = run(spark, cfg, run_id=run_id, run_date=args.run_date, redis_url=url)
+        rep = run(spark, cfg, run_id=run_id, run_date=args.run_date, redis_url=url, full=args.full)
         entry.summary(
             f"run {cfg.name}",
             {

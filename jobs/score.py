@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import InputDataError, ModelError, PublishRefusedError
 from batchscore.exit import exit_now
-from batchscore.jobs import entry, state
+from batchscore.jobs import entry, incremental, state
 from batchscore.jobs.inputs import (
     InputScan,
     check_input,
@@ -29,15 +29,17 @@ from batchscore.jobs.inputs import (
 )
 from batchscore.jobs.reports import ScoreReport
 from batchscore.jobs.session import session_for
-from batchscore.sinks import delta
+from batchscore.sinks import delta, quarantine
+from batchscore.sinks.delta import StagedRun
 from batchscore.udfs.backends import check_model, load_backend
 from batchscore.udfs.device import resolve_device
 from batchscore.udfs.file_scan import with_predictions_from_files
 from batchscore.udfs.fragments import plan_fragments
 from batchscore.udfs.model_cache import cpu_fallbacks, load_accumulator
 from batchscore.udfs.model_ref import ModelRef, hash_bytes, read_artifact
+from batchscore.udfs.quarantine import Screen
 from batchscore.udfs.scoring import Sink, with_predictions
-from batchscore.udfs.staged_write import StagedWriter, written
+from batchscore.udfs.staged_write import QUARANTINE, StagedWriter, written
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,17 @@ def check_artifact(cfg: ModelConfig, resolved: Resolved | None = None) -> Any:
     return ref
 
 
+def screen_for(cfg: ModelConfig) -> Screen | None:
+    """The task-side quarantine of ``cfg`` (``input.on_invalid: quarantine``), else None."""
+    spec = cfg.input
+    if spec.on_invalid != "quarantine":
+        return None
+    return Screen(key=spec.key, width=spec.n_features, features=tuple(spec.features) if spec.features else None,
+                  feature_array=spec.feature_array, outputs=tuple(cfg.outputs.columns), allow_nan=spec.allow_nan)
+
+
 def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef, *, run_id: str, scored_at: datetime,
-                 loads: Any = None, sink: Sink | None = None) -> DataFrame:
+                 loads: Any = None, sink: Sink | None = None, hashed: bool = False, only_keys: Any = None) -> DataFrame:
     """The staged output: key, the output columns (float32), model_version, run_id, scored_at;
     with a ``sink`` (:class:`batchscore.udfs.staged_write.StagedWriter`), each task writes those rows itself
     and the frame is the sink's report (one row per file written).
@@ -89,7 +100,8 @@ def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef, *, 
     """
     spec = cfg.input
     options = dict(features=spec.features, feature_array=spec.feature_array, columns=cfg.outputs.columns,
-                   batch_size=cfg.scoring.batch_size, loads=loads, sink=sink)
+                   batch_size=cfg.scoring.batch_size, loads=loads, sink=sink, hashed=hashed,
+                   screen=screen_for(cfg) if sink is not None else None)
     if isinstance(df, InputScan):
         scan, files, physical = df.df, df.files, df.physical
         key_type = df.schema[spec.key].dataType
@@ -101,9 +113,16 @@ def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef, *, 
     if files is not None:
         fragments = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism, storage=cfg.store)
         pred = with_predictions_from_files(spark, fragments, ref, key=spec.key, key_type=key_type, storage=cfg.store,
-                                           physical=physical or None, **options)  # type: ignore[arg-type]
+                                           physical=physical or None, only_keys=only_keys,
+                                           **options)  # type: ignore[arg-type]
     else:
         assert scan is not None
+        if only_keys is not None:  # incremental: these keys (and null keys, for the checks) are scored
+            import pyarrow as pa
+
+            wanted = spark.createDataFrame(pa.table({spec.key: only_keys.value}))
+            scan = scan.join(F.broadcast(wanted), on=spec.key, how="left_semi").unionByName(
+                scan.filter(F.col(spec.key).isNull()))
         pred = with_predictions(scan, ref, key=spec.key, **options)  # type: ignore[arg-type]
     if sink is not None:
         return pred
@@ -115,28 +134,62 @@ def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef, *, 
     )
 
 
+@dataclass(frozen=True)
+class Staged:
+    """What the scoring tasks wrote: the predictions' files and the rows they set aside."""
+
+    files: dict[str, str]  # file name under the run's folder -> sha256 its writer computed
+    quarantine: StagedRun | None = None
+    quarantine_table: str | None = None
+
+
 def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef, *, run_path: str, run_id: str,
-                      scored_at: datetime, loads: Any = None) -> dict[str, str]:
+                      scored_at: datetime, loads: Any = None, plan: Any = None) -> Staged:
     """Score ``source`` with each task writing its own file under ``run_path`` (replacing what a
-    previous attempt at this run left there); record the files of the attempts Spark kept."""
-    st.delete_dir(run_path, cfg.store)
-    writer = StagedWriter(run_path, cfg.model.version, run_id, scored_at, cfg.store)
+    previous attempt at this run left there); record the files of the attempts Spark kept.
+    With ``input.on_invalid: quarantine`` the tasks also write the rows they set aside, staged in
+    the quarantine table (:mod:`batchscore.sinks.quarantine`). ``plan``: an incremental run's
+    :class:`batchscore.jobs.incremental.Plan` (score only its keys, copy the reused rows)."""
+    store = cfg.store
+    st.delete_dir(run_path, store)
+    q_table = attempt = None
+    if cfg.input.on_invalid == "quarantine":
+        q_table = quarantine.table_path(cfg.outputs.delta.path, cfg.outputs.quarantine.path if cfg.outputs.quarantine else None)
+        attempt = quarantine.new_attempt()
+    hashed = cfg.scoring.incremental
+    q_path = quarantine.attempt_path(q_table, run_id, attempt) if q_table and attempt else None
+    writer = StagedWriter(run_path, cfg.model.version, run_id, scored_at, store, quarantine_path=q_path,
+                          model_sha256=ref.sha256 if hashed else None)
     try:
-        rows = scored_frame(source, cfg, ref, run_id=run_id, scored_at=scored_at, loads=loads, sink=writer).collect()
+        if plan is not None:
+            jobs = plan.stage(source, writer, lambda df, only_keys=None: scored_frame(
+                df, cfg, ref, run_id=run_id, scored_at=scored_at, loads=loads, sink=writer, hashed=hashed,
+                only_keys=only_keys))
+        else:
+            jobs = [scored_frame(source, cfg, ref, run_id=run_id, scored_at=scored_at, loads=loads, sink=writer,
+                                 hashed=hashed).collect()]
     except Exception as exc:
         known = entry.executor_error(exc)
         if known is not None:
             raise known from None
         raise
-    files = written(rows)
+    files = {name: sha for rows in jobs for name, sha in written(rows).items()}
+    q_staged = None
+    if q_table and attempt:
+        rejects = {name: sha for rows in jobs for name, sha in written(rows, QUARANTINE).items()}
+        q_staged = quarantine.stage(q_table, run_id, attempt, rejects, store)
     if not files:
+        if q_staged is not None:
+            raise InputDataError(f"input table {cfg.input.path}: every row ({q_staged.total_rows:,}) was quarantined "
+                                 f"(see {q_table}, partition run_id={run_id}); fix the input upstream")
         raise InputDataError(f"input table {cfg.input.path} is empty; nothing to score (check the upstream job)")
-    delta.write_manifest(run_path, files, cfg.store)
-    return files
+    delta.write_manifest(run_path, files, store)
+    return Staged(files, q_staged, q_table)
 
 
-def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) -> ScoreReport:
-    """Score ``cfg``'s input into ``<delta>/runs/<run_id>/`` and write the score report."""
+def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, full: bool = False) -> ScoreReport:
+    """Score ``cfg``'s input into ``<delta>/runs/<run_id>/`` and write the score report. ``full``:
+    with ``scoring.incremental``, rescore every row anyway."""
     started = time.perf_counter()
     table, store = cfg.outputs.delta.path, cfg.store
     target = state.staged_path(cfg, run_id)  # refuses a run id that could leave its directory
@@ -161,13 +214,26 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
     )
     loads = load_accumulator(spark.sparkContext)
     scored_at = datetime.now(UTC).replace(microsecond=0)
-    stage_predictions(source, cfg, ref, run_path=target, run_id=run_id, scored_at=scored_at, loads=loads)
+    plan = incremental.plan_for(spark, cfg, source, ref, full=full) if cfg.scoring.incremental else None
+    result = stage_predictions(source, cfg, ref, run_path=target, run_id=run_id, scored_at=scored_at, loads=loads,
+                               plan=plan)
     fallbacks = cpu_fallbacks(loads.value)
     if cfg.scoring.device == "auto" and fallbacks:  # once per run, however many workers loaded the model
         log.warning("score %s: scoring.device is 'auto' and %d of %d model load(s) found no GPU; scored on CPU",
                     cfg.name, fallbacks, int(loads.value[0]))
     staged = delta.stage(table, run_id, store, writers_hashes=True)  # validate and publish re-read the bytes
-    input_rows = check_staged_keys(staged, cfg.input, store)  # from the scoring pass: no pre-pass over the input
+    scored_rows = check_staged_keys(staged, cfg.input, store)  # from the scoring pass: no pre-pass over the input
+    reasons = quarantine.reason_counts(result.quarantine, store)
+    q_version = None
+    if result.quarantine_table is not None:
+        q_version = quarantine.commit_run(result.quarantine_table, result.quarantine, model=cfg.name, run_id=run_id,
+                                          model_version=cfg.model.version, storage=store)
+    if reasons:
+        log.warning("score %s: %d row(s) quarantined (%s) in %s, partition run_id=%s", cfg.name,
+                    sum(reasons.values()), ", ".join(f"{r} {n:,}" for r, n in reasons.items()),
+                    result.quarantine_table, run_id)
+    input_rows = scored_rows + sum(reasons.values())
+    counts = plan.counts(staged_rows=scored_rows) if plan is not None else None
     report = ScoreReport(
         model=cfg.name,
         run_id=run_id,
@@ -187,20 +253,45 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str) 
         model_devices=sorted(set(loads.value[3])),
         seconds=round(time.perf_counter() - started, 2),
         scored_at=scored_at.isoformat(),
+        quarantined_rows=sum(reasons.values()),
+        quarantine=reasons,
+        quarantine_table=result.quarantine_table,
+        quarantine_delta_version=q_version,
+        **(counts.as_report() if counts is not None else {}),
     )
     path = state.write_report(cfg, run_id, "score", report)
-    log.info(f"score {cfg.name}: staged {input_rows:,} predictions at {target}; report {path}")
+    log.info(f"score {cfg.name}: staged {scored_rows:,} predictions at {target}; report {path}")
     return report
 
 
+def add_full_flag(p: Any) -> None:
+    p.add_argument("--full", action="store_true",
+                   help="scoring.incremental: rescore every row instead of reusing unchanged ones")
+
+
+def summary_lines(rep: ScoreReport) -> dict[str, str]:
+    """The score summary's lines for quarantined rows and incremental reuse (none when unused)."""
+    lines = {}
+    if rep.quarantine_table is not None:
+        by = ", ".join(f"{r} {n:,}" for r, n in rep.quarantine.items()) or "none"
+        lines["quarantined"] = f"{rep.quarantined_rows:,} ({by}) -> {rep.quarantine_table}"
+    if rep.scoring_mode != "full" or rep.rows_reused:
+        lines["incremental"] = (f"{rep.rows_reused:,} reused, {rep.rows_rescored:,} rescored, {rep.rows_new:,} new, "
+                                f"{rep.rows_dropped:,} dropped" if rep.scoring_mode == "incremental"
+                                else rep.scoring_mode)
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = entry.parser("score", __doc__.splitlines()[0]).parse_args(entry.argv_or_sys(argv))
+    p = entry.parser("score", __doc__.splitlines()[0])
+    add_full_flag(p)
+    args = p.parse_args(entry.argv_or_sys(argv))
 
     def body() -> ScoreReport:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.new_run_id(args.run_date))
         spark = session_for(cfg, "score", master=args.master, verbose=args.verbose)
-        rep = score(spark, cfg, run_id=run_id, run_date=args.run_date)
+        rep = score(spark, cfg, run_id=run_id, run_date=args.run_date, full=args.full)
         entry.summary(
             f"score {cfg.name}",
             {
@@ -209,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "model loads": f"{rep.model_loads} ({rep.model_load_seconds} s)",
                 "time": f"{rep.seconds} s",
                 "staged": rep.staged_path,
+                **summary_lines(rep),
             },
         )
         return rep

@@ -49,8 +49,10 @@ def _columns(cfg: ModelConfig, rule: str, wanted: list[str] | None) -> tuple[str
     return tuple(wanted or outputs)
 
 
-def rules_for(cfg: ModelConfig, *, input_rows: int) -> R.Rules:
-    """The model config's rules as plain data, columns resolved (unknown ones refused)."""
+def rules_for(cfg: ModelConfig, *, input_rows: int, quarantined: int = 0) -> R.Rules:
+    """The model config's rules as plain data, columns resolved (unknown ones refused).
+    ``input_rows``: the rows read; ``quarantined``: how many of them were set aside
+    (``input.on_invalid: quarantine``), so the staged run must hold the others."""
     v = cfg.validation
     cols = lambda rule, node: _columns(cfg, rule, node.columns)  # noqa: E731
     rg = R.ValueRange(v.range.min, v.range.max, v.range.level, cols("range", v.range)) if v.range else None
@@ -67,7 +69,7 @@ def rules_for(cfg: ModelConfig, *, input_rows: int) -> R.Rules:
         else None
     )
     return R.Rules(
-        row_count=R.RowCount(input_rows, v.row_count.tolerance, v.row_count.level),
+        row_count=R.RowCount(input_rows - quarantined, v.row_count.tolerance, v.row_count.level),
         null_rate=R.NullRate(v.null_rate.max, v.null_rate.level, cols("null_rate", v.null_rate)),
         range=rg,
         mean=mean,
@@ -75,6 +77,8 @@ def rules_for(cfg: ModelConfig, *, input_rows: int) -> R.Rules:
         quantiles=qb,
         class_share=cs,
         drift=dr,
+        quarantine=(R.QuarantineRate(input_rows, quarantined, v.quarantine_rate.max, v.quarantine_rate.level)
+                    if cfg.input.on_invalid == "quarantine" else None),
     )
 
 
@@ -205,7 +209,7 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> Validatio
             f"{staged.run_path}: the staged files changed since `score` wrote them (digest "
             f"{staged.digest[:12]}, scored {scored.digest[:12]}); re-score run {run_id}"
         )
-    rules = rules_for(cfg, input_rows=int(scored.input_rows))
+    rules = rules_for(cfg, input_rows=int(scored.input_rows), quarantined=int(scored.quarantined_rows))
     reference, source, no_ref = load_reference(cfg)
     if rules.drift is None:
         reference, no_ref = None, "validation.drift.enabled is false"

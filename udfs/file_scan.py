@@ -13,11 +13,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructField, StructType
 
 from batchscore.storage import DEFAULT, Storage
-from batchscore.udfs.arrow_input import Piece, features_matrix
+from batchscore.udfs.arrow_input import features_matrix
+from batchscore.udfs.feature_hash import COLUMN as HASH
 from batchscore.udfs.fragments import (
     Fragment,
     fragment_frame,
@@ -25,7 +27,17 @@ from batchscore.udfs.fragments import (
     read_fragments,
 )
 from batchscore.udfs.model_ref import ModelRef
-from batchscore.udfs.scoring import Sink, output_schema, scored_batches, sunk
+from batchscore.udfs.quarantine import Screen
+from batchscore.udfs.scoring import (
+    HASHES_SCHEMA,
+    Sink,
+    carried_fields,
+    hash_column,
+    output_schema,
+    scored_batches,
+    screened_pieces,
+    sunk,
+)
 
 __all__ = ["plan_fragments", "with_predictions_from_files"]
 
@@ -46,6 +58,9 @@ def with_predictions_from_files(
     sink: Sink | None = None,
     storage: Storage = DEFAULT,
     physical: dict[str, str] | None = None,
+    screen: Screen | None = None,
+    hashed: bool = False,
+    only_keys: Any = None,
 ) -> DataFrame:
     """``key`` + one float column per output for every row of ``fragments`` (one task each);
     ``physical``: the names the files store the columns under (Delta column mapping) when they
@@ -60,19 +75,60 @@ def with_predictions_from_files(
     width = len(features) if features else (ref.n_features or 0)
     read = [key, *(features or [str(feature_array)])]
     key_arrow = to_arrow_type(key_type)
-    names = [key, *columns]
-    schema = StructType([StructField(key, key_type, True), *output_schema(columns).fields])
+    names = [key, *([HASH] if hashed else []), *columns]
+    schema = StructType([StructField(key, key_type, True), *carried_fields(hashed), *output_schema(columns).fields])
 
-    def pieces(batches: Iterator[pa.RecordBatch]) -> Iterator[Piece]:
+    def keyed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        wanted = None if only_keys is None else only_keys.value if hasattr(only_keys, "value") else only_keys
         for rb in read_fragments(batches, read, storage=storage, physical=physical):
-            keys = rb.column(0)
-            if keys.type != key_arrow:
-                keys = keys.cast(key_arrow)
-            yield keys, features_matrix(rb, features, feature_array, width)
+            if rb.column(0).type != key_arrow:
+                rb = rb.set_column(0, rb.schema.field(0).with_type(key_arrow), rb.column(0).cast(key_arrow))
+            if wanted is not None:  # incremental: only these keys (and null keys, for the checks) are scored
+                keep = pc.or_kleene(pc.is_in(rb.column(0), value_set=wanted), rb.column(0).is_null())
+                rb = rb.filter(keep)
+                if not rb.num_rows:
+                    continue
+            yield rb
+
+    def to_matrix(rb: pa.RecordBatch) -> Any:
+        return features_matrix(rb, features, feature_array, width)
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        yield from scored_batches(
-            ref, pieces(batches), names=names, batch_size=batch_size, loads=loads, prefetch=prefetch
-        )
+        rejected: list[pa.RecordBatch] = []
+        pieces = screened_pieces(keyed(batches), to_matrix, screen=screen, rejected=rejected, hashed=hashed)
+        yield from scored_batches(ref, pieces, names=names, batch_size=batch_size, loads=loads, prefetch=prefetch,
+                                  hashed=hashed, screen=screen, rejected=rejected)
 
     return fragment_frame(spark, fragments).mapInArrow(*sunk(score, schema, sink))
+
+
+def hashes_from_files(
+    spark: SparkSession,
+    fragments: Sequence[Fragment],
+    *,
+    key: str,
+    key_type: Any,
+    features: list[str] | None,
+    feature_array: str | None,
+    width: int,
+    storage: Storage = DEFAULT,
+    physical: dict[str, str] | None = None,
+) -> DataFrame:
+    """``key`` and each row's feature hash for every row of ``fragments`` (no model): the first
+    pass of incremental scoring, from the same matrix the scoring pass builds."""
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    read = [key, *(features or [str(feature_array)])]
+    key_arrow = to_arrow_type(key_type)
+
+    def to_matrix(rb: pa.RecordBatch) -> Any:
+        return features_matrix(rb, features, feature_array, width)
+
+    def hashes(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for rb in read_fragments(batches, read, storage=storage, physical=physical):
+            keys = rb.column(0) if rb.column(0).type == key_arrow else rb.column(0).cast(key_arrow)
+            yield pa.RecordBatch.from_arrays(
+                [keys, hash_column(rb, to_matrix, feature_array=feature_array, width=width)], names=[key, HASH])
+
+    schema = StructType([StructField(key, key_type, True), *HASHES_SCHEMA])
+    return fragment_frame(spark, fragments).mapInArrow(hashes, schema)

@@ -29,11 +29,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, DoubleType, FloatType, StructField, StructType
+from pyspark.sql.types import ArrayType, DoubleType, FloatType, LongType, StructField, StructType
 
-from batchscore.errors import ModelError
+from batchscore.errors import InputDataError, ModelError
 from batchscore.udfs import model_cache
 from batchscore.udfs.arrow_input import (
     Packing,
@@ -42,8 +43,11 @@ from batchscore.udfs.arrow_input import (
     matrix_from_list,
     packed_matrix,
 )
+from batchscore.udfs.feature_hash import COLUMN as HASH
+from batchscore.udfs.feature_hash import row_hashes
 from batchscore.udfs.model_cache import load_event
 from batchscore.udfs.model_ref import ModelRef
+from batchscore.udfs.quarantine import Screen
 
 _END = object()
 
@@ -130,8 +134,13 @@ def score_pieces(
     batch_size: int,
     loads: Any = None,
     prefetch: int | None = None,
+    screen: Screen | None = None,
+    rejected: list[pa.RecordBatch] | None = None,
 ) -> Iterator[tuple[Any, np.ndarray]]:
     """``(carried, scores)`` per model batch of ``batch_size`` rows; scores float32 (rows, n_outputs).
+
+    ``screen`` (:mod:`batchscore.udfs.quarantine`): rows whose outputs are not all finite are left
+    out and their reject batch is appended to ``rejected``.
 
     ``prefetch``: pieces read and converted ahead in a second thread; ``None`` (the default) means
     2 when the model runs on a GPU (the device would otherwise wait on the CPU work) and 0 on CPU,
@@ -150,6 +159,11 @@ def score_pieces(
                 f"{ref.uri}: model returned shape {out.shape} for {len(x)} rows; "
                 f"outputs.columns expects ({len(x)}, {n_outputs})"
             )
+        if screen is not None:
+            carried, out, bad = screen.outputs_ok(carried, x, out)
+            if bad is not None:
+                assert rejected is not None
+                rejected.append(bad)
         yield carried, out
 
 
@@ -169,13 +183,23 @@ def scored_batches(
     loads: Any = None,
     prefetch: int | None = None,
     min_rows: int = OUTPUT_ROWS,
+    hashed: bool = False,
+    screen: Screen | None = None,
+    rejected: list[pa.RecordBatch] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Key + score RecordBatches of ``names`` for ``(keys, matrix)`` pieces.
 
     The model runs on ``batch_size`` rows at a time, but a small model batch is not worth one Arrow
     batch to the JVM each (per-batch cost on both sides): outputs are gathered into batches of at
-    least ``min_rows`` rows (the last one shorter).
+    least ``min_rows`` rows (the last one shorter). A carried ``StructArray`` (the key and the
+    feature hash, :mod:`batchscore.udfs.feature_hash`) becomes its fields' columns.
+
+    ``screen``/``rejected``: the task's quarantine (:mod:`batchscore.udfs.quarantine`); the reject
+    batches the pieces and the outputs check put in ``rejected`` are yielded as they come, marked
+    (:func:`batchscore.udfs.quarantine.is_rejects`), for the task's sink.
     """
+    if rejected is None and screen is not None:
+        rejected = []
     keys: list[Any] = []
     outs: list[np.ndarray] = []
     have = 0
@@ -185,10 +209,17 @@ def scored_batches(
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
         keys.clear()
         outs.clear()
-        return pa.RecordBatch.from_arrays([k, *_arrays(out)], names=names)
+        carried = k.flatten() if isinstance(k, pa.StructArray) else [k]
+        return pa.RecordBatch.from_arrays([*carried, *_arrays(out)], names=names)
 
+    def drain() -> Iterator[pa.RecordBatch]:
+        while rejected:
+            yield rejected.pop(0)
+
+    n_carried = 2 if hashed else 1
     for k, out in score_pieces(
-        ref, pieces, n_outputs=len(names) - 1, batch_size=batch_size, loads=loads, prefetch=prefetch
+        ref, pieces, n_outputs=len(names) - n_carried, batch_size=batch_size, loads=loads, prefetch=prefetch,
+        screen=screen, rejected=rejected,
     ):
         keys.append(k)
         outs.append(out)
@@ -196,8 +227,10 @@ def scored_batches(
         if have >= min_rows:
             yield flush()
             have = 0
+        yield from drain()
     if keys:
         yield flush()
+    yield from drain()
 
 
 def with_predictions(
@@ -212,21 +245,87 @@ def with_predictions(
     loads: Any = None,
     prefetch: int | None = None,
     sink: Sink | None = None,
+    screen: Screen | None = None,
+    hashed: bool = False,
 ) -> DataFrame:
     """``df``'s ``key`` and the model's outputs, one float column per name in ``columns``.
 
     ``sink``: consumes the scored batches inside the same task (e.g. writes them to storage,
-    :class:`batchscore.udfs.staged_write.StagedWriter`); the frame is then what the sink yields."""
+    :class:`batchscore.udfs.staged_write.StagedWriter`); the frame is then what the sink yields.
+    ``screen``: bad rows are set aside for the sink (:mod:`batchscore.udfs.quarantine`; needs a
+    sink); ``hashed``: a ``feature_hash`` column follows the key (:mod:`batchscore.udfs.feature_hash`)."""
     width = len(features) if features else (ref.n_features or 0)
     frame, to_matrix = _scan_frame(df, key, features, feature_array, width)
-    schema = StructType([df.schema[key], *output_schema(columns).fields])
-    names = [key, *columns]
+    schema = StructType([df.schema[key], *carried_fields(hashed), *output_schema(columns).fields])
+    names = [key, *([HASH] if hashed else []), *columns]
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        pieces = ((b.column(0), to_matrix(b)) for b in batches)
-        yield from scored_batches(ref, pieces, names=names, batch_size=batch_size, loads=loads, prefetch=prefetch)
+        rejected: list[pa.RecordBatch] = []
+        pieces = screened_pieces(batches, to_matrix, screen=screen, rejected=rejected, hashed=hashed)
+        yield from scored_batches(ref, pieces, names=names, batch_size=batch_size, loads=loads, prefetch=prefetch,
+                                  hashed=hashed, screen=screen, rejected=rejected)
 
     return frame.mapInArrow(*sunk(score, schema, sink))
+
+
+def hash_column(b: pa.RecordBatch, to_matrix: Callable[[pa.RecordBatch], np.ndarray], *,
+                feature_array: str | None, width: int) -> pa.Array:
+    """Each row's feature hash (int64); null for a row whose feature array is null or not ``width``
+    long (it cannot be reused: the scoring pass decides what happens to it)."""
+    try:
+        return pa.array(row_hashes(to_matrix(b)), pa.int64())
+    except InputDataError:
+        if feature_array is None:
+            raise
+    lengths = pc.list_value_length(b.column(1)).fill_null(-1).to_numpy(zero_copy_only=False)
+    ok = lengths == width
+    h = np.zeros(b.num_rows, dtype=np.int64)
+    h[ok] = row_hashes(to_matrix(b.filter(pa.array(ok))))
+    return pa.array(h, pa.int64(), mask=~ok)
+
+
+HASHES_SCHEMA = [StructField(HASH, LongType(), True)]
+
+
+def hashes_frame(df: DataFrame, *, key: str, features: list[str] | None, feature_array: str | None,
+                 width: int) -> DataFrame:
+    """``df``'s key and each row's feature hash (no model): the first pass of incremental scoring."""
+    frame, to_matrix = _scan_frame(df, key, features, feature_array, width)
+
+    def hashes(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for b in batches:
+            yield pa.RecordBatch.from_arrays(
+                [b.column(0), hash_column(b, to_matrix, feature_array=feature_array, width=width)], names=[key, HASH])
+
+    return frame.mapInArrow(hashes, StructType([df.schema[key], *HASHES_SCHEMA]))
+
+
+def carried_fields(hashed: bool) -> list[StructField]:
+    """The columns between the key and the outputs: the feature hash when ``hashed``."""
+    return [StructField(HASH, LongType(), False)] if hashed else []
+
+
+def screened_pieces(
+    batches: Iterator[pa.RecordBatch],
+    to_matrix: Callable[[pa.RecordBatch], np.ndarray],
+    *,
+    screen: Screen | None = None,
+    rejected: list[pa.RecordBatch] | None = None,
+    hashed: bool = False,
+) -> Iterator[Piece]:
+    """``(keys, matrix)`` per batch (key in column 0): with a ``screen`` its bad rows are left out
+    (their reject batches appended to ``rejected``); ``hashed``: the keys travel as a struct of the
+    key and each row's feature hash."""
+    for b in batches:
+        if screen is not None:
+            keys, x, bad = screen.inputs(b, to_matrix)
+            assert rejected is not None
+            rejected.extend(bad)
+        else:
+            keys, x = b.column(0), to_matrix(b)
+        if hashed:
+            keys = pa.StructArray.from_arrays([keys, pa.array(row_hashes(x), pa.int64())], names=["key", HASH])
+        yield keys, x
 
 
 _PACKED = "__batchscore_features"

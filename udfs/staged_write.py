@@ -27,7 +27,12 @@ from batchscore.storage import DEFAULT, Storage
 
 REPORT = StructType([StructField("file", StringType(), False), StructField("rows", LongType(), False),
                      StructField("bytes", LongType(), False), StructField("partition", LongType(), False),
-                     StructField("attempt", LongType(), False), StructField("sha256", StringType(), False)])
+                     StructField("attempt", LongType(), False), StructField("sha256", StringType(), False),
+                     StructField("kind", StringType(), False)])
+_REPORT_ARROW = pa.schema([("file", pa.string()), ("rows", pa.int64()), ("bytes", pa.int64()),
+                           ("partition", pa.int64()), ("attempt", pa.int64()), ("sha256", pa.string()),
+                           ("kind", pa.string())])
+SCORES, QUARANTINE = "scores", "quarantine"
 
 
 class _Hashing:
@@ -69,6 +74,8 @@ class StagedWriter:
     scored_at: datetime
     storage: Storage = DEFAULT
     compression: str = "snappy"
+    quarantine_path: str | None = None  # where reject batches go (:mod:`batchscore.udfs.quarantine`)
+    model_sha256: str | None = None  # incremental scoring: a constant column naming the artifact
 
     @property
     def schema(self) -> StructType:
@@ -78,56 +85,106 @@ class StagedWriter:
         ts = pa.scalar(self.scored_at, type=pa.timestamp("us", tz="UTC"))
         return [("model_version", pa.array([self.model_version] * n, pa.string()) if n else pa.array([], pa.string())),
                 ("run_id", pa.array([self.run_id] * n, pa.string()) if n else pa.array([], pa.string())),
-                ("scored_at", pa.array([ts.value] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC")))]
+                ("scored_at", pa.array([ts.value] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC"))),
+                *([("model_sha256", pa.array([self.model_sha256] * n, pa.string()))] if self.model_sha256 else [])]
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import pyarrow.parquet as pq
         from pyspark import TaskContext
 
-        from batchscore import storage as st
         from batchscore.testing import crashpoint
+        from batchscore.udfs.quarantine import is_rejects
 
         ctx = TaskContext.get()
         part, attempt = (ctx.partitionId(), ctx.taskAttemptId()) if ctx is not None else (0, 0)
         name = f"part-{part:05d}-{attempt}-{uuid.uuid4().hex[:12]}.parquet"
-        uri = st.join(self.run_path, name)
-        fs, path = self.storage.filesystem(uri)
-        writer = None
-        rows = 0
-        with st.guard(uri, "write staged predictions", self.storage):
-            if st.is_local(uri):
-                fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            with fs.open_output_stream(path) as raw:
-                out = _Hashing(raw)
-                for b in batches:
-                    extra = self.constants(b.num_rows)
-                    b = pa.RecordBatch.from_arrays([*b.columns, *(a for _, a in extra)],
-                                                   names=[*b.schema.names, *(n for n, _ in extra)])
-                    if writer is None:
-                        writer = pq.ParquetWriter(out, b.schema, compression=self.compression,
-                                                  write_statistics=True, use_dictionary=True)
-                    writer.write_batch(b, row_group_size=ROW_GROUP_ROWS)
-                    rows += b.num_rows
-                if writer is not None:
-                    writer.close()
-            if writer is None:
-                st.delete_file(uri, self.storage)
-                return
-            size = st.size(uri, self.storage)
-            if size != out.size:
-                raise OSError(f"{uri}: {size} bytes on the store, {out.size} written")
+        scores = _File(self, self.run_path, name)
+        rejects = _File(self, self.quarantine_path, name) if self.quarantine_path else None
+        try:
+            for b in batches:
+                if is_rejects(b):
+                    if rejects is None:
+                        raise RuntimeError("a task set rows aside but the writer has no quarantine_path")
+                    extra = [(n, a) for n, a in self.constants(b.num_rows) if n in ("model_version", "scored_at")]
+                    rejects.write(pa.RecordBatch.from_arrays([*b.columns, *(a for _, a in extra)],
+                                                             names=[*b.schema.names, *(n for n, _ in extra)]))
+                    continue
+                extra = self.constants(b.num_rows)
+                scores.write(pa.RecordBatch.from_arrays([*b.columns, *(a for _, a in extra)],
+                                                        names=[*b.schema.names, *(n for n, _ in extra)]))
+            done = [(SCORES, scores.close())] + ([(QUARANTINE, rejects.close())] if rejects is not None else [])
+        except BaseException:
+            scores.abandon()
+            if rejects is not None:
+                rejects.abandon()
+            raise
         crashpoint.reached("after_staged_write")  # fault tests: the attempt dies after writing its file
-        yield pa.RecordBatch.from_pylist([{"file": name, "rows": rows, "bytes": size, "partition": part,
-                                           "attempt": attempt, "sha256": out.sha.hexdigest()}], schema=pa.schema(
-            [("file", pa.string()), ("rows", pa.int64()), ("bytes", pa.int64()), ("partition", pa.int64()),
-             ("attempt", pa.int64()), ("sha256", pa.string())]))
+        rows = [{"file": name, "rows": n, "bytes": size, "partition": part, "attempt": attempt, "sha256": sha,
+                 "kind": kind} for kind, written_ in done if written_ is not None for n, size, sha in [written_]]
+        if rows:
+            yield pa.RecordBatch.from_pylist(rows, schema=_REPORT_ARROW)
 
 
-def written(rows: list[Any]) -> dict[str, str]:
+class _File:
+    """One Parquet file a task writes through the store, opened at its first batch, hashed as written."""
+
+    def __init__(self, writer: StagedWriter, folder: str | None, name: str) -> None:
+        from batchscore import storage as st
+
+        self.w, self.uri = writer, st.join(str(folder), name)
+        self.out: _Hashing | None = None
+        self.raw: Any = None
+        self.pq: Any = None
+        self.rows = 0
+
+    def write(self, b: pa.RecordBatch) -> None:
+        import pyarrow.parquet as pq
+
+        from batchscore import storage as st
+
+        if self.pq is None:
+            fs, path = self.w.storage.filesystem(self.uri)
+            with st.guard(self.uri, "write staged predictions", self.w.storage):
+                if st.is_local(self.uri):
+                    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+                self.raw = fs.open_output_stream(path)
+            self.out = _Hashing(self.raw)
+            self.pq = pq.ParquetWriter(self.out, b.schema, compression=self.w.compression, write_statistics=True,
+                                       use_dictionary=True)
+        with st.guard(self.uri, "write staged predictions", self.w.storage):
+            self.pq.write_batch(b, row_group_size=ROW_GROUP_ROWS)
+        self.rows += b.num_rows
+
+    def close(self) -> tuple[int, int, str] | None:
+        """``(rows, bytes, sha256)`` of the file written, or None when no batch came."""
+        from batchscore import storage as st
+
+        if self.pq is None:
+            return None
+        assert self.out is not None
+        with st.guard(self.uri, "write staged predictions", self.w.storage):
+            self.pq.close()
+            self.raw.close()
+            size = st.size(self.uri, self.w.storage)
+        if size != self.out.size:
+            raise OSError(f"{self.uri}: {size} bytes on the store, {self.out.size} written")
+        return self.rows, size, self.out.sha.hexdigest()
+
+    def abandon(self) -> None:
+        if self.raw is not None:
+            try:
+                self.raw.close()
+            except Exception:  # noqa: BLE001 - the task is failing already; its error is the one to see
+                pass
+
+
+def written(rows: list[Any], kind: str = SCORES) -> dict[str, str]:
     """``{file name: sha256}`` of the collected report rows (one per partition Spark kept),
-    checked for uniqueness per partition."""
+    checked for uniqueness per partition; ``kind``: the predictions (``scores``) or the rows set
+    aside (``quarantine``)."""
     seen: dict[int, Any] = {}
     for r in rows:
+        if r["kind"] != kind:
+            continue
         if int(r["partition"]) in seen:
             raise RuntimeError(
                 f"two results for partition {r['partition']}: {seen[int(r['partition'])]['file']}, {r['file']}"

@@ -62,6 +62,10 @@ def absolute_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
         for c in nr.columns
     ]
     out += finite_checks(profile, rules)
+    if (qr := rules.quarantine) is not None:
+        share = qr.quarantined / qr.rows if qr.rows else 0.0
+        out.append(Check("quarantine_rate", None, qr.level, share, 0.0, qr.max,
+                         detail=f"{qr.quarantined:,} of {qr.rows:,} input rows quarantined ({share:.2%})"))
     if (rg := rules.range) is not None:
         for c in rg.columns:
             if rg.min is not None:

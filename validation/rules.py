@@ -85,6 +85,16 @@ class Finite:
 
 
 @dataclass(frozen=True)
+class QuarantineRate:
+    """``input.on_invalid: quarantine``: the share of the input's rows set aside must stay at most ``max``."""
+
+    rows: int  # rows read from the input
+    quarantined: int
+    max: float = 0.01
+    level: LevelName = "block"
+
+
+@dataclass(frozen=True)
 class Rules:
     row_count: RowCount
     null_rate: NullRate
@@ -95,6 +105,7 @@ class Rules:
     class_share: ClassShares | None = None
     drift: Drift | None = None
     finite: Finite = field(default_factory=Finite)
+    quarantine: QuarantineRate | None = None
 
     def quantiles_needed(self) -> tuple[float, ...]:
         return tuple(q for q, _, _ in self.quantiles.bands) if self.quantiles else ()

@@ -1,0 +1,251 @@
+"""Incremental scoring (``scoring.incremental: true``): score only the rows whose features or model changed.
+
+Every staged row of an incremental model carries ``feature_hash`` (a 64-bit hash of the float32
+row the model saw: :mod:`batchscore.udfs.feature_hash`) and ``model_sha256`` (the artifact's content
+hash). A run then goes:
+
+1. **The reference**: the last publication's Delta version (the table's head, what readers are
+   served). None yet, ``--full``, a reference without the hash columns, a different artifact or
+   ``model.version``, or a different key type: everything is scored, as without this option.
+2. **Hash pass**: the tasks read the input (the same file or Spark path as scoring) and compute
+   each row's hash, no model.
+3. **Plan**: a full outer join of the hashes with the reference's (key, hash, model, outputs)
+   sorts every row into *reused* (same key, hash, artifact and model version), *changed*, *new*,
+   and the reference's keys that left the input, *dropped*.
+4. **Score and copy**: when changed + new rows are at most :data:`MAX_SHARE` of the input (and at
+   most :data:`MAX_KEYS`), the scoring pass reads the input again and scores only their keys (and
+   null keys, which the checks must see); the reused rows are copied, hash and outputs as
+   published, by a second set of tasks into the same staged run. Above that share, everything is
+   scored (filtering would save less than it costs).
+
+Every publication is still a complete snapshot: the staged run holds one row per input row (so
+the duplicate and null key checks still hold), reused scores keep their exact float32 bits, and
+rows of dropped keys are simply absent. Reused rows carry this run's ``run_id`` and ``scored_at``:
+the run re-attests them with the same model on the same features.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from batchscore import storage as st
+from batchscore.config import ModelConfig
+from batchscore.jobs.inputs import InputScan
+from batchscore.sinks import delta
+from batchscore.udfs.feature_hash import COLUMN as HASH
+from batchscore.udfs.model_ref import ModelRef
+
+__all__ = ["MAX_KEYS", "MAX_SHARE", "Counts", "Plan", "plan_for"]
+
+log = logging.getLogger(__name__)
+
+#: Above this share of changed + new rows, everything is scored.
+MAX_SHARE = 0.5
+#: At most this many keys are collected to the driver to filter the scoring pass.
+MAX_KEYS = 5_000_000
+
+_IN_H, _IN_P, _PH = "__bs_in_input", "__bs_in_reference", "__bs_reference_hash"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How the staged rows were obtained (the score report's ``scoring_mode`` and ``rows_*``)."""
+
+    mode: str
+    reused: int = 0
+    rescored: int = 0
+    new: int = 0
+    dropped: int = 0
+    from_version: int | None = None
+
+    def as_report(self) -> dict[str, Any]:
+        return {"scoring_mode": self.mode, "rows_reused": self.reused, "rows_rescored": self.rescored,
+                "rows_new": self.new, "rows_dropped": self.dropped, "reused_from_delta_version": self.from_version}
+
+
+ScoreFn = Callable[..., DataFrame]  # (source, only_keys=...) -> the scoring pass's report frame
+
+
+@dataclass
+class Plan:
+    """What an incremental run does; :meth:`stage` runs it (see the module)."""
+
+    spark: SparkSession
+    cfg: ModelConfig
+    ref: ModelRef
+    full_reason: str | None = None
+    reference_files: list[str] = field(default_factory=list)
+    reference_version: int | None = None
+    reference_schema: Any = None  # pyarrow schema of the reference files
+    counted: dict[str, int] = field(default_factory=dict)
+
+    def stage(self, source: InputScan, writer: Any, score_fn: ScoreFn) -> list[list[Any]]:
+        """Stage the run's rows with ``writer``; the report rows of each job that wrote files."""
+        if self.full_reason is not None:
+            log.info("score %s: incremental: scoring every row (%s)", self.cfg.name, self.full_reason)
+            return [score_fn(source).collect()]
+        joined = self._joined(source).persist()
+        try:
+            c = self._count(joined)
+            h_rows = c["reused"] + c["changed"] + c["new"]
+            todo = c["changed"] + c["new"]
+            self.counted = c
+            if h_rows and (todo > MAX_SHARE * h_rows or todo > MAX_KEYS):
+                self.full_reason = (f"{todo:,} of {h_rows:,} rows changed or new, above "
+                                    f"{MAX_SHARE:.0%}" + (f" or {MAX_KEYS:,} keys" if todo > MAX_KEYS else ""))
+                log.info("score %s: incremental: scoring every row (%s)", self.cfg.name, self.full_reason)
+                return [score_fn(source).collect()]
+            log.info("score %s: incremental against Delta version %s: %s reused, %s changed, %s new, %s dropped",
+                     self.cfg.name, self.reference_version, f"{c['reused']:,}", f"{c['changed']:,}",
+                     f"{c['new']:,}", f"{c['dropped']:,}")
+            key = self.cfg.input.key
+            jobs = []
+            if todo or c["null_keys"]:
+                keys = self._keys(joined.filter(F.col(_IN_H) & ~_reuse(self)).select(key))
+                jobs.append(score_fn(source, only_keys=keys).collect())
+            if c["reused"]:
+                copied = joined.filter(_reuse(self)).select(
+                    F.col(key), F.col(_PH).alias(HASH), *[F.col(c) for c in self.cfg.outputs.columns])
+                jobs.append(copied.mapInArrow(_through(writer), writer.schema).collect())
+            return jobs
+        finally:
+            joined.unpersist()
+
+    def counts(self, *, staged_rows: int) -> Counts:
+        if self.full_reason is not None:
+            return Counts(f"full: {self.full_reason}", rescored=staged_rows, from_version=self.reference_version)
+        c = self.counted
+        return Counts("incremental", reused=c["reused"], rescored=c["changed"], new=c["new"], dropped=c["dropped"],
+                      from_version=self.reference_version)
+
+    # -- the plan ------------------------------------------------------------------------------
+
+    def _hashes(self, source: InputScan) -> DataFrame:
+        from batchscore.udfs.file_scan import hashes_from_files
+        from batchscore.udfs.fragments import plan_fragments
+        from batchscore.udfs.scoring import hashes_frame
+
+        spec, width = self.cfg.input, self.cfg.input.n_features
+        if source.files is not None:
+            fragments = plan_fragments(source.files, parallelism=self.spark.sparkContext.defaultParallelism,
+                                       storage=self.cfg.store)
+            return hashes_from_files(self.spark, fragments, key=spec.key, key_type=source.schema[spec.key].dataType,
+                                     features=spec.features, feature_array=spec.feature_array, width=width,
+                                     storage=self.cfg.store, physical=source.physical or None)
+        assert source.df is not None
+        return hashes_frame(source.df, key=spec.key, features=spec.features, feature_array=spec.feature_array,
+                            width=width)
+
+    def _reference(self) -> DataFrame:
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        from batchscore.udfs.fragments import files_frame
+
+        names = [self.cfg.input.key, HASH, "model_sha256", "model_version", *self.cfg.outputs.columns]
+        schema = from_arrow_schema(_select(self.reference_schema, names))
+        return files_frame(self.spark, self.reference_files, schema, storage=self.cfg.store)
+
+    def _joined(self, source: InputScan) -> DataFrame:
+        key = self.cfg.input.key
+        h = self._hashes(source).withColumn(_IN_H, F.lit(True))
+        p = self._reference().withColumnRenamed(HASH, _PH).withColumn(_IN_P, F.lit(True))
+        return h.join(p, on=key, how="full_outer").select(
+            F.col(key), F.col(HASH), F.col(_PH), F.col("model_sha256"), F.col("model_version"),
+            *[F.col(c) for c in self.cfg.outputs.columns],
+            F.coalesce(F.col(_IN_H), F.lit(False)).alias(_IN_H), F.coalesce(F.col(_IN_P), F.lit(False)).alias(_IN_P))
+
+    def _count(self, joined: DataFrame) -> dict[str, int]:
+        reuse = _reuse(self)
+        in_h, in_p = F.col(_IN_H), F.col(_IN_P)
+
+        def n(cond: Any) -> Any:
+            return F.sum(F.when(cond, 1).otherwise(0))
+
+        row = joined.agg(
+            n(reuse).alias("reused"), n(in_h & in_p & ~reuse).alias("changed"), n(in_h & ~in_p).alias("new"),
+            n(in_p & ~in_h).alias("dropped"), n(in_h & F.col(self.cfg.input.key).isNull()).alias("null_keys"),
+        ).first()
+        assert row is not None
+        return {k: int(row[k] or 0) for k in ("reused", "changed", "new", "dropped", "null_keys")}
+
+    def _keys(self, frame: DataFrame) -> Any:
+        """The keys to score, as an Arrow array broadcast to the tasks (null keys are always scored)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table: pa.Table = frame.toArrow()
+        keys = pc.unique(pc.drop_null(table.column(0).combine_chunks()))
+        return self.spark.sparkContext.broadcast(keys)
+
+
+def _reuse(plan: Plan) -> Any:
+    same = (F.col(_IN_H) & F.col(_IN_P) & (F.col(HASH) == F.col(_PH))
+            & (F.col("model_sha256") == F.lit(plan.ref.sha256))
+            & (F.col("model_version") == F.lit(plan.cfg.model.version)))
+    return F.coalesce(same, F.lit(False))  # a null hash (a row that cannot be hashed) is never reused
+
+
+def _through(writer: Any) -> Any:
+    def write(batches: Any) -> Any:
+        yield from writer(batches)
+
+    return write
+
+
+def _select(schema: Any, names: list[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.schema([schema.field(n) for n in names])
+
+
+def plan_for(spark: SparkSession, cfg: ModelConfig, source: InputScan, ref: ModelRef, *, full: bool = False) -> Plan:
+    """The run's plan: the reference to reuse from, or why every row is scored."""
+    table, store = cfg.outputs.delta.path, cfg.store
+    plan = Plan(spark, cfg, ref)
+    if full:
+        plan.full_reason = "--full"
+        return plan
+    pubs = delta.publications(table, store) if delta.is_table(table, store) else []
+    if not pubs:
+        plan.full_reason = "no publication to reuse yet"
+        return plan
+    version = int(pubs[0]["delta_version"])
+    plan.reference_version = version
+    files = delta.files_at(table, version, store)
+    if not files:
+        plan.full_reason = f"Delta version {version} holds no files"
+        return plan
+    first = st.parquet_file(files[0], store)
+    schema = first.schema_arrow
+    needed = [cfg.input.key, HASH, "model_sha256", "model_version", *cfg.outputs.columns]
+    missing = [n for n in needed if schema.get_field_index(n) < 0]
+    if missing:
+        plan.full_reason = f"Delta version {version} lacks {', '.join(missing)} (it was not scored incrementally)"
+        return plan
+    if str(schema.field(cfg.input.key).type) != str(_key_arrow_type(source, cfg)):
+        plan.full_reason = (f"the key's type changed ({schema.field(cfg.input.key).type} published, "
+                            f"{_key_arrow_type(source, cfg)} now)")
+        return plan
+    head = first.read_row_group(0, columns=["model_sha256", "model_version"]) if first.metadata.num_row_groups else None
+    if head is not None and head.num_rows:
+        sha, ver = head.column(0)[0].as_py(), head.column(1)[0].as_py()
+        if sha != ref.sha256:
+            plan.full_reason = f"the model artifact changed (sha256 {str(sha)[:12]} published, {ref.sha256[:12]} now)"
+            return plan
+        if ver != cfg.model.version:
+            plan.full_reason = f"model.version changed ({ver} published, {cfg.model.version} now)"
+            return plan
+    plan.reference_files, plan.reference_schema = files, schema
+    return plan
+
+
+def _key_arrow_type(source: InputScan, cfg: ModelConfig) -> Any:
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    return to_arrow_type(source.schema[cfg.input.key].dataType)
