@@ -347,6 +347,68 @@ class Validation(_Strict):
     drift: DriftRule = Field(default_factory=DriftRule)
 
 
+class _AtLeast(_Thresholds):
+    """Lower is worse: below ``warn`` warns, below ``block`` blocks."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Any:
+        warn, block = getattr(self, "warn", None), getattr(self, "block", None)
+        if warn is not None and block is not None and warn < block:
+            raise ValueError(f"warn threshold {warn} is below block threshold {block} (lower is worse here)")
+        return self
+
+
+class SpearmanRule(_AtLeast):
+    warn: float | None = Field(default=0.9, ge=-1, le=1)
+    block: float | None = Field(default=0.5, ge=-1, le=1)
+
+
+class TopKRule(_AtLeast):
+    share: float = Field(default=0.01, gt=0, le=0.5, description="the top share of rows compared (by score)")
+    warn: float | None = Field(default=0.7, ge=0, le=1)
+    block: float | None = Field(default=0.3, ge=0, le=1)
+
+
+class AgreementRule(_AtLeast):
+    warn: float | None = Field(default=0.95, ge=0, le=1)
+    block: float | None = Field(default=0.8, ge=0, le=1)
+
+
+class MeanShiftRule(_Thresholds):
+    warn: float | None = Field(default=0.5, ge=0, description="|mean move| in champion std")
+    block: float | None = Field(default=1.0, ge=0)
+
+
+class Comparison(_Strict):
+    """Champion vs one challenger on the same rows (see ``batchscore.validation.compare``)."""
+
+    sample_size: int = Field(default=100_000, ge=100, description="rows sampled for Spearman, top-k and the plot")
+    bins: int = Field(default=20, ge=2, le=200, description="bins from the champion's quantiles (PSI, KL)")
+    psi: PsiRule = Field(default_factory=PsiRule)
+    kl: KlRule = Field(default_factory=KlRule)
+    spearman: SpearmanRule = Field(default_factory=SpearmanRule)
+    mean_shift: MeanShiftRule = Field(default_factory=MeanShiftRule)
+    top_k: TopKRule = Field(default_factory=TopKRule)
+    agreement: AgreementRule | None = Field(
+        default=None, description="label outputs: share of rows with the same label")
+
+
+class Challenger(_Strict):
+    name: str = Field(pattern=_NAME)
+    model: ModelArtifact
+    columns: list[str] | None = Field(default=None, min_length=1, description="default: outputs.columns")
+    delta_path: str | None = Field(default=None, description="default: <outputs.delta.path>_challengers/<name>")
+    validation: Validation | None = Field(default=None, description="default: the champion's validation rules")
+    comparison: Comparison = Field(default_factory=Comparison)
+
+    @field_validator("name")
+    @classmethod
+    def _not_champion(cls, v: str) -> str:
+        if v == "champion":
+            raise ValueError("'champion' names the model itself; give the challenger another name")
+        return v
+
+
 class Runtime(_Strict):
     report_dir: str = ".batchscore/runs"
 
@@ -390,7 +452,41 @@ class ModelConfig(_Strict):
         "holding it, e.g. {AWS_ACCESS_KEY_ID: SCORING_S3_KEY_ID}; see batchscore.storage",
     )
     spark: SparkSettings = Field(default_factory=SparkSettings)
+    challengers: list[Challenger] = Field(
+        default_factory=list, description="models scored in the same pass and published in shadow (their own "
+        "Delta table and Redis namespace), served only through a split (`batchscore split`)")
     source: str = Field(default="", exclude=True, description="the file this was loaded from")
+
+    @model_validator(mode="after")
+    def _challengers_fit(self) -> ModelConfig:
+        names = [c.name for c in self.challengers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"challengers: names must be unique, got {names}")
+        if self.challengers and self.scoring.incremental:
+            raise ValueError("scoring.incremental does not combine with challengers yet; turn one of them off")
+        for c in self.challengers:
+            if c.model.format == "onnx" and self.scoring.precision != "fp32":
+                raise ValueError(f"challengers.{c.name}: scoring.precision '{self.scoring.precision}' applies to "
+                                 "torch models only; export the ONNX model in that precision instead")
+            if c.columns is not None and not all(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", n) for n in c.columns):
+                raise ValueError(f"challengers.{c.name}.columns must be identifiers, got {c.columns}")
+        return self
+
+    def challenger(self, name: str) -> ModelConfig:
+        """The model config a challenger is scored, validated and published as: its own name
+        (``<model>@<name>``: its Redis namespace and reports folder), artifact, output columns, Delta
+        table and rules; the champion's input, scoring, storage and Redis settings."""
+        found = [c for c in self.challengers if c.name == name]
+        if not found:
+            known = ", ".join(c.name for c in self.challengers) or "none"
+            raise ConfigError(f"{self.source}: no challenger named '{name}' (challengers: {known})")
+        c = found[0]
+        outputs = self.outputs.model_copy(update={
+            "columns": list(c.columns or self.outputs.columns),
+            "delta": DeltaOutput(path=c.delta_path or challenger_delta_path(self.outputs.delta.path, c.name)),
+            "history": None, "quarantine": None})
+        return self.model_copy(update={"name": f"{self.name}@{c.name}", "model": c.model, "outputs": outputs,
+                                       "validation": c.validation or self.validation, "challengers": []})
 
     @field_validator("storage")
     @classmethod
@@ -443,6 +539,10 @@ _PATH_FIELDS = (
     ("outputs", "quarantine.path"),
     ("runtime", "report_dir"),
 )
+
+
+def challenger_delta_path(delta_path: str, name: str) -> str:
+    return f"{delta_path.rstrip('/')}_challengers/{name}"
 
 
 def _local_path(uri: str) -> str:
@@ -505,6 +605,15 @@ def _absolutize(raw: dict[str, Any], root: Path, source: str = "") -> dict[str, 
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(parts[-1]), str) and node[parts[-1]]:
             node[parts[-1]] = _resolve(node[parts[-1]], root, f"{source}: {section}.{field}")
+    for i, ch in enumerate(raw.get("challengers") or []):
+        if not isinstance(ch, dict):
+            continue
+        spots: tuple[tuple[str | None, str], ...] = (("model", "uri"), ("model", "cache_dir"), (None, "delta_path"))
+        for sub, name in spots:
+            node = ch.get(sub) if sub is not None else ch
+            if isinstance(node, dict) and isinstance(node.get(name), str) and node[name]:
+                where = f"{source}: challengers[{i}].{'' if sub is None else sub + '.'}{name}"
+                node[name] = _resolve(node[name], root, where)
     runtime = raw.setdefault("runtime", {})
     if isinstance(runtime, dict) and "report_dir" not in runtime:
         runtime["report_dir"] = _resolve(Runtime().report_dir, root, f"{source}: runtime.report_dir")

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Self
 
 from batchscore.errors import PublishRefusedError
 
-__all__ = ["PublishReport", "Report", "RunReport", "ScoreReport", "ValidationReport"]
+__all__ = ["ComparisonReport", "PublishReport", "Report", "RunReport", "ScoreReport", "ValidationReport"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,3 +137,23 @@ class RunReport(Report):
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step: score, validate, publish
+    challengers: dict[str, str] = field(default_factory=dict)  # name -> what happened to it (published, blocked)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComparisonReport(Report):
+    """Champion vs one challenger on the same rows (``comparison.json`` in the challenger's run folder)."""
+
+    STEP: ClassVar[str] = "comparison"
+    passed: bool
+    model: str = ""
+    challenger: str = ""
+    run_id: str = ""
+    champion_digest: str = ""
+    challenger_digest: str = ""
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # champion column, challenger column, metrics
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    blocking: list[str] = field(default_factory=list)
+    plot_png: str | None = None
+    seconds: float = 0.0

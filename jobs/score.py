@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import InputDataError, ModelError, PublishRefusedError
 from batchscore.exit import exit_now
-from batchscore.jobs import entry, incremental, state
+from batchscore.jobs import challengers, entry, incremental, state
 from batchscore.jobs.inputs import (
     InputScan,
     check_input,
@@ -38,7 +38,7 @@ from batchscore.udfs.fragments import plan_fragments
 from batchscore.udfs.model_cache import cpu_fallbacks, load_accumulator
 from batchscore.udfs.model_ref import ModelRef, hash_bytes, read_artifact
 from batchscore.udfs.quarantine import Screen
-from batchscore.udfs.scoring import Sink, with_predictions
+from batchscore.udfs.scoring import Models, Sink, with_predictions
 from batchscore.udfs.staged_write import QUARANTINE, StagedWriter, written
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,9 @@ def screen_for(cfg: ModelConfig) -> Screen | None:
                   feature_array=spec.feature_array, outputs=tuple(cfg.outputs.columns), allow_nan=spec.allow_nan)
 
 
-def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef, *, run_id: str, scored_at: datetime,
-                 loads: Any = None, sink: Sink | None = None, hashed: bool = False, only_keys: Any = None) -> DataFrame:
+def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef | Models, *, run_id: str,
+                 scored_at: datetime, loads: Any = None, sink: Sink | None = None, hashed: bool = False,
+                 only_keys: Any = None, columns: list[str] | None = None) -> DataFrame:
     """The staged output: key, the output columns (float32), model_version, run_id, scored_at;
     with a ``sink`` (:class:`batchscore.udfs.staged_write.StagedWriter`), each task writes those rows itself
     and the frame is the sink's report (one row per file written).
@@ -99,7 +100,7 @@ def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef, *, 
     themselves (:mod:`batchscore.udfs.file_scan`), else Spark's scan feeds them.
     """
     spec = cfg.input
-    options = dict(features=spec.features, feature_array=spec.feature_array, columns=cfg.outputs.columns,
+    options = dict(features=spec.features, feature_array=spec.feature_array, columns=columns or cfg.outputs.columns,
                    batch_size=cfg.scoring.batch_size, loads=loads, sink=sink, hashed=hashed,
                    screen=screen_for(cfg) if sink is not None else None)
     if isinstance(df, InputScan):
@@ -141,25 +142,34 @@ class Staged:
     files: dict[str, str]  # file name under the run's folder -> sha256 its writer computed
     quarantine: StagedRun | None = None
     quarantine_table: str | None = None
+    jobs: list[list[Any]] = field(default_factory=list)  # the report rows of each job that wrote files
 
 
-def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef, *, run_path: str, run_id: str,
-                      scored_at: datetime, loads: Any = None, plan: Any = None) -> Staged:
+def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef | Models, *, run_path: str, run_id: str,
+                      scored_at: datetime, loads: Any = None, plan: Any = None,
+                      sides: list[challengers.Side] | None = None) -> Staged:
     """Score ``source`` with each task writing its own file under ``run_path`` (replacing what a
     previous attempt at this run left there); record the files of the attempts Spark kept.
     With ``input.on_invalid: quarantine`` the tasks also write the rows they set aside, staged in
     the quarantine table (:mod:`batchscore.sinks.quarantine`). ``plan``: an incremental run's
-    :class:`batchscore.jobs.incremental.Plan` (score only its keys, copy the reused rows)."""
+    :class:`batchscore.jobs.incremental.Plan` (score only its keys, copy the reused rows).
+    ``sides``: the challengers scored in the same tasks (``ref`` is then their :class:`Models`);
+    their files are listed in :attr:`Staged.jobs` (:func:`batchscore.jobs.challengers.stage_shadows`)."""
     store = cfg.store
     st.delete_dir(run_path, store)
     q_table = attempt = None
     if cfg.input.on_invalid == "quarantine":
-        q_table = quarantine.table_path(cfg.outputs.delta.path, cfg.outputs.quarantine.path if cfg.outputs.quarantine else None)
+        configured = cfg.outputs.quarantine.path if cfg.outputs.quarantine else None
+        q_table = quarantine.table_path(cfg.outputs.delta.path, configured)
         attempt = quarantine.new_attempt()
     hashed = cfg.scoring.incremental
     q_path = quarantine.attempt_path(q_table, run_id, attempt) if q_table and attempt else None
+    sides = sides or []
+    challengers.clear(sides, run_id)
     writer = StagedWriter(run_path, cfg.model.version, run_id, scored_at, store, quarantine_path=q_path,
-                          model_sha256=ref.sha256 if hashed else None)
+                          model_sha256=ref.sha256 if hashed and isinstance(ref, ModelRef) else None,
+                          shadows=tuple(s.shadow for s in sides))
+    columns = challengers.frame_columns(cfg, sides) if sides else None
     try:
         if plan is not None:
             jobs = plan.stage(source, writer, lambda df, only_keys=None: scored_frame(
@@ -167,7 +177,7 @@ def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef, *, run
                 only_keys=only_keys))
         else:
             jobs = [scored_frame(source, cfg, ref, run_id=run_id, scored_at=scored_at, loads=loads, sink=writer,
-                                 hashed=hashed).collect()]
+                                 hashed=hashed, columns=columns).collect()]
     except Exception as exc:
         known = entry.executor_error(exc)
         if known is not None:
@@ -184,7 +194,7 @@ def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef, *, run
                                  f"(see {q_table}, partition run_id={run_id}); fix the input upstream")
         raise InputDataError(f"input table {cfg.input.path} is empty; nothing to score (check the upstream job)")
     delta.write_manifest(run_path, files, store)
-    return Staged(files, q_staged, q_table)
+    return Staged(files, q_staged, q_table, jobs)
 
 
 def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, full: bool = False) -> ScoreReport:
@@ -215,8 +225,10 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, 
     loads = load_accumulator(spark.sparkContext)
     scored_at = datetime.now(UTC).replace(microsecond=0)
     plan = incremental.plan_for(spark, cfg, source, ref, full=full) if cfg.scoring.incremental else None
-    result = stage_predictions(source, cfg, ref, run_path=target, run_id=run_id, scored_at=scored_at, loads=loads,
-                               plan=plan)
+    sides = challengers.sides_for(cfg, run_id, _checked) if cfg.challengers else []
+    scoring_ref = challengers.models(ref, cfg, sides) if sides else ref
+    result = stage_predictions(source, cfg, scoring_ref, run_path=target, run_id=run_id, scored_at=scored_at,
+                               loads=loads, plan=plan, sides=sides)
     fallbacks = cpu_fallbacks(loads.value)
     if cfg.scoring.device == "auto" and fallbacks:  # once per run, however many workers loaded the model
         log.warning("score %s: scoring.device is 'auto' and %d of %d model load(s) found no GPU; scored on CPU",
@@ -261,7 +273,15 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, 
     )
     path = state.write_report(cfg, run_id, "score", report)
     log.info(f"score {cfg.name}: staged {scored_rows:,} predictions at {target}; report {path}")
+    if sides:
+        challengers.stage_shadows(sides, result.jobs, report)
+        log.info(f"score {cfg.name}: staged challenger(s) {', '.join(s.name for s in sides)} from the same pass")
     return report
+
+
+def _checked(cfg: ModelConfig) -> tuple[ModelRef, dict[str, Any] | None]:
+    resolved = resolve_artifact(cfg)
+    return check_artifact(cfg, resolved), resolved[1]
 
 
 def add_full_flag(p: Any) -> None:

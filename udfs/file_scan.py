@@ -30,6 +30,7 @@ from batchscore.udfs.model_ref import ModelRef
 from batchscore.udfs.quarantine import Screen
 from batchscore.udfs.scoring import (
     HASHES_SCHEMA,
+    Models,
     Sink,
     carried_fields,
     hash_column,
@@ -45,7 +46,7 @@ __all__ = ["plan_fragments", "with_predictions_from_files"]
 def with_predictions_from_files(
     spark: SparkSession,
     fragments: Sequence[Fragment],
-    ref: ModelRef,
+    ref: ModelRef | Models,
     *,
     key: str,
     key_type: Any,

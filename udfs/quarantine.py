@@ -128,16 +128,17 @@ class Screen:
 
     def outputs_ok(self, keys: Any, x: np.ndarray, out: np.ndarray) -> tuple[Any, np.ndarray, pa.RecordBatch | None]:
         """``(keys, outputs, rejects)`` with the rows whose outputs are not all finite set aside."""
-        finite = np.isfinite(out).all(axis=1)
+        checked = out[:, : len(self.outputs)] if self.outputs else out  # a champion's: its challengers follow
+        finite = np.isfinite(checked).all(axis=1)
         if finite.all():
             return keys, out, None
         idx = np.flatnonzero(~finite)
-        first = np.argmax(~np.isfinite(out[idx]), axis=1)
+        first = np.argmax(~np.isfinite(checked[idx]), axis=1)
         key_col = keys.field(0) if isinstance(keys, pa.StructArray) else keys
         names = self.outputs or tuple(f"output_{j}" for j in range(out.shape[1]))
         rejects = self._rejects(
             key_col.take(pa.array(idx)), "non_finite_output", [names[int(j)] for j in first],
-            [_json(dict(zip(names, out[i].tolist(), strict=True))) for i in idx],
+            [_json(dict(zip(names, checked[i].tolist(), strict=True))) for i in idx],
             [_json(x[i].tolist()) for i in idx])
         mask = pa.array(finite)
         return keys.filter(mask), out[finite], rejects

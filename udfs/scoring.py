@@ -25,6 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -79,11 +80,53 @@ def output_schema(columns: list[str]) -> StructType:
     return StructType([StructField(c, FloatType(), nullable=True) for c in columns])
 
 
-def _model(ref: ModelRef, loads: Any) -> Any:
+@dataclass(frozen=True)
+class Models:
+    """Several models scored on the same batches in the same task (a champion and its
+    challengers): their outputs side by side, the champion's first. Quacks like a
+    :class:`ModelRef` where the scoring path needs one (``uri``, ``n_features``)."""
+
+    refs: tuple[ModelRef, ...]
+    outputs: tuple[int, ...]  # outputs per model
+
+    @property
+    def uri(self) -> str:
+        return self.refs[0].uri
+
+    @property
+    def n_features(self) -> int | None:
+        return self.refs[0].n_features
+
+
+class _Side:
+    """The backends of :class:`Models` as one: outputs concatenated in model order."""
+
+    def __init__(self, models: Models, backends: list[Any]) -> None:
+        self.models, self.backends = models, backends
+        self.on_gpu = any(getattr(b, "on_gpu", False) for b in backends)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        outs = []
+        for ref, n, b in zip(self.models.refs, self.models.outputs, self.backends, strict=True):
+            out = b.predict(x)
+            if out.shape != (len(x), n):
+                raise ModelError(
+                    f"{ref.uri}: model returned shape {out.shape} for {len(x)} rows; expected ({len(x)}, {n})")
+            outs.append(out)
+        return np.concatenate(outs, axis=1)
+
+
+def _one(ref: ModelRef, loads: Any) -> Any:
     backend, seconds = model_cache.CACHE.get(ref)  # module attribute: resolved in the worker
     if seconds is not None and loads is not None:
         loads.add(load_event(seconds, "cuda" if getattr(backend, "on_gpu", False) else "cpu"))
     return backend
+
+
+def _model(ref: ModelRef | Models, loads: Any) -> Any:
+    if isinstance(ref, Models):
+        return _Side(ref, [_one(r, loads) for r in ref.refs])
+    return _one(ref, loads)
 
 
 def _prefetched(pieces: Iterator[Piece], depth: int) -> Iterator[Piece]:
@@ -127,7 +170,7 @@ def _prefetched(pieces: Iterator[Piece], depth: int) -> Iterator[Piece]:
 
 
 def score_pieces(
-    ref: ModelRef,
+    ref: ModelRef | Models,
     pieces: Iterator[Piece],
     *,
     n_outputs: int,
@@ -175,7 +218,7 @@ OUTPUT_ROWS = 65536  # rows per Arrow batch handed back to the JVM (at least one
 
 
 def scored_batches(
-    ref: ModelRef,
+    ref: ModelRef | Models,
     pieces: Iterator[Piece],
     *,
     names: list[str],
@@ -235,7 +278,7 @@ def scored_batches(
 
 def with_predictions(
     df: DataFrame,
-    ref: ModelRef,
+    ref: ModelRef | Models,
     *,
     key: str,
     features: list[str] | None,

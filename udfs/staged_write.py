@@ -65,6 +65,24 @@ ROW_GROUP_ROWS = 1 << 20
 
 
 @dataclass(frozen=True)
+class Shadow:
+    """A challenger scored in the same task: its outputs are columns ``start .. start+len(columns)``
+    of each scored batch; its rows go, key first and under its own names, to a file of the same
+    name under its own ``run_path`` (report rows of kind ``shadow:<name>``), so a champion file and
+    its challengers' files hold the same rows in the same order."""
+
+    name: str
+    run_path: str
+    model_version: str
+    columns: tuple[str, ...]
+    start: int
+
+    @property
+    def kind(self) -> str:
+        return f"shadow:{self.name}"
+
+
+@dataclass(frozen=True)
 class StagedWriter:
     """Write a task's batches under ``run_path`` with the constant columns appended (see module)."""
 
@@ -76,6 +94,7 @@ class StagedWriter:
     compression: str = "snappy"
     quarantine_path: str | None = None  # where reject batches go (:mod:`batchscore.udfs.quarantine`)
     model_sha256: str | None = None  # incremental scoring: a constant column naming the artifact
+    shadows: tuple[Shadow, ...] = ()  # challengers: the champion's columns are those before the first one
 
     @property
     def schema(self) -> StructType:
@@ -99,6 +118,8 @@ class StagedWriter:
         name = f"part-{part:05d}-{attempt}-{uuid.uuid4().hex[:12]}.parquet"
         scores = _File(self, self.run_path, name)
         rejects = _File(self, self.quarantine_path, name) if self.quarantine_path else None
+        shadows = [(sh, _File(self, sh.run_path, name)) for sh in self.shadows]
+        cut = self.shadows[0].start if self.shadows else None
         try:
             for b in batches:
                 if is_rejects(b):
@@ -109,13 +130,20 @@ class StagedWriter:
                                                              names=[*b.schema.names, *(n for n, _ in extra)]))
                     continue
                 extra = self.constants(b.num_rows)
-                scores.write(pa.RecordBatch.from_arrays([*b.columns, *(a for _, a in extra)],
-                                                        names=[*b.schema.names, *(n for n, _ in extra)]))
+                cols, names = b.columns[:cut], b.schema.names[:cut]
+                scores.write(pa.RecordBatch.from_arrays([*cols, *(a for _, a in extra)],
+                                                        names=[*names, *(n for n, _ in extra)]))
+                for sh, out in shadows:
+                    own = [(n, a) if n != "model_version" else (n, pa.array([sh.model_version] * b.num_rows,
+                                                                             pa.string())) for n, a in extra]
+                    out.write(pa.RecordBatch.from_arrays(
+                        [b.column(0), *b.columns[sh.start:sh.start + len(sh.columns)], *(a for _, a in own)],
+                        names=[b.schema.names[0], *sh.columns, *(n for n, _ in own)]))
             done = [(SCORES, scores.close())] + ([(QUARANTINE, rejects.close())] if rejects is not None else [])
+            done += [(sh.kind, out.close()) for sh, out in shadows]
         except BaseException:
-            scores.abandon()
-            if rejects is not None:
-                rejects.abandon()
+            for f in [scores, *(out for _, out in shadows), *([rejects] if rejects is not None else [])]:
+                f.abandon()
             raise
         crashpoint.reached("after_staged_write")  # fault tests: the attempt dies after writing its file
         rows = [{"file": name, "rows": n, "bytes": size, "partition": part, "attempt": attempt, "sha256": sha,

@@ -57,13 +57,13 @@ class Table:
         return path
 
 
-def _config(tmp: Path, features: Path, model: Path, *, read: str = "files") -> Path:
+def _config(tmp: Path, features: Path, model: Path, *, read: str = "files", incremental: bool = True) -> Path:
     cfg = {
         "name": "inc",
         "model": {"uri": str(model), "format": "onnx", "version": "v1"},
         "input": {"path": str(features), "key": "user_id", "features": FEATS, "read": read},
         "outputs": {"delta": {"path": str(tmp / "pred")}, "redis": {"key_prefix": "inc", "gc_grace_seconds": 0}},
-        "scoring": {"batch_size": 300, "device": "cpu", "incremental": True},
+        "scoring": {"batch_size": 300, "device": "cpu", "incremental": incremental},
         "validation": {"drift": {"enabled": False}, "row_count": {"tolerance": 1.0}},
         "runtime": {"report_dir": str(tmp / "runs")},
     }
@@ -153,3 +153,47 @@ def test_spark_scan_path_reuses_too(spark: Any, redis_url: str, tmp_path: Path) 
     assert rep.scoring_mode == "incremental" and (rep.rows_rescored, rep.rows_new, rep.rows_dropped) == (
         len(changed), 7, 3)
     _check(spark, cfg_path, model, table, redis_url)
+
+
+def test_turning_incremental_on_and_off_on_a_published_table(spark: Any, redis_url: str, tmp_path: Path) -> None:
+    model = write_onnx_mlp(tmp_path / "m.onnx", (WIDTH, 16, 1), seed=24)
+    table = Table(1500, seed=6)
+    feats = table.write(tmp_path / "f.parquet")
+    _config(tmp_path, feats, model, incremental=False)
+    cfg_path = tmp_path / "inc.yaml"
+    assert _run(spark, cfg_path, redis_url, "o0").scoring_mode == "full"
+    _config(tmp_path, feats, model)  # switched on: the published table has no hashes yet
+    rep = _run(spark, cfg_path, redis_url, "o1")
+    assert rep.scoring_mode.startswith("full: Delta version 0 lacks feature_hash, model_sha256")
+    table.change(0.05)
+    table.write(feats)
+    rep = _run(spark, cfg_path, redis_url, "o2")
+    assert rep.scoring_mode == "incremental" and rep.rows_reused == 1500 - 75
+    _check(spark, cfg_path, model, table, redis_url)
+    _config(tmp_path, feats, model, incremental=False)  # and off again: the columns go
+    assert _run(spark, cfg_path, redis_url, "o3").scoring_mode == "full"
+    assert "feature_hash" not in DeltaTable(load_model_config(cfg_path).outputs.delta.path).schema().to_arrow().names
+    _check(spark, cfg_path, model, table, redis_url)
+
+
+def test_incremental_with_quarantine_sets_aside_rows_that_went_bad(spark: Any, redis_url: str,
+                                                                  tmp_path: Path) -> None:
+    model = write_onnx_mlp(tmp_path / "m.onnx", (WIDTH, 16, 1), seed=25)
+    table = Table(1200, seed=8)
+    feats = table.write(tmp_path / "f.parquet")
+    cfg_path = _config(tmp_path, feats, model)
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["input"]["on_invalid"] = "quarantine"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    _run(spark, cfg_path, redis_url, "q0")
+    for k in (3, 4):
+        table.rows[k] = table.rows[k].copy()
+        table.rows[k][1] = np.nan
+    table.write(feats)
+    rep = _run(spark, cfg_path, redis_url, "q1")
+    assert rep.scoring_mode == "incremental" and rep.rows_rescored == 2 and rep.rows_reused == 1198
+    assert rep.quarantine == {"non_finite_feature": 2}
+    bad = {3: table.rows.pop(3), 4: table.rows.pop(4)}
+    _check(spark, cfg_path, model, table, redis_url)  # published: everything but the two bad rows
+    q = DeltaTable(str(tmp_path / "pred_quarantine")).to_pyarrow_table().to_pylist()
+    assert sorted((r["key"], r["run_id"]) for r in q) == [("3", "q1"), ("4", "q1")] and len(bad) == 2

@@ -1,0 +1,120 @@
+"""Champion and challengers in one pass: every arm's published scores equal its model's direct
+output; a challenger blocked by the comparison is not published while the champion is.
+Real Spark (local[2]), a real redis-server, Delta tables read back with deltalake."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import redis
+import yaml
+from deltalake import DeltaTable
+
+from batchscore import ScoreReader
+from batchscore import redis_layout as layout
+from batchscore.config import load_model_config
+from batchscore.jobs import run as run_job
+from batchscore.jobs import state
+from batchscore.jobs.reports import ComparisonReport
+from batchscore.testing.demo_data import write_features, write_onnx_mlp
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+FEATS = [f"f{i}" for i in range(8)]
+
+
+def _direct(model: Path, feats: Path) -> dict[int, np.ndarray]:
+    import onnxruntime as ort
+
+    t = pq.read_table(feats)
+    x = np.column_stack([t[c].to_numpy() for c in FEATS]).astype(np.float32)
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return dict(zip(t["user_id"].to_pylist(), out, strict=True))
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Any]:
+    feats = write_features(tmp_path / "f.parquet", 3000, 8)
+    champion = write_onnx_mlp(tmp_path / "champion.onnx", (8, 16, 1), seed=31)
+    twin = write_onnx_mlp(tmp_path / "twin.onnx", (8, 16, 1), seed=31)  # same scores: passes every comparison
+    other = write_onnx_mlp(tmp_path / "other.onnx", (8, 16, 2), seed=32)  # two outputs, unrelated scores
+    cfg = {
+        "name": "m",
+        "model": {"uri": str(champion), "format": "onnx", "version": "v1"},
+        "input": {"path": str(feats), "key": "user_id", "features": FEATS},
+        "outputs": {"delta": {"path": str(tmp_path / "pred")}, "redis": {"key_prefix": "t"}},
+        "scoring": {"batch_size": 500, "device": "cpu"},
+        "validation": {"range": {"min": 0.0, "max": 1.0}},
+        "runtime": {"report_dir": str(tmp_path / "runs")},
+        "challengers": [
+            {"name": "twin", "model": {"uri": str(twin), "format": "onnx", "version": "v2"}},
+            {"name": "other", "model": {"uri": str(other), "format": "onnx", "version": "v3"},
+             "columns": ["p", "q"], "comparison": {"spearman": {"warn": 0.999, "block": 0.99}}},
+        ],
+    }
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return {"cfg": path, "feats": feats, "champion": champion, "twin": twin, "other": other, "dir": tmp_path}
+
+
+def test_one_pass_publishes_champion_and_passing_challengers_only(spark: Any, redis_url: str,
+                                                                 world: dict[str, Any]) -> None:
+    cfg = load_model_config(world["cfg"])
+    rep = run_job.run(spark, cfg, run_id="r1", run_date="2026-12-01", redis_url=redis_url)
+    assert rep.challengers["twin"].startswith("published in shadow")
+    assert rep.challengers["other"].startswith("not published: comparison blocked: compare_spearman")
+
+    want = _direct(world["champion"], world["feats"])
+    pub = DeltaTable(cfg.outputs.delta.path).to_pyarrow_table()
+    assert dict(zip(pub["user_id"].to_pylist(), pub["score"].to_numpy(), strict=True)) == {
+        k: v[0] for k, v in want.items()}
+    twin = cfg.challenger("twin")
+    tw = DeltaTable(twin.outputs.delta.path).to_pyarrow_table()
+    assert set(tw["model_version"].to_pylist()) == {"v2"}
+    want_twin = _direct(world["twin"], world["feats"])
+    assert dict(zip(tw["user_id"].to_pylist(), tw["score"].to_numpy(), strict=True)) == {
+        k: v[0] for k, v in want_twin.items()}
+
+    reader = ScoreReader(redis_url, prefix="t")
+    keys = list(want)[:500]
+    champ, shadow = reader.get_many("m", keys), reader.get_many("m@twin", keys)
+    assert all(champ[str(k)].value == float(want[k][0]) for k in keys)  # type: ignore[union-attr]
+    assert all(shadow[str(k)].value == float(want_twin[k][0]) for k in keys)  # type: ignore[union-attr]
+    assert {s.model_version for s in shadow.values() if s} == {"v2"}
+
+    other = cfg.challenger("other")
+    assert not DeltaTable.is_deltatable(other.outputs.delta.path)  # blocked: never committed
+    assert redis.Redis.from_url(redis_url).get(layout.pointer_key("t:m@other")) is None
+    staged = pq.read_table(state.staged_path(other, "r1"))  # ... but staged and judged on the same rows
+    want_other = _direct(world["other"], world["feats"])
+    got = dict(zip(staged["user_id"].to_pylist(), zip(staged["p"].to_numpy(), staged["q"].to_numpy(),
+                                                         strict=True), strict=True))
+    assert got == {k: (v[0], v[1]) for k, v in want_other.items()}
+
+    same = state.read(twin, "r1", ComparisonReport)
+    diff = state.read(other, "r1", ComparisonReport)
+    assert same is not None and diff is not None and same.passed and not diff.passed
+    pair = same.pairs[0]
+    assert pair["psi"] == pytest.approx(0.0, abs=1e-12) and pair["spearman"] == pytest.approx(1.0)
+    assert pair["top_k_overlap"] == 1.0 and pair["mean_shift"] == 0.0 and pair["rows"] == 3000
+    assert [(p["champion_column"], p["challenger_column"]) for p in diff.pairs] == [("score", "p")]
+    assert Path(str(same.plot_png)).is_file() and json.loads(
+        (Path(state.run_dir(twin, "r1")) / "comparison.json").read_text())["passed"] is True
+
+
+def test_a_challenger_rejected_by_its_validation_leaves_the_champion_published(
+        spark: Any, redis_url: str, world: dict[str, Any]) -> None:
+    raw = yaml.safe_load(world["cfg"].read_text())
+    raw["challengers"][0]["validation"] = {"range": {"min": 0.0, "max": 0.01}}  # every twin score is above
+    raw["challengers"] = raw["challengers"][:1]
+    world["cfg"].write_text(yaml.safe_dump(raw))
+    cfg = load_model_config(world["cfg"])
+    rep = run_job.run(spark, cfg, run_id="r1", run_date="2026-12-01", redis_url=redis_url)
+    assert rep.challengers["twin"].startswith("not published: validation rejected")
+    assert DeltaTable(cfg.outputs.delta.path).version() == 0
+    assert not DeltaTable.is_deltatable(cfg.challenger("twin").outputs.delta.path)
