@@ -118,3 +118,72 @@ def test_a_challenger_rejected_by_its_validation_leaves_the_champion_published(
     assert rep.challengers["twin"].startswith("not published: validation rejected")
     assert DeltaTable(cfg.outputs.delta.path).version() == 0
     assert not DeltaTable.is_deltatable(cfg.challenger("twin").outputs.delta.path)
+
+
+def _loose(name: str, model: Path) -> dict[str, Any]:
+    off = {"warn": None, "block": None}
+    return {"name": name, "model": {"uri": str(model), "format": "onnx", "version": f"{name}-1"},
+            "comparison": {"psi": off, "kl": off, "spearman": off, "mean_shift": off, "top_k": off}}
+
+
+def test_promote_serves_the_challenger_atomically_and_rollback_undoes_it(
+        spark: Any, redis_url: str, world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from batchscore.jobs import promote as promote_job
+    from batchscore.jobs import rollback as rollback_job
+
+    alt = write_onnx_mlp(world["dir"] / "alt.onnx", (8, 16, 1), seed=33)  # other scores, no comparison bar
+    raw = yaml.safe_load(world["cfg"].read_text())
+    raw["challengers"] = [_loose("alt", alt), raw["challengers"][1]]
+    world["cfg"].write_text(yaml.safe_dump(raw))
+    cfg = load_model_config(world["cfg"])
+    rep = run_job.run(spark, cfg, run_id="r1", run_date="2026-12-01", redis_url=redis_url)
+    assert rep.challengers["alt"].startswith("published in shadow") and "blocked" in rep.challengers["other"]
+    keys = list(range(0, 3000, 7))
+    reader = ScoreReader(redis_url, prefix="t", pointer_ttl=0.0)
+    before = reader.get_many("m", keys)
+
+    capsys.readouterr()
+    assert promote_job.main(["--model-config", str(world["cfg"]), "--challenger", "other"]) == 2
+    assert "last comparison (run r1) was blocked" in capsys.readouterr().err
+    assert reader.get_many("m", keys) == before  # nothing moved
+
+    promote_job.promote(spark, cfg, challenger="alt", redis_url=redis_url)
+    want_alt = _direct(alt, world["feats"])
+    after = reader.get_many("m", keys)
+    assert all(after[str(k)].value == float(want_alt[k][0]) for k in keys)  # type: ignore[union-attr]
+    assert {s.model_version for s in after.values() if s} == {"alt-1"}
+    dt = DeltaTable(cfg.outputs.delta.path)
+    got = dt.to_pyarrow_table()
+    assert dict(zip(got["user_id"].to_pylist(), got["score"].to_numpy(), strict=True)) == {
+        k: v[0] for k, v in want_alt.items()}
+    assert dt.history()[0]["batchscore.run_id"] == "promote-alt-r1"
+
+    assert rollback_job.main(["--model-config", str(world["cfg"]), "--to-version", "0"]) == 0
+    back = reader.get_many("m", keys)
+    assert all(back[str(k)].value == before[str(k)].value for k in keys)  # type: ignore[union-attr]
+    assert {s.model_version for s in back.values() if s} == {"v1"}
+
+
+def test_split_cli_sets_weights_atomically_and_refuses_unpublished_arms(
+        spark: Any, redis_url: str, world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from batchscore import splits
+    from batchscore.cli import main as cli
+
+    cfg = load_model_config(world["cfg"])
+    run_job.run(spark, cfg, run_id="r1", run_date="2026-12-01", redis_url=redis_url)
+    args = ["split", "--model-config", str(world["cfg"])]
+    capsys.readouterr()
+    assert cli([*args, "--set", "champion=90,other=10"]) == 2  # 'other' was blocked: nothing to serve
+    assert "arm 'other' of 'm' has no published version" in capsys.readouterr().err
+    assert cli([*args, "--set", "champion=90,nope=10"]) == 2
+    assert cli([*args, "--set", "champion=90,twin=10,other=0"]) == 0
+    r = redis.Redis.from_url(redis_url)
+    first = splits.read_split(r, "t:m")
+    assert first is not None and first.arms == (("champion", 90), ("twin", 10), ("other", 0)) and first.seq == 1
+    assert cli([*args, "--set", "champion=50,twin=50"]) == 0
+    second = splits.read_split(r, "t:m")
+    assert second is not None and second.seq == 2 and second.salt == first.salt  # keys keep their arms
+    with pytest.raises(splits.SplitConflict):  # a stale writer loses: compare-and-set on seq
+        splits.set_split(r, "t:m", (("champion", 1),), expected=first)
+    assert splits.read_split(r, "t:m") == second
+    assert cli(args) == 0 and "split #2" in capsys.readouterr().out
