@@ -26,6 +26,17 @@ is not a version identity (a bare number from the old layout, or garbage) raises
 :class:`PointerError` (a ``LookupError`` and a ``ValueError``); missing metadata raises
 ``LookupError`` (retry the lookup).
 
+**Age.** Every :class:`Score` carries ``published_at`` (the flip that made its version the served
+one) and ``scored_at`` (when the scoring run computed it), both from the version's metadata,
+cached with it (the metadata of a version is re-read whenever the pointer moves to it, since a
+rollback publishes a kept version again). ``max_age`` (seconds) judges ``now - scored_at``: the
+age of the scores themselves, which a rollback or a reload from Delta does not make younger
+(``published_at`` when the publisher recorded no ``scored_at``; a version with neither is treated
+as too old). Past it a lookup returns its scores with ``stale=True`` (``on_stale="mark"``) or
+raises :class:`StaleScoreError` (``"raise"``). A publisher with ``outputs.redis.ttl_seconds``
+makes Redis forget a publication that long after its flip unless another one follows: lookups
+then answer "nothing published" (None), as for a model never published.
+
 >>> reader = ScoreReader("redis://:secret@127.0.0.1:6379/0")  # doctest: +SKIP
 >>> reader.get("demo", "42")                                  # doctest: +SKIP
 Score(values={'score': 0.73}, model_version='demo-1', version=3, version_id='3.9f3a01bc')
@@ -38,7 +49,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from datetime import UTC, datetime
+from typing import Any, Literal, NamedTuple
 
 from batchscore import redis_layout as layout
 
@@ -65,15 +77,30 @@ class PointerError(LookupError, ValueError):
     """The pointer key holds something that is not a version identity ``"{N}.{epoch}"``."""
 
 
+class StaleScoreError(LookupError):
+    """The served version of ``model`` is older than the reader's ``max_age`` (``on_stale="raise"``)."""
+
+    def __init__(self, model: str, version_id: str, age: float | None, max_age: float) -> None:
+        self.model, self.version_id, self.age, self.max_age = model, version_id, age, max_age
+        how_old = "of unknown age (no scored_at or published_at)" if age is None else f"scored {age:,.0f} s ago"
+        super().__init__(f"model '{model}': the served version {version_id} is {how_old}, older than max_age "
+                         f"{max_age:g} s; its pipeline has not published since: check it, or raise max_age")
+
+
 @dataclass(frozen=True)
 class Score:
     """One entity's published scores and where they came from: ``version`` is the version's
-    number, ``version_id`` its identity ``"{N}.{epoch}"``."""
+    number, ``version_id`` its identity ``"{N}.{epoch}"``; ``published_at`` the flip that made it
+    the served version and ``scored_at`` when its run scored it (UTC; None when the publisher did
+    not record it); ``stale`` is True when it is older than the reader's ``max_age``."""
 
     values: dict[str, float]
     model_version: str
     version: int
     version_id: str = ""
+    published_at: datetime | None = None
+    scored_at: datetime | None = None
+    stale: bool = False
 
     @property
     def value(self) -> float:
@@ -93,10 +120,48 @@ class _VersionMeta:
     buckets: int
     columns: tuple[str, ...]
     model_version: str
+    published_at: datetime | None = None
+    scored_at: datetime | None = None
 
 
 def _text(raw: Any) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _when(raw: str | None) -> datetime | None:
+    """A meta timestamp (seconds since the epoch) as a UTC datetime; None when absent or unreadable."""
+    try:
+        return datetime.fromtimestamp(float(raw), UTC) if raw else None
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+@dataclass(frozen=True)
+class _AgeLimit:
+    """A reader's ``max_age`` / ``on_stale``: judges a version once per lookup (no I/O)."""
+
+    max_age: float | None = None
+    on_stale: str = "mark"
+
+    @classmethod
+    def of(cls, max_age: float | None, on_stale: str) -> _AgeLimit:
+        if max_age is not None and not max_age > 0:
+            raise ValueError(f"max_age must be a number of seconds above 0 (or None for no limit), got {max_age!r}")
+        if on_stale not in ("mark", "raise"):
+            raise ValueError(f"on_stale must be 'mark' or 'raise', got {on_stale!r}")
+        return cls(max_age, on_stale)
+
+    def stale(self, model: str, pointer: _Pointer, meta: _VersionMeta) -> bool:
+        """Whether ``meta``'s scores are older than ``max_age`` (raises in ``raise`` mode)."""
+        if self.max_age is None:
+            return False
+        born = meta.scored_at or meta.published_at
+        age = None if born is None else time.time() - born.timestamp()
+        if age is not None and age <= self.max_age:
+            return False
+        if self.on_stale == "raise":
+            raise StaleScoreError(model, pointer.vid, age, self.max_age)
+        return True
 
 
 def _glob_escape(text: str) -> str:
@@ -116,6 +181,7 @@ class _Cache:
         self.ttl = pointer_ttl
         self.pointers: dict[str, tuple[float, _Pointer | None]] = {}
         self.metas: dict[tuple[str, str], _VersionMeta] = {}
+        self.last_vid: dict[str, str] = {}  # the identity each namespace's pointer named last
         self.generation = 0
         #: None: no listener (``pointer_ttl`` alone); True: subscribed; False: listener cut off.
         self.listening: bool | None = None
@@ -153,6 +219,10 @@ class _Cache:
         with self._lock:
             if generation == self.generation:
                 self.pointers[ns] = (time.monotonic(), pointer)
+            if pointer is not None and self.last_vid.get(ns) != pointer.vid:
+                # the pointer moved to this version (again?): its published_at may be new (a rollback)
+                self.last_vid[ns] = pointer.vid
+                self.metas.pop((ns, pointer.vid), None)
         return pointer
 
     def invalidate(self, ns: str | None = None) -> None:
@@ -186,7 +256,8 @@ class _Cache:
                        f"(epoch {m.get('epoch', '')[:16]!r})")
         else:
             try:
-                meta = _VersionMeta(int(m["buckets"]), tuple(m["columns"].split(",")), m["model_version"])
+                meta = _VersionMeta(int(m["buckets"]), tuple(m["columns"].split(",")), m["model_version"],
+                                    _when(m.get("published_at")), _when(m.get("scored_at")))
                 if meta.buckets < 1 or not all(meta.columns):
                     raise ValueError("empty")
             except (KeyError, ValueError):
@@ -209,19 +280,20 @@ class _Cache:
         return by_bucket
 
     @staticmethod
-    def score(meta: _VersionMeta, pointer: _Pointer, raw: bytes | None) -> Score | None:
+    def score(meta: _VersionMeta, pointer: _Pointer, raw: bytes | None, stale: bool = False) -> Score | None:
         if raw is None:
             return None
         values = layout.decode_scores(raw, len(meta.columns))
-        return Score(dict(zip(meta.columns, values, strict=True)), meta.model_version, pointer.number, pointer.vid)
+        return Score(dict(zip(meta.columns, values, strict=True)), meta.model_version, pointer.number, pointer.vid,
+                     meta.published_at, meta.scored_at, stale)
 
     @staticmethod
     def scores(meta: _VersionMeta, pointer: _Pointer, plan: dict[str, list[str]], replies: list[Any],
-               wanted: list[str]) -> dict[str, Score | None]:
+               wanted: list[str], stale: bool = False) -> dict[str, Score | None]:
         """The pipelined ``HMGET`` replies of ``plan`` as scores, in ``wanted``'s order."""
         out: dict[str, Score | None] = {}
         for ks, raws in zip(plan.values(), replies, strict=True):
-            out.update({k: _Cache.score(meta, pointer, raw) for k, raw in zip(ks, raws, strict=True)})
+            out.update({k: _Cache.score(meta, pointer, raw, stale) for k, raw in zip(ks, raws, strict=True)})
         return {k: out[k] for k in wanted}
 
     def pattern(self) -> str:
@@ -352,13 +424,19 @@ class ScoreReader:
         client: an existing redis-py client to use instead of ``url`` (its own timeouts apply).
         timeout: seconds to connect and to wait for each reply (online default 0.25).
         retries: retries of a command after a connection error or timeout (online default 1).
+        max_age: seconds; a lookup whose version was scored longer ago (``now - scored_at``) is
+            stale (None: no limit). The reader's clock against the publisher's: skew counts.
+        on_stale: ``"mark"``: stale scores come back with ``stale=True``; ``"raise"``: the lookup
+            raises :class:`StaleScoreError` (a ``LookupError``) naming the model, version and age.
     """
 
     def __init__(self, url: str | None = None, *, prefix: str = "bs", pointer_ttl: float = 1.0,
                  cluster: bool = False, subscribe: bool = False, client: Any = None,
-                 timeout: float = 0.25, retries: int = 1) -> None:
+                 timeout: float = 0.25, retries: int = 1, max_age: float | None = None,
+                 on_stale: Literal["mark", "raise"] = "mark") -> None:
         if client is None and not url:
             raise ValueError("ScoreReader needs a Redis URL or a client")
+        self._age = _AgeLimit.of(max_age, on_stale)
         if client is None:
             client = _online(str(url), cluster, timeout, retries, asyncio=False)
         self._r = client
@@ -405,13 +483,15 @@ class ScoreReader:
         self._c.invalidate(None if model is None else self._c.ns(model))
 
     def get(self, model: str, key: Any) -> Score | None:
-        """The current score of one entity (one ``HGET``), or None when it is not published."""
+        """The current score of one entity (one ``HGET``), or None when it is not published (or
+        its publication expired). Raises :class:`StaleScoreError` past ``max_age`` with ``on_stale="raise"``."""
         ns, pointer, meta = self._resolve(model)
         if pointer is None or meta is None:
             return None
+        stale = self._age.stale(model, pointer, meta)
         k = str(key)
         raw = self._r.hget(layout.data_key(ns, pointer.vid, layout.bucket_of(k, meta.buckets)), k)
-        return _Cache.score(meta, pointer, raw)
+        return _Cache.score(meta, pointer, raw, stale)
 
     def get_many(self, model: str, keys: Iterable[Any]) -> dict[str, Score | None]:
         """Current scores of many entities in one pipelined round trip (keys returned as str)."""
@@ -419,11 +499,12 @@ class ScoreReader:
         ns, pointer, meta = self._resolve(model)
         if pointer is None or meta is None:
             return dict.fromkeys(wanted)
+        stale = self._age.stale(model, pointer, meta)
         plan = _Cache.plan(ns, pointer, meta, wanted)
         pipe = self._r.pipeline(transaction=False)
         for data_key, ks in plan.items():
             pipe.hmget(data_key, ks)
-        return _Cache.scores(meta, pointer, plan, pipe.execute(), wanted)
+        return _Cache.scores(meta, pointer, plan, pipe.execute(), wanted, stale)
 
     def close(self) -> None:
         if self._listener is not None:
@@ -465,9 +546,11 @@ class AsyncScoreReader:
 
     def __init__(self, url: str | None = None, *, prefix: str = "bs", pointer_ttl: float = 1.0,
                  cluster: bool = False, subscribe: bool = False, client: Any = None,
-                 timeout: float = 0.25, retries: int = 1) -> None:
+                 timeout: float = 0.25, retries: int = 1, max_age: float | None = None,
+                 on_stale: Literal["mark", "raise"] = "mark") -> None:
         if client is None and not url:
             raise ValueError("AsyncScoreReader needs a Redis URL or a client")
+        self._age = _AgeLimit.of(max_age, on_stale)
         if client is None:
             client = _online(str(url), cluster, timeout, retries, asyncio=True)
         self._r = client
@@ -574,20 +657,22 @@ class AsyncScoreReader:
         ns, pointer, meta = await self._resolve(model)
         if pointer is None or meta is None:
             return None
+        stale = self._age.stale(model, pointer, meta)
         k = str(key)
         raw = await self._r.hget(layout.data_key(ns, pointer.vid, layout.bucket_of(k, meta.buckets)), k)
-        return _Cache.score(meta, pointer, raw)
+        return _Cache.score(meta, pointer, raw, stale)
 
     async def get_many(self, model: str, keys: Iterable[Any]) -> dict[str, Score | None]:
         wanted = [str(k) for k in keys]
         ns, pointer, meta = await self._resolve(model)
         if pointer is None or meta is None:
             return dict.fromkeys(wanted)
+        stale = self._age.stale(model, pointer, meta)
         plan = _Cache.plan(ns, pointer, meta, wanted)
         pipe = self._r.pipeline(transaction=False)
         for data_key, ks in plan.items():
             pipe.hmget(data_key, ks)
-        return _Cache.scores(meta, pointer, plan, await pipe.execute(), wanted)
+        return _Cache.scores(meta, pointer, plan, await pipe.execute(), wanted, stale)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -30,8 +30,8 @@ from batchscore.config import load_model_config
 from batchscore.errors import ConfigError
 from batchscore.exit import exit_now
 from batchscore.jobs import entry, state
-from batchscore.jobs.publish import lazy_loader
-from batchscore.jobs.targets import store_of, target_of
+from batchscore.jobs.publish import lazy_loader, publish_target
+from batchscore.jobs.targets import store_of
 from batchscore.sinks import delta, publication
 from batchscore.sinks.redis_gc import orphans
 from batchscore.storage import DEFAULT, Storage
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         grace = rc.gc_grace_seconds if args.grace_seconds is None else max(0.0, args.grace_seconds)
         url = cfg.redis_url()
         store = store_of(cfg, url)
-        target = target_of(cfg)
+        target = publish_target(cfg)
         dropped = publication.gc(
             store, target, keep=keep, grace_s=grace, loader=lazy_loader(cfg, url, args.master), log=entry.log
         )

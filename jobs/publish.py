@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -66,6 +67,12 @@ def load_version(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: s
     for r in rows:
         counts[int(r["b"])] = counts.get(int(r["b"]), 0) + int(r["n"])
     return counts
+
+
+def publish_target(cfg: ModelConfig) -> publication.Target:
+    """What publish, rollback, reconcile and gc act on: :func:`target_of` with the Redis age limit
+    (``outputs.redis.ttl_seconds``)."""
+    return replace(target_of(cfg), ttl_seconds=cfg.outputs.redis.ttl_seconds)
 
 
 def spark_loader(spark: SparkSession, cfg: ModelConfig, url: str) -> publication.Loader:
@@ -160,14 +167,15 @@ def publish(
         # effect; a run already committed (a retry after a crash) converges whatever the alias says now.
         check_alias_unchanged(cfg, scored.to_json())
     staged = delta.stage(cfg.outputs.delta.path, run_id, cfg.store)
-    if staged.total_rows != int(scored.input_rows):
+    kept = int(scored.input_rows) - int(scored.quarantined_rows)  # the rows quarantined are left out
+    if staged.total_rows != kept:
         raise PublishRefusedError(
-            f"{staged.run_path}: {staged.total_rows} staged rows but {scored.input_rows} scored; re-score the run"
+            f"{staged.run_path}: {staged.total_rows} staged rows but {kept} scored; re-score the run"
         )
     store = store_of(cfg, redis_url)
     out = publication.publish(
         store,
-        target_of(cfg),
+        publish_target(cfg),
         staged,
         run_id=run_id,
         run_date=scored.run_date,
@@ -176,6 +184,7 @@ def publish(
         preflight=lambda: preflight(cfg, store, staged),
         allow_older=allow_older,
         log=entry.log,
+        scored_at=scored.scored_at,
         metadata={
             "model": cfg.name,
             "model_version": cfg.model.version,

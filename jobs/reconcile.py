@@ -15,14 +15,14 @@ from typing import Any
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.exit import exit_now
 from batchscore.jobs import entry
-from batchscore.jobs.publish import lazy_loader
-from batchscore.jobs.targets import store_of, target_of
+from batchscore.jobs.publish import lazy_loader, publish_target
+from batchscore.jobs.targets import store_of
 from batchscore.sinks import publication
 
 
 def reconcile(cfg: ModelConfig, *, redis_url: str, master: str | None = None) -> dict[str, Any]:
-    out = publication.reconcile(store_of(cfg, redis_url), target_of(cfg), loader=lazy_loader(cfg, redis_url, master),
-                                log=entry.log)
+    out = publication.reconcile(store_of(cfg, redis_url), publish_target(cfg),
+                                loader=lazy_loader(cfg, redis_url, master), log=entry.log)
     pub = out.publication
     return {"action": out.action, "publication": pub.seq if pub else None, "run_id": pub.run_id if pub else None,
             "delta_version": pub.delta_version if pub else None, "redis_version": pub.redis_version if pub else None,

@@ -17,8 +17,8 @@ from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError
 from batchscore.exit import exit_now
 from batchscore.jobs import entry
-from batchscore.jobs.publish import lazy_loader
-from batchscore.jobs.targets import store_of, target_of
+from batchscore.jobs.publish import lazy_loader, publish_target
+from batchscore.jobs.targets import store_of
 from batchscore.sinks import delta, publication
 
 
@@ -27,7 +27,7 @@ def rollback(cfg: ModelConfig, *, to_version: int, redis_url: str, master: str |
     if delta.commit_info(table, to_version, cfg.store) is None:
         raise ConfigError(f"{table}: no Delta version {to_version}; `batchscore history --model-config "
                           f"{cfg.source}` lists the published versions")
-    out = publication.rollback(store_of(cfg, redis_url), target_of(cfg), to_version=to_version,
+    out = publication.rollback(store_of(cfg, redis_url), publish_target(cfg), to_version=to_version,
                                loader=lazy_loader(cfg, redis_url, master), log=entry.log)
     pub = out.publication
     assert pub is not None

@@ -21,8 +21,17 @@ that lost its lock stops before its next side effect. The steps of :func:`publis
                fresh identity, pre-flight its memory, load it from the executors (token-checked);
 5. **verify**  every bucket's count, then mark it loaded;
 6. **commit**  one Delta commit, compare-and-set on the version read in step 3, token checked first;
-7. **flip**    pointer + record, compare-and-set on the served record;
+7. **flip**    pointer + record, compare-and-set on the served record; with ``ttl_seconds`` the
+               version's keys, its meta, the pointer and the record get their expiry first
+               (:meth:`RedisVersions.arm`) and with the flip, counted from it, renewed by each;
 8. **collect** old versions past ``keep_versions`` and their grace period.
+
+**Age limits.** With ``Target.ttl_seconds`` a publication stops being served that long after its
+flip unless another one follows (a pipeline that stopped publishing serves nothing rather than
+stale scores). Redis then looks like a server restarted without persistence, with one difference
+that reconcile knows of: a Delta head whose lifetime is over (its commit time plus the TTL) is
+*expired*, not lost, and is never reloaded into Redis (a ``gc`` or ``reconcile`` must not revive
+scores the TTL retired); the next publish, or a rollback to an older version, serves again.
 
 The loader is a parameter (the jobs pass a Spark one; tests and the fault campaign can load
 in-process), so this module needs neither Spark nor a JVM.
@@ -31,18 +40,21 @@ in-process), so this module needs neither Spark nor a JVM.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from batchscore.errors import (
+    FencedError,
     InfrastructureError,
     InputDataError,
     PublishRefusedError,
     SupersededError,
 )
 from batchscore.sinks import delta
-from batchscore.sinks.redis import RedisVersions, ShortLoad, Version
+from batchscore.sinks.redis import Expiry, RedisVersions, ShortLoad, Version
 from batchscore.sinks.redis_gc import collect
 from batchscore.storage import DEFAULT, Storage
 from batchscore.testing import crashpoint
@@ -65,9 +77,15 @@ class Publication:
     rows: int = 0
     rollback_to: int | None = None
     delta_version: int | None = None  # known once committed
+    scored_at: str | None = None  # ISO 8601 UTC: when the served scores were computed (score.json)
 
     def record(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as JSON-able fields; ``scored_at`` only when known (records written before
+        it existed, and their test vectors, keep their exact shape)."""
+        out = asdict(self)
+        if out["scored_at"] is None:
+            del out["scored_at"]
+        return out
 
     @classmethod
     def of(cls, raw: dict[str, Any] | None) -> Publication | None:
@@ -90,6 +108,7 @@ class Target:
     gc_grace_seconds: float
     lock_ttl_seconds: int
     storage: Storage = DEFAULT  # how the table's store is reached (variable names only)
+    ttl_seconds: int | None = None  # outputs.redis.ttl_seconds: a publication's lifetime in Redis (None: forever)
 
 
 @dataclass(frozen=True)
@@ -97,7 +116,7 @@ class Outcome:
     """What a publish, rollback or reconcile did."""
 
     publication: Publication | None
-    action: str  # published | already-published | rolled-back | in-sync | repaired | nothing-published
+    action: str  # published | already-published | rolled-back | in-sync | repaired | nothing-published | expired
     previous_redis_version: str | None = None
     reloaded: bool = False
     collected: list[str] = field(default_factory=list)
@@ -135,19 +154,22 @@ def reference(table: str, served_pub: Publication | None, storage: Storage = DEF
 def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, run_id: str, run_date: str | None,
             validated_digest: str, metadata: dict[str, str], loader: Loader,
             preflight: Callable[[], None] = lambda: None, allow_older: bool = False,
-            log: Log = lambda _m: None) -> Outcome:
-    """Publish the staged run ``run_id`` (validated as ``validated_digest``): steps 1-8 above."""
+            log: Log = lambda _m: None, scored_at: str | None = None) -> Outcome:
+    """Publish the staged run ``run_id`` (validated as ``validated_digest``, scored at
+    ``scored_at``, ISO 8601, recorded with the publication and in the version's meta): steps 1-8."""
     if staged.digest != validated_digest:
         raise PublishRefusedError(
             f"run {run_id} of '{target.model}': the staged files (digest {staged.digest[:12]}) are not the ones "
             f"validation judged ({validated_digest[:12]}); run `batchscore validate --run-id {run_id}` again")
     with store.locked(run_id, ttl_s=target.lock_ttl_seconds):                      # 1. fence
-        _reconcile(store, target, loader, log)                                     # 2. repair
+        repaired = _reconcile(store, target, loader, log)                          # 2. repair
         current = head(target.table, target.storage)                                               # 3. decide
         before, pointer = Publication.of(store.served_record()), store.current()
         done = _already(target, run_id, current, staged.digest)
         if done is not None:  # a retry after the flip: only the collection may be left to do
-            log(f"{store.ns}: run {run_id} is already the served publication {done.seq}; nothing to publish")
+            log(f"{store.ns}: run {run_id} is already the latest publication {done.seq}"
+                + (" (expired: outputs.redis.ttl_seconds; score a new run to serve again)"
+                   if repaired.action == "expired" else "") + "; nothing to publish")
             dropped = collect(store, keep=target.keep_versions, grace_s=target.gc_grace_seconds)
             return Outcome(served(store) or done, "already-published", collected=dropped)
         if (not allow_older and current is not None and current.run_date and run_date
@@ -157,10 +179,13 @@ def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, ru
                 "pass --allow-older to replace newer scores with older ones, or backfill it into the history table")
         expected_dv = delta.table_version(target.table, target.storage)
         version = store.resume(run_id=run_id, digest=staged.digest, columns=target.columns)   # 4. load
+        if version is not None and version.state == "loaded" and store.complete(version.vid, version.digest) is None:
+            version = replace(version, state="loading")  # some of it expired or was lost since: load it again
         if version is None:
             preflight()
             version = store.allocate(run_id=run_id, rows=staged.total_rows, columns=target.columns,
-                                     model_version=target.model_version, digest=staged.digest)
+                                     model_version=target.model_version, digest=staged.digest,
+                                     extra=_scored_meta(scored_at))
         if version.state == "loading":
             log(f"{store.ns}: loading {staged.total_rows:,} entities into Redis version {version.vid}")
             version = _load_verified(store, target, loader, staged.uris(), version)  # 5. verify
@@ -168,13 +193,14 @@ def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, ru
             log(f"{store.ns}: Redis version {version.vid} already holds this content; reusing it")
         crashpoint.reached("after_redis_load")
         pub = Publication(seq=(current.seq if current else 0) + 1, run_id=run_id, run_date=run_date,
-                          digest=staged.digest, redis_version=version.vid, rows=staged.total_rows)
+                          digest=staged.digest, redis_version=version.vid, rows=staged.total_rows,
+                          scored_at=scored_at)
         dv = _commit(target, staged, pub, metadata, expected_dv, store)            # 6. commit
         log(f"{store.ns}: committed publication {pub.seq} as Delta version {dv} at {target.table}")
         pub = replace(pub, delta_version=dv)
         crashpoint.reached("after_delta_commit")
-        store.flip(version, expected_seq=before.seq if before else None,          # 7. flip
-                   expected_pointer=pointer, record=pub.record())
+        _flip(store, target, version, expected_seq=before.seq if before else None,  # 7. flip
+              expected_pointer=pointer, record=pub.record())
         crashpoint.reached("after_flip")
         dropped = collect(store, keep=target.keep_versions, grace_s=target.gc_grace_seconds)  # 8. collect
     return Outcome(pub, "published", before.redis_version if before else None, collected=dropped)
@@ -196,13 +222,20 @@ def rollback(store: RedisVersions, target: Target, *, to_version: int, loader: L
             # after a crash between restore and flip, or a rollback to the head): finish serving it
             log(f"{store.ns}: the latest publication ({current.seq}) holds Delta version {to_version}'s content "
                 "already; making sure Redis serves it")
-            return _reconcile(store, target, loader, log)
+            out = _reconcile(store, target, loader, log)
+            if out.action == "expired":
+                raise PublishRefusedError(
+                    f"{store.ns}: Delta version {to_version}'s content is the latest publication ({current.seq}), "
+                    f"which expired (outputs.redis.ttl_seconds = {target.ttl_seconds}); a rollback serves another "
+                    "version's content: publish a new run, or roll back to an earlier version")
+            return out
         before, pointer = Publication.of(store.served_record()), store.current()
         expected_dv = delta.table_version(target.table, target.storage)
         assert expected_dv is not None
         version, reloaded = _ready(store, target, old, to_version, loader, owner=f"rollback-to-{to_version}")
         pub = Publication(seq=current.seq + 1, run_id=old.run_id, run_date=old.run_date, digest=old.digest,
-                          redis_version=version.vid, kind="rollback", rows=old.rows, rollback_to=to_version)
+                          redis_version=version.vid, kind="rollback", rows=old.rows, rollback_to=to_version,
+                          scored_at=old.scored_at)
         try:
             dv = delta.restore(target.table, to_version, expected=expected_dv, storage=target.storage,
                                check=lambda: store.check_fence("restore the Delta table"),
@@ -212,8 +245,8 @@ def rollback(store: RedisVersions, target: Target, *, to_version: int, loader: L
             raise InfrastructureError(f"{exc}; rerun the rollback") from exc
         pub = replace(pub, delta_version=dv)
         crashpoint.reached("rollback_after_restore")
-        store.flip(version, expected_seq=before.seq if before else None, expected_pointer=pointer,
-                   record=pub.record())
+        _flip(store, target, version, expected_seq=before.seq if before else None, expected_pointer=pointer,
+              record=pub.record())
         log(f"{store.ns}: rolled back to Delta version {to_version} as publication {pub.seq} (Delta version {dv}); "
             f"Redis version {version.vid} ({'reloaded from Delta' if reloaded else 'kept'})")
     return Outcome(pub, "rolled-back", before.redis_version if before else None, reloaded)
@@ -244,12 +277,16 @@ def _reconcile(store: RedisVersions, target: Target, loader: Loader, log: Log) -
     if now is not None and now.seq == leader.seq and now.digest == leader.digest \
             and store.complete(now.redis_version, now.digest) is not None:
         return Outcome(now, "in-sync")
+    if _expired(target, leader):
+        return _left_expired(store, target, leader, rec, pointer, log)
     mode = "repair" if rec is not None and rec.seq >= leader.seq else "forward"
     assert leader.delta_version is not None
     version, reloaded = _ready(store, target, leader, leader.delta_version, loader, owner=f"reconcile-{leader.seq}")
     pub = replace(leader, redis_version=version.vid)
-    store.flip(version, expected_seq=rec.seq if rec else None, expected_pointer=pointer, record=pub.record(),
-               mode=mode)
+    if _expired(target, leader):  # the reload took the rest of its lifetime
+        return _left_expired(store, target, leader, rec, pointer, log)
+    _flip(store, target, version, expected_seq=rec.seq if rec else None, expected_pointer=pointer,
+          record=pub.record(), mode=mode, ttl_s=_lifetime_left(target, leader))
     log(f"{store.ns}: reconciled Redis to publication {leader.seq} (run {leader.run_id}, Delta version "
         f"{leader.delta_version}); Redis version {version.vid} ({'reloaded from Delta' if reloaded else 'kept'}; "
         f"Redis served {f'publication {rec.seq}' if rec else 'nothing'})")
@@ -268,13 +305,76 @@ def _ready(store: RedisVersions, target: Target, pub: Publication, delta_version
         raise PublishRefusedError(f"{target.table}: Delta version {delta_version}'s files do not match its "
                                   "publication record (digest); the table was changed outside batchscore")
     version = store.resume(run_id=owner, digest=pub.digest, columns=target.columns)
-    if version is None or version.state != "loaded":
+    if version is None or version.state != "loaded" or store.complete(version.vid, version.digest) is None:
         version = store.allocate(run_id=owner, rows=manifest.total_rows, columns=target.columns,
                                  model_version=target.model_version, digest=pub.digest,
-                                 extra={"restored_from_delta": str(delta_version)})
+                                 extra={"restored_from_delta": str(delta_version), **_scored_meta(pub.scored_at)})
         paths = manifest.uris()
         version = _load_verified(store, target, loader, paths, version)
     return version, True
+
+
+def _flip(store: RedisVersions, target: Target, version: Version, *, expected_seq: int | None,
+          expected_pointer: str | None, record: dict[str, Any], mode: str = "forward",
+          ttl_s: float | None = None) -> None:
+    """Step 7: arm the version's expiry (``ttl_s`` from now, default the target's full TTL), then
+    flip. The pointer and record expire :func:`_lead` seconds before the data and meta."""
+    ttl = target.ttl_seconds if ttl_s is None else ttl_s
+    expiry: Expiry | None = store.arm(version, ttl, lead_s=_lead(target))
+    try:
+        store.flip(version, expected_seq=expected_seq, expected_pointer=expected_pointer, record=record, mode=mode,
+                   expiry=expiry)
+    except FencedError:
+        if not _lapsed_meanwhile(store, target, expected_seq):
+            raise
+        # The served publication expired while this one got ready: nothing is served, nothing replaced.
+        store.flip(version, expected_seq=None, expected_pointer=None, record=record, mode=mode, expiry=expiry)
+
+
+def _lapsed_meanwhile(store: RedisVersions, target: Target, expected_seq: int | None) -> bool:
+    """A refused flip whose only cause is the TTL: the lock is still ours, a record was expected
+    and Redis now serves nothing."""
+    return (target.ttl_seconds is not None and expected_seq is not None and not store.lost.is_set()
+            and store.served_record() is None and store.current() is None)
+
+
+def _expired(target: Target, pub: Publication) -> bool:
+    """Whether ``pub``'s lifetime (``ttl_seconds`` from its commit, less the pointer's lead) is over."""
+    left = _lifetime_left(target, pub)
+    return left is not None and left <= _lead(target)
+
+
+def _left_expired(store: RedisVersions, target: Target, leader: Publication, rec: Publication | None,
+                  pointer: str | None, log: Log) -> Outcome:
+    """Reconcile's answer for a Delta head past its lifetime: leave Redis as it is, never revive it."""
+    log(f"{store.ns}: publication {leader.seq} (run {leader.run_id}) expired (outputs.redis.ttl_seconds = "
+        f"{target.ttl_seconds}); Redis serves {pointer or 'nothing'}; not reloading it: publish a new run")
+    return Outcome(leader, "expired", rec.redis_version if rec else None)
+
+
+def _lead(target: Target) -> float:
+    """Seconds the pointer and record expire before the version's data and meta: the GC grace a
+    replaced version gets too (at most half the TTL), so a reader holding a cached pointer when
+    the pointer expires still reads a whole version."""
+    return min(target.gc_grace_seconds, (target.ttl_seconds or 0) / 2)
+
+
+def _lifetime_left(target: Target, pub: Publication) -> float | None:
+    """Seconds left of ``pub``'s data lifetime (its Delta commit time plus the TTL), None without
+    a TTL. A reconcile serves what is left of it, never a fresh lifetime."""
+    if target.ttl_seconds is None or pub.delta_version is None:
+        return None
+    info = delta.commit_info(target.table, pub.delta_version, target.storage) or {}
+    committed = float(info.get("timestamp", time.time() * 1000)) / 1000
+    return committed + target.ttl_seconds - time.time()
+
+
+def _scored_meta(scored_at: str | None) -> dict[str, str]:
+    """The version meta's ``scored_at`` (a timestamp, seconds) from an ISO 8601 time, when known."""
+    if not scored_at:
+        return {}
+    when = datetime.fromisoformat(scored_at)
+    return {"scored_at": str((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())}
 
 
 def _load_verified(store: RedisVersions, target: Target, loader: Loader, paths: list[str],

@@ -6,7 +6,8 @@ checks ``GET lock == token`` in the same atomic step as its write, so a publishe
 lock (paused past the TTL, or the server restarted) is refused at its next side effect with
 :class:`~batchscore.errors.FencedError`. Bulk deletes (GC, orphans) and executor loads check the
 token before each batch; what a stale holder could still write lands only in its own version,
-which nothing will ever flip to.
+which nothing will ever flip to. With an age limit the expiry of a publication's keys is set the
+same way (:meth:`RedisVersions.arm`, then the flip).
 
 The step order of a publication (load, verify, commit, flip, collect) lives in
 :mod:`batchscore.sinks.publication`; this module only knows Redis. Works on a standalone server
@@ -20,7 +21,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,8 @@ return 1
 # KEYS: lock, pointer, publication record, new meta, meta of the version the pointer names now.
 # ARGV: token, expected record seq ('' = no record), new seq, new identity, new record JSON, now,
 # mode ('forward': the new seq must be higher; 'repair': the leader's record, any seq),
-# digest the new version must hold, the identity the pointer is expected to hold ('' = none).
+# digest the new version must hold, the identity the pointer is expected to hold ('' = none),
+# the new meta's expiry deadline in ms ('' = none: persist it) and the pointer's and record's.
 _FLIP = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
 local rec = redis.call('GET', KEYS[3])
@@ -92,7 +94,45 @@ redis.call('HSET', KEYS[4], 'state', 'published', 'published_at', ARGV[6])
 if pointer and pointer ~= ARGV[4] and redis.call('EXISTS', KEYS[5]) == 1 then
   redis.call('HSET', KEYS[5], 'state', 'retired', 'retired_at', ARGV[6])
 end
+if ARGV[10] == '' then
+  redis.call('PERSIST', KEYS[4])
+else
+  redis.call('PEXPIREAT', KEYS[4], ARGV[10])
+  redis.call('PEXPIREAT', KEYS[2], ARGV[11])
+  redis.call('PEXPIREAT', KEYS[3], ARGV[11])
+end
 return 1
+"""
+
+# KEYS: lock, meta, run key. ARGV: token, ttl ms ('' = no expiry), identity. The deadline is the
+# server's clock plus the TTL; it is recorded in the meta (``expires_at``, seconds) and set on the
+# run key when that still names this version. The meta loses any earlier expiry until the flip
+# sets the new one (with the pointer's and the record's): a flip that never comes leaves a meta
+# that GC collects, never data without one. Without a TTL every earlier expiry is removed.
+_ARM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+local owns = redis.call('GET', KEYS[3]) == ARGV[3]
+redis.call('PERSIST', KEYS[2])
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[2], 'expires_at')
+  if owns then redis.call('PERSIST', KEYS[3]) end
+  return 0
+end
+local t = redis.call('TIME')
+local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+redis.call('HSET', KEYS[2], 'expires_at', string.format('%.3f', at / 1000))
+if owns then redis.call('PEXPIREAT', KEYS[3], string.format('%d', at)) end
+return at
+"""
+
+# KEYS: lock, then data keys. ARGV: token, deadline ms ('' = remove the expiry).
+_EXPIRE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
+for i = 2, #KEYS do
+  if ARGV[2] == '' then redis.call('PERSIST', KEYS[i]) else redis.call('PEXPIREAT', KEYS[i], ARGV[2]) end
+end
+return #KEYS - 1
 """
 
 # KEYS: lock, then keys to UNLINK. ARGV: token.
@@ -101,6 +141,15 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
 for i = 2, #KEYS do redis.call('UNLINK', KEYS[i]) end
 return #KEYS - 1
 """
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """A publication's expiry deadlines (ms since the epoch, the Redis server's clock): the
+    version's data and meta, and the pointer and record (a little earlier, see :meth:`RedisVersions.arm`)."""
+
+    data_ms: int
+    pointer_ms: int
 
 
 class ShortLoad(InfrastructureError):
@@ -273,16 +322,19 @@ class RedisVersions:
         return Version(version.number, version.epoch, version.buckets, "loaded", version.digest, version.count)
 
     def flip(self, version: Version, *, expected_seq: int | None, expected_pointer: str | None,
-             record: dict[str, Any], mode: str = "forward") -> None:
+             record: dict[str, Any], mode: str = "forward", expiry: Expiry | None = None) -> None:
         """Compare-and-set the pointer and the publication record: from the record whose seq is
         ``expected_seq`` (None: no record) and the pointer ``expected_pointer``, to ``version``
         and ``record``. ``forward`` only ever moves to a higher seq; ``repair`` writes the Delta
-        leader's record whatever Redis holds (after a restore of the table)."""
+        leader's record whatever Redis holds (after a restore of the table). ``expiry`` (from
+        :meth:`arm`): the deadlines the same atomic step puts on the new meta, the pointer and the
+        record; None leaves the pointer and record without one and removes the meta's."""
         ok = self._eval(
             _FLIP, 5, layout.lock_key(self.ns), layout.pointer_key(self.ns), layout.publication_key(self.ns),
             layout.meta_key(self.ns, version.vid), layout.meta_key(self.ns, expected_pointer or "none"),
             self.token or "", "" if expected_seq is None else str(expected_seq), str(record["seq"]), version.vid,
             json.dumps(record, sort_keys=True), str(time.time()), mode, version.digest, expected_pointer or "",
+            "" if expiry is None else str(expiry.data_ms), "" if expiry is None else str(expiry.pointer_ms),
         )
         self._fenced(ok, f"flip the pointer to {version.vid}")
         if ok == -1:
@@ -295,9 +347,52 @@ class RedisVersions:
                               f"{expected_seq}, pointer {expected_pointer}); not flipping, rerun the command")
         self.r.publish(layout.channel(self.ns), "flip")
 
+    def arm(self, version: Version, ttl_s: float | None, *, lead_s: float = 0.0) -> Expiry | None:
+        """Before a flip to ``version``: put the publication's expiry on its keys (``ttl_s`` from
+        now on the server's clock; None removes an expiry an earlier publication left). The data
+        buckets and the run key get the deadline here, in fenced steps; the meta, the pointer and
+        the record get it from the flip itself (the pointer and record ``lead_s`` earlier, so a
+        reader that read the pointer just before it expired still finds the whole version). The
+        data are armed before the meta: a crash in between leaves data that expire under a meta
+        that stays (GC collects it, a retry reloads it), never data that outlive their meta.
+
+        A version that already had an expiry (a kept version a rollback serves again) is checked
+        complete after its renewal: it could have expired in between."""
+        meta = self.meta(version.vid)
+        if not meta:
+            raise InfrastructureError(f"{self.ns}: Redis version {version.vid} expired or was collected before it "
+                                      "could be served; rerun the command to reload it")
+        renewing = "expires_at" in meta
+        if ttl_s is None and not renewing:
+            return None  # never armed: nothing to remove, no round trip
+        ttl_ms = "" if ttl_s is None else str(max(1, int(ttl_s * 1000)))
+        at = int(self._fenced(self._eval(
+            _ARM, 3, layout.lock_key(self.ns), layout.meta_key(self.ns, version.vid),
+            layout.run_key(self.ns, meta.get("run_id", "")), self.token or "", ttl_ms, version.vid),
+            f"set the expiry of version {version.vid}"))
+        if at == -1:
+            raise InfrastructureError(f"{self.ns}: Redis version {version.vid} expired before it could be served; "
+                                      "rerun the command to reload it")
+        deadline = "" if ttl_s is None else str(at)
+        keys = [layout.data_key(self.ns, version.vid, b) for b in range(version.buckets)]
+        self._batched(keys, _EXPIRE, [deadline], lambda pipe, k: pipe.pexpireat(k, int(at)) if deadline
+                      else pipe.persist(k), what=f"set the expiry of version {version.vid}")
+        if renewing and self.complete(version.vid, version.digest) is None:
+            raise InfrastructureError(f"{self.ns}: Redis version {version.vid} expired while it was being served "
+                                      "again; rerun the command to reload it")
+        if ttl_s is None:
+            return None
+        return Expiry(data_ms=at, pointer_ms=at - int(lead_s * 1000))
+
     def unlink(self, keys: list[str], *, what: str) -> int:
-        """``UNLINK`` ``keys`` in fenced batches of 500: one Lua script per batch on a standalone
-        server; on a Cluster (data keys span slots) a token check, then a pipeline per batch."""
+        """``UNLINK`` ``keys`` in fenced batches of 500."""
+        return self._batched(keys, _UNLINK, [], lambda pipe, k: pipe.unlink(k), what=what)
+
+    def _batched(self, keys: list[str], script: str, args: list[str], command: Callable[[Any, str], Any], *,
+                 what: str) -> int:
+        """Run ``script`` (KEYS: lock + a batch; ARGV: token + ``args``) over ``keys`` in fenced
+        batches of 500 on a standalone server; on a Cluster (data keys span slots) a token check,
+        then ``command`` for each key of the batch in one pipeline."""
         from redis.cluster import RedisCluster
 
         done = 0
@@ -307,11 +402,11 @@ class RedisVersions:
                 self.check_fence(what)
                 pipe = self.r.pipeline(transaction=False)
                 for k in batch:
-                    pipe.unlink(k)
+                    command(pipe, k)
                 done += sum(int(n) for n in pipe.execute())
             else:
-                done += int(self._fenced(self._eval(_UNLINK, 1 + len(batch), layout.lock_key(self.ns), *batch,
-                                                     self.token or ""), what))
+                done += int(self._fenced(self._eval(script, 1 + len(batch), layout.lock_key(self.ns), *batch,
+                                                     self.token or "", *args), what))
         return done
 
     def delete(self, vid: str, meta: dict[str, str]) -> None:

@@ -164,12 +164,19 @@ export function decodeScores(raw, columns) {
 
 const DECIMAL = /^[0-9]+$/;
 
+/** A meta timestamp (seconds since the epoch, text) as a Date, or null when absent or unreadable. */
+function when(raw) {
+  const t = typeof raw === 'string' && raw !== '' ? Number(raw) : NaN;
+  return Number.isFinite(t) ? new Date(t * 1000) : null;
+}
+
 /**
  * A version's metadata hash (HGETALL of its meta key) checked against the pointer's identity.
  * @param {string} ns
  * @param {{number: string, epoch: string, vid: string}} pointer
  * @param {Record<string, string>} m
- * @returns {{buckets: number, columns: string[], modelVersion: string}}
+ * @returns {{buckets: number, columns: string[], modelVersion: string, publishedAt: Date | null,
+ *   scoredAt: Date | null}}
  */
 export function parseMeta(ns, pointer, m) {
   const fail = (what, kind) => {
@@ -186,5 +193,6 @@ export function parseMeta(ns, pointer, m) {
       || typeof m.model_version !== 'string') {
     fail('has malformed metadata', 'malformed_meta');
   }
-  return { buckets, columns, modelVersion: m.model_version };
+  return { buckets, columns, modelVersion: m.model_version, publishedAt: when(m.published_at),
+    scoredAt: when(m.scored_at) };
 }

@@ -39,6 +39,8 @@ export class TimeoutError extends Error {
  * @property {string} modelVersion
  * @property {number} version    the version's number
  * @property {string} versionId  the version's identity "N.epoch"
+ * @property {Date | null} publishedAt  the flip that made the version the served one (meta `published_at`)
+ * @property {Date | null} scoredAt  when its run scored it (meta `scored_at`; null if the publisher did not record it)
  */
 
 const now = () => performance.now();
@@ -56,6 +58,8 @@ class Cache {
     this.pointers = new Map();
     /** @type {Map<string, object>} */
     this.metas = new Map();
+    /** @type {Map<string, string>} the identity each namespace's pointer named last */
+    this.lastVid = new Map();
     this.generation = 0;
     /** null: no listener; true: subscribed; false: listener cut off. */
     this.listening = null;
@@ -69,6 +73,11 @@ class Cache {
 
   remember(ns, pointer, generation) {
     if (generation === this.generation) this.pointers.set(ns, { at: now(), pointer });
+    if (pointer !== null && this.lastVid.get(ns) !== pointer.vid) {
+      // the pointer moved to this version (again?): a rollback gives it a new published_at
+      this.lastVid.set(ns, pointer.vid);
+      this.metas.delete(`${ns}\u0000${pointer.vid}`);
+    }
   }
 
   invalidate(ns = null) {
@@ -95,6 +104,8 @@ function score(meta, pointer, raw) {
     modelVersion: meta.modelVersion,
     version: Number(pointer.number),
     versionId: pointer.vid,
+    publishedAt: meta.publishedAt,
+    scoredAt: meta.scoredAt,
   };
 }
 
