@@ -53,6 +53,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
 from batchscore import redis_layout as layout
+from batchscore import splits
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Score:
     published_at: datetime | None = None
     scored_at: datetime | None = None
     stale: bool = False
+    arm: str = "champion"  # with a split (batchscore.splits): the arm that served this score
 
     @property
     def value(self) -> float:
@@ -180,6 +182,7 @@ class _Cache:
         self.prefix = prefix
         self.ttl = pointer_ttl
         self.pointers: dict[str, tuple[float, _Pointer | None]] = {}
+        self.splits: dict[str, tuple[float, splits.Split | None]] = {}  # champion ns -> its split record
         self.metas: dict[tuple[str, str], _VersionMeta] = {}
         self.last_vid: dict[str, str] = {}  # the identity each namespace's pointer named last
         self.generation = 0
@@ -196,6 +199,34 @@ class _Cache:
         if cached and time.monotonic() - cached[0] < ttl:
             return True, cached[1]
         return False, None
+
+    def fresh_split(self, ns: str) -> tuple[bool, splits.Split | None]:
+        """The cached split record of a champion namespace, trusted as long as a pointer."""
+        cached = self.splits.get(ns)
+        ttl = self.ttl if self.listening is not False else min(self.ttl, CUT_OFF_TTL)
+        if cached and time.monotonic() - cached[0] < ttl:
+            return True, cached[1]
+        return False, None
+
+    def remember_split(self, ns: str, raw: Any, generation: int) -> splits.Split | None:
+        try:
+            split = splits.parse(raw)
+        except ValueError as exc:
+            raise PointerError(f"{splits.split_key(ns)}: {exc}; set it again with `batchscore split`") from None
+        with self._lock:
+            if generation == self.generation:
+                self.splits[ns] = (time.monotonic(), split)
+        return split
+
+    @staticmethod
+    def arms(model: str, split: splits.Split | None, keys: list[str]) -> dict[str, list[str]]:
+        """Arm -> its keys (every key to the champion without a split), in first-seen order."""
+        if split is None:
+            return {splits.CHAMPION: keys}
+        out: dict[str, list[str]] = {}
+        for k in keys:
+            out.setdefault(splits.assign(split, k), []).append(k)
+        return out
 
     @staticmethod
     def parse_pointer(ns: str, raw: Any) -> _Pointer | None:
@@ -230,8 +261,10 @@ class _Cache:
             self.generation += 1
             if ns is None:
                 self.pointers.clear()
+                self.splits.clear()
             else:
                 self.pointers.pop(ns, None)
+                self.splits.pop(ns, None)
 
     def on_message(self, message: dict[str, Any]) -> None:
         """A flip announcement on ``{ns}:changed``: drop that pointer. The payload is ignored."""
@@ -280,24 +313,59 @@ class _Cache:
         return by_bucket
 
     @staticmethod
-    def score(meta: _VersionMeta, pointer: _Pointer, raw: bytes | None, stale: bool = False) -> Score | None:
+    def score(meta: _VersionMeta, pointer: _Pointer, raw: bytes | None, stale: bool = False,
+              arm: str = splits.CHAMPION) -> Score | None:
         if raw is None:
             return None
         values = layout.decode_scores(raw, len(meta.columns))
         return Score(dict(zip(meta.columns, values, strict=True)), meta.model_version, pointer.number, pointer.vid,
-                     meta.published_at, meta.scored_at, stale)
+                     meta.published_at, meta.scored_at, stale, arm)
 
     @staticmethod
     def scores(meta: _VersionMeta, pointer: _Pointer, plan: dict[str, list[str]], replies: list[Any],
-               wanted: list[str], stale: bool = False) -> dict[str, Score | None]:
+               wanted: list[str], stale: bool = False, arm: str = splits.CHAMPION) -> dict[str, Score | None]:
         """The pipelined ``HMGET`` replies of ``plan`` as scores, in ``wanted``'s order."""
         out: dict[str, Score | None] = {}
         for ks, raws in zip(plan.values(), replies, strict=True):
-            out.update({k: _Cache.score(meta, pointer, raw, stale) for k, raw in zip(ks, raws, strict=True)})
+            out.update({k: _Cache.score(meta, pointer, raw, stale, arm) for k, raw in zip(ks, raws, strict=True)})
         return {k: out[k] for k in wanted}
 
     def pattern(self) -> str:
         return "{" + _glob_escape(self.prefix) + ":*}:changed"
+
+
+@dataclass(frozen=True)
+class _Arm:
+    """One arm of a lookup: what it reads (its namespace's served version) and which keys."""
+
+    name: str
+    ns: str
+    pointer: _Pointer | None
+    meta: _VersionMeta | None
+    keys: list[str]
+    stale: bool = False
+
+    def plan(self) -> dict[str, list[str]]:
+        assert self.pointer is not None and self.meta is not None
+        return _Cache.plan(self.ns, self.pointer, self.meta, self.keys)
+
+
+def _arm_model(model: str, arm: str) -> str:
+    return model if arm == splits.CHAMPION else f"{model}@{arm}"
+
+
+def _collect(arms: list[_Arm], plans: list[dict[str, list[str]]], replies: list[Any],
+             wanted: list[str]) -> dict[str, Score | None]:
+    """Every arm's share of one pipeline's replies as scores, in ``wanted``'s order."""
+    out: dict[str, Score | None] = dict.fromkeys(wanted)
+    at = 0
+    for arm, plan in zip(arms, plans, strict=True):
+        if arm.pointer is None or arm.meta is None:
+            continue
+        mine = replies[at:at + len(plan)]
+        at += len(plan)
+        out.update(_Cache.scores(arm.meta, arm.pointer, plan, mine, arm.keys, arm.stale, arm.name))
+    return {k: out[k] for k in wanted}
 
 
 class _Subscription:
@@ -483,28 +551,41 @@ class ScoreReader:
         self._c.invalidate(None if model is None else self._c.ns(model))
 
     def get(self, model: str, key: Any) -> Score | None:
-        """The current score of one entity (one ``HGET``), or None when it is not published (or
-        its publication expired). Raises :class:`StaleScoreError` past ``max_age`` with ``on_stale="raise"``."""
-        ns, pointer, meta = self._resolve(model)
+        """The current score of one entity (one ``HGET`` once cached), or None when it is not
+        published (or its publication expired). With a split (``batchscore split``) the key's arm
+        serves it (:attr:`Score.arm`). Raises :class:`StaleScoreError` past ``max_age`` with
+        ``on_stale="raise"``."""
+        k = str(key)
+        split = self._split(model)
+        arm = splits.CHAMPION if split is None else splits.assign(split, k)
+        ns, pointer, meta = self._resolve(_arm_model(model, arm))
         if pointer is None or meta is None:
             return None
         stale = self._age.stale(model, pointer, meta)
-        k = str(key)
         raw = self._r.hget(layout.data_key(ns, pointer.vid, layout.bucket_of(k, meta.buckets)), k)
-        return _Cache.score(meta, pointer, raw, stale)
+        return _Cache.score(meta, pointer, raw, stale, arm)
 
     def get_many(self, model: str, keys: Iterable[Any]) -> dict[str, Score | None]:
-        """Current scores of many entities in one pipelined round trip (keys returned as str)."""
+        """Current scores of many entities in one pipelined round trip (keys returned as str),
+        every arm of a split in the same pipeline; each arm reads one version."""
         wanted = [str(k) for k in keys]
-        ns, pointer, meta = self._resolve(model)
-        if pointer is None or meta is None:
+        arms = []
+        for name, ks in _Cache.arms(model, self._split(model), wanted).items():
+            ns, pointer, meta = self._resolve(_arm_model(model, name))
+            stale = self._age.stale(model, pointer, meta) if pointer is not None and meta is not None else False
+            arms.append(_Arm(name, ns, pointer, meta, ks, stale))
+        plans = [a.plan() if a.pointer is not None and a.meta is not None else {} for a in arms]
+        if not any(plans):
             return dict.fromkeys(wanted)
-        stale = self._age.stale(model, pointer, meta)
-        plan = _Cache.plan(ns, pointer, meta, wanted)
         pipe = self._r.pipeline(transaction=False)
-        for data_key, ks in plan.items():
-            pipe.hmget(data_key, ks)
-        return _Cache.scores(meta, pointer, plan, pipe.execute(), wanted, stale)
+        for plan in plans:
+            for data_key, ks in plan.items():
+                pipe.hmget(data_key, ks)
+        return _collect(arms, plans, pipe.execute(), wanted)
+
+    def split(self, model: str) -> splits.Split | None:
+        """The model's traffic split as this reader sees it (cached like a pointer), or None."""
+        return self._split(model)
 
     def close(self) -> None:
         if self._listener is not None:
@@ -524,6 +605,14 @@ class ScoreReader:
             return pointer
         generation = self._c.generation
         return self._c.remember(ns, self._r.get(layout.pointer_key(ns)), generation)
+
+    def _split(self, model: str) -> splits.Split | None:
+        ns = self._c.ns(model)
+        ok, split = self._c.fresh_split(ns)
+        if ok:
+            return split
+        generation = self._c.generation
+        return self._c.remember_split(ns, self._r.get(splits.split_key(ns)), generation)
 
     def _resolve(self, model: str) -> tuple[str, _Pointer | None, _VersionMeta | None]:
         ns = self._c.ns(model)
@@ -654,25 +743,42 @@ class AsyncScoreReader:
         self._c.invalidate(None if model is None else self._c.ns(model))
 
     async def get(self, model: str, key: Any) -> Score | None:
-        ns, pointer, meta = await self._resolve(model)
+        k = str(key)
+        split = await self._split(model)
+        arm = splits.CHAMPION if split is None else splits.assign(split, k)
+        ns, pointer, meta = await self._resolve(_arm_model(model, arm))
         if pointer is None or meta is None:
             return None
         stale = self._age.stale(model, pointer, meta)
-        k = str(key)
         raw = await self._r.hget(layout.data_key(ns, pointer.vid, layout.bucket_of(k, meta.buckets)), k)
-        return _Cache.score(meta, pointer, raw, stale)
+        return _Cache.score(meta, pointer, raw, stale, arm)
 
     async def get_many(self, model: str, keys: Iterable[Any]) -> dict[str, Score | None]:
         wanted = [str(k) for k in keys]
-        ns, pointer, meta = await self._resolve(model)
-        if pointer is None or meta is None:
+        arms = []
+        for name, ks in _Cache.arms(model, await self._split(model), wanted).items():
+            ns, pointer, meta = await self._resolve(_arm_model(model, name))
+            stale = self._age.stale(model, pointer, meta) if pointer is not None and meta is not None else False
+            arms.append(_Arm(name, ns, pointer, meta, ks, stale))
+        plans = [a.plan() if a.pointer is not None and a.meta is not None else {} for a in arms]
+        if not any(plans):
             return dict.fromkeys(wanted)
-        stale = self._age.stale(model, pointer, meta)
-        plan = _Cache.plan(ns, pointer, meta, wanted)
         pipe = self._r.pipeline(transaction=False)
-        for data_key, ks in plan.items():
-            pipe.hmget(data_key, ks)
-        return _Cache.scores(meta, pointer, plan, await pipe.execute(), wanted, stale)
+        for plan in plans:
+            for data_key, ks in plan.items():
+                pipe.hmget(data_key, ks)
+        return _collect(arms, plans, await pipe.execute(), wanted)
+
+    async def split(self, model: str) -> splits.Split | None:
+        return await self._split(model)
+
+    async def _split(self, model: str) -> splits.Split | None:
+        ns = self._c.ns(model)
+        ok, split = self._c.fresh_split(ns)
+        if ok:
+            return split
+        generation = self._c.generation
+        return self._c.remember_split(ns, await self._r.get(splits.split_key(ns)), generation)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -72,7 +71,7 @@ def load_version(spark: SparkSession, cfg: ModelConfig, paths: list[str], url: s
 def publish_target(cfg: ModelConfig) -> publication.Target:
     """What publish, rollback, reconcile and gc act on: :func:`target_of` with the Redis age limit
     (``outputs.redis.ttl_seconds``)."""
-    return replace(target_of(cfg), ttl_seconds=cfg.outputs.redis.ttl_seconds)
+    return target_of(cfg)
 
 
 def spark_loader(spark: SparkSession, cfg: ModelConfig, url: str) -> publication.Loader:

@@ -26,6 +26,7 @@ def target_of(cfg: ModelConfig) -> publication.Target:
         gc_grace_seconds=rc.gc_grace_seconds,
         lock_ttl_seconds=rc.lock_ttl_seconds,
         storage=cfg.store,
+        ttl_seconds=rc.ttl_seconds,
     )
 
 

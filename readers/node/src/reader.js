@@ -9,6 +9,8 @@
 // the next lookup re-reads the pointer from the reader's own database). While the listener is
 // cut off a cached pointer is trusted at most CUT_OFF_TTL_MS.
 
+import { createHash } from 'node:crypto';
+
 import { createClient, RESP_TYPES } from 'redis';
 
 import {
@@ -43,6 +45,39 @@ export class TimeoutError extends Error {
  * @property {Date | null} scoredAt  when its run scored it (meta `scored_at`; null if the publisher did not record it)
  */
 
+export const CHAMPION = 'champion';
+
+/** The split record of a champion namespace (batchscore/splits.py): {seq, salt, arms: [[name, weight], ...]}. */
+export function parseSplit(ns, raw) {
+  if (raw === null || raw === undefined) return null;
+  let doc;
+  try {
+    doc = JSON.parse(String(raw));
+  } catch {
+    throw new PointerError(`{${ns}}:split is not valid JSON; set it again with \`batchscore split\``);
+  }
+  const arms = (doc.arms ?? []).map(([name, weight]) => [String(name), Number(weight)]);
+  const total = arms.reduce((t, [, w]) => t + w, 0);
+  if (!(total > 0) || arms.some(([, w]) => !(w >= 0))) {
+    throw new PointerError(`{${ns}}:split has no positive weight; set it again with \`batchscore split\``);
+  }
+  return { seq: Number(doc.seq), salt: String(doc.salt), arms, total };
+}
+
+/** The arm of `key` (its text) under `split`: the same arm as the Python readers (sha256 of salt NUL key). */
+export function assignArm(split, key) {
+  const digest = createHash('sha256').update(`${split.salt}\u0000${key}`, 'utf8').digest();
+  const u = (Number(digest.readBigUInt64BE(0)) / 2 ** 64) * split.total;
+  let edge = 0;
+  for (const [arm, weight] of split.arms) {
+    edge += weight;
+    if (weight && u < edge) return arm;
+  }
+  return [...split.arms].reverse().find(([, w]) => w > 0)[0];
+}
+
+const armModel = (model, arm) => (arm === CHAMPION ? model : `${model}@${arm}`);
+
 const now = () => performance.now();
 const sleep = (ms, signal) => new Promise((resolve) => {
   const t = setTimeout(resolve, ms);
@@ -56,6 +91,8 @@ class Cache {
     this.ttlMs = ttlMs;
     /** @type {Map<string, {at: number, pointer: object | null}>} */
     this.pointers = new Map();
+    /** @type {Map<string, {at: number, split: object | null}>} champion ns -> its split record */
+    this.splits = new Map();
     /** @type {Map<string, object>} */
     this.metas = new Map();
     /** @type {Map<string, string>} the identity each namespace's pointer named last */
@@ -80,10 +117,21 @@ class Cache {
     }
   }
 
+  freshSplit(ns) {
+    const hit = this.splits.get(ns);
+    const ttl = this.listening === false ? Math.min(this.ttlMs, CUT_OFF_TTL_MS) : this.ttlMs;
+    return hit !== undefined && now() - hit.at < ttl ? hit : null;
+  }
+
   invalidate(ns = null) {
     this.generation += 1;
-    if (ns === null) this.pointers.clear();
-    else this.pointers.delete(ns);
+    if (ns === null) {
+      this.pointers.clear();
+      this.splits.clear();
+    } else {
+      this.pointers.delete(ns);
+      this.splits.delete(ns);
+    }
   }
 
   meta(ns, vid) {
@@ -96,7 +144,7 @@ class Cache {
   }
 }
 
-function score(meta, pointer, raw) {
+function score(meta, pointer, raw, arm = CHAMPION) {
   if (raw === null || raw === undefined) return null;
   const values = decodeScores(raw, meta.columns.length);
   return {
@@ -106,6 +154,7 @@ function score(meta, pointer, raw) {
     versionId: pointer.vid,
     publishedAt: meta.publishedAt,
     scoredAt: meta.scoredAt,
+    arm,
   };
 }
 
@@ -214,10 +263,17 @@ export class ScoreReader {
    */
   async get(model, key) {
     const k = keyText(key);
-    const { ns, pointer, meta } = await this.#resolve(model);
+    const split = await this.#split(model);
+    const arm = split === null ? CHAMPION : assignArm(split, k);
+    const { ns, pointer, meta } = await this.#resolve(armModel(model, arm));
     if (pointer === null) return null;
     const raw = await this.#timed(this.raw.hGet(dataKey(ns, pointer.vid, bucketOf(k, meta.buckets)), k));
-    return score(meta, pointer, raw);
+    return score(meta, pointer, raw, arm);
+  }
+
+  /** The model's traffic split as this reader sees it (cached like a pointer), or null. */
+  async split(model) {
+    return this.#split(model);
   }
 
   /**
@@ -227,26 +283,42 @@ export class ScoreReader {
    */
   async getMany(model, keys) {
     const wanted = Array.from(keys, keyText);
-    const { ns, pointer, meta } = await this.#resolve(model);
-    if (pointer === null) return new Map(wanted.map((k) => [k, null]));
-    /** @type {Map<string, string[]>} data key -> the wanted entity keys in that bucket */
-    const plan = new Map();
+    const split = await this.#split(model);
+    /** @type {Map<string, string[]>} arm -> its keys */
+    const byArm = new Map();
     for (const k of wanted) {
-      const dk = dataKey(ns, pointer.vid, bucketOf(k, meta.buckets));
-      const ks = plan.get(dk);
+      const arm = split === null ? CHAMPION : assignArm(split, k);
+      const ks = byArm.get(arm);
       if (ks) ks.push(k);
-      else plan.set(dk, [k]);
+      else byArm.set(arm, [k]);
+    }
+    const parts = []; // one per arm that has a version: {arm, meta, pointer, plan}
+    for (const [arm, ks] of byArm) {
+      const { ns, pointer, meta } = await this.#resolve(armModel(model, arm));
+      if (pointer === null) continue;
+      /** @type {Map<string, string[]>} data key -> the wanted entity keys in that bucket */
+      const plan = new Map();
+      for (const k of ks) {
+        const dk = dataKey(ns, pointer.vid, bucketOf(k, meta.buckets));
+        const got = plan.get(dk);
+        if (got) got.push(k);
+        else plan.set(dk, [k]);
+      }
+      parts.push({ arm, meta, pointer, plan });
     }
     const pipe = this.raw.multi();
-    for (const [dk, ks] of plan) pipe.hmGet(dk, ks);
-    const replies = plan.size ? await this.#timed(pipe.execAsPipeline()) : [];
+    for (const { plan } of parts) for (const [dk, ks] of plan) pipe.hmGet(dk, ks);
+    const size = parts.reduce((n, p) => n + p.plan.size, 0);
+    const replies = size ? await this.#timed(pipe.execAsPipeline()) : [];
     const found = new Map();
     let i = 0;
-    for (const ks of plan.values()) {
-      const raws = replies[i++];
-      ks.forEach((k, j) => found.set(k, score(meta, pointer, raws[j])));
+    for (const { arm, meta, pointer, plan } of parts) {
+      for (const ks of plan.values()) {
+        const raws = replies[i++];
+        ks.forEach((k, j) => found.set(k, score(meta, pointer, raws[j], arm)));
+      }
     }
-    return new Map(wanted.map((k) => [k, found.get(k)]));
+    return new Map(wanted.map((k) => [k, found.get(k) ?? null]));
   }
 
   async close() {
@@ -270,6 +342,16 @@ export class ScoreReader {
     const pointer = raw === null ? null : parsePointer(ns, raw);
     this.cache.remember(ns, pointer, generation);
     return pointer;
+  }
+
+  async #split(model) {
+    const ns = namespace(this.cache.prefix, model);
+    const hit = this.cache.freshSplit(ns);
+    if (hit !== null) return hit.split;
+    const generation = this.cache.generation;
+    const split = parseSplit(ns, await this.#timed(this.client.get(`{${ns}}:split`)));
+    if (generation === this.cache.generation) this.cache.splits.set(ns, { at: now(), split });
+    return split;
   }
 
   async #resolve(model) {
