@@ -187,3 +187,23 @@ def test_split_cli_sets_weights_atomically_and_refuses_unpublished_arms(
         splits.set_split(r, "t:m", (("champion", 1),), expected=first)
     assert splits.read_split(r, "t:m") == second
     assert cli(args) == 0 and "split #2" in capsys.readouterr().out
+
+
+def test_a_blocked_challenger_keeps_its_last_publication(spark: Any, redis_url: str, world: dict[str, Any]) -> None:
+    alt = write_onnx_mlp(world["dir"] / "alt.onnx", (8, 16, 1), seed=34)
+    raw = yaml.safe_load(world["cfg"].read_text())
+    raw["challengers"] = [_loose("alt", alt)]
+    world["cfg"].write_text(yaml.safe_dump(raw))
+    cfg = load_model_config(world["cfg"])
+    assert run_job.run(spark, cfg, run_id="r1", run_date="2026-12-01",
+                       redis_url=redis_url).challengers["alt"].startswith("published")
+    side = cfg.challenger("alt")
+    r = redis.Redis.from_url(redis_url)
+    before = DeltaTable(side.outputs.delta.path).version(), r.get(layout.pointer_key("t:m@alt"))
+    raw["challengers"][0]["comparison"]["spearman"] = {"warn": 0.9999, "block": 0.999}  # now it is blocked
+    world["cfg"].write_text(yaml.safe_dump(raw))
+    cfg = load_model_config(world["cfg"])
+    rep = run_job.run(spark, cfg, run_id="r2", run_date="2026-12-02", redis_url=redis_url)
+    assert rep.challengers["alt"].startswith("not published: comparison blocked")
+    assert DeltaTable(cfg.outputs.delta.path).version() == 1  # the champion moved on
+    assert (DeltaTable(side.outputs.delta.path).version(), r.get(layout.pointer_key("t:m@alt"))) == before
