@@ -68,7 +68,7 @@ def frame_columns(cfg: ModelConfig, sides: list[Side]) -> list[str]:
 
 def clear(sides: list[Side], run_id: str) -> None:
     for s in sides:
-        state.invalidate(s.cfg, run_id, "validation", "publish", "run")
+        state.invalidate(s.cfg, run_id, "validation", "comparison", "publish", "run")
         st.delete_dir(s.shadow.run_path, s.cfg.store)
 
 

@@ -73,7 +73,8 @@ def promote(spark: SparkSession, cfg: ModelConfig, *, challenger: str, redis_url
         entry.log(f"promote {cfg.name}: challenger {challenger}'s publication {head.seq} (run {head.run_id}) staged "
                   f"as run {run_id}")
     # The served scores are the challenger's: Redis's metadata and the commit name its model version.
-    served = cfg.model_copy(update={"model": cfg.model.model_copy(update={"version": side.model.version})})
+    served = cfg.model_copy(update={"model": cfg.model.model_copy(update={"version": side.model.version}),
+                                    "challengers": []})
     return publish(spark, served, run_id=run_id, redis_url=redis_url, allow_older=True)
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -207,11 +208,15 @@ def publish(
         already_published=out.action == "already-published",
         seconds=round(time.perf_counter() - started, 2),
     )
-    state.write_report(cfg, run_id, "publish", report)
     log.info(
         f"{store.ns}: serving publication {pub.seq}: Redis version {pub.redis_version} "
         f"(was {out.previous_redis_version})"
     )
+    if cfg.challengers:  # the ones that passed, each in its own namespace, after the champion (jobs.shadow)
+        from batchscore.jobs import shadow
+
+        report = replace(report, challengers=shadow.publish_passing(spark, cfg, run_id, redis_url))
+    state.write_report(cfg, run_id, "publish", report)
     return report
 
 
@@ -239,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "publication": rep.publication,
                 "redis version": rep.redis_version,
                 "time": f"{rep.seconds} s",
+                **{f"challenger {k}": v for k, v in rep.challengers.items()},
             },
         )
         return rep

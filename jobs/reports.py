@@ -101,6 +101,7 @@ class ValidationReport(Report):
     histogram_png: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    challengers: dict[str, str] = field(default_factory=dict)  # name -> passed, or why it will not be published
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +120,7 @@ class PublishReport(Report):
     gc_versions: list[str] = field(default_factory=list)
     already_published: bool = False
     seconds: float = 0.0
+    challengers: dict[str, str] = field(default_factory=dict)  # name -> published in shadow, or why not
 
 
 @dataclass(frozen=True, kw_only=True)

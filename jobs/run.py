@@ -8,13 +8,11 @@ from collections.abc import Sequence
 
 from pyspark.sql import SparkSession
 
-from batchscore.config import Challenger, ModelConfig, load_model_config
-from batchscore.errors import ValidationRejectedError
+from batchscore.config import ModelConfig, load_model_config
 from batchscore.exit import exit_now
 from batchscore.jobs import entry, state
-from batchscore.jobs.compare import compare
 from batchscore.jobs.publish import _require_validated, publish
-from batchscore.jobs.reports import RunReport, ValidationReport
+from batchscore.jobs.reports import RunReport
 from batchscore.jobs.score import add_full_flag, score
 from batchscore.jobs.session import session_for
 from batchscore.jobs.validate import prefetch_imports, validate
@@ -39,45 +37,17 @@ def run(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, re
         prefetch_imports()  # GX + matplotlib load in the background while the driver waits on scoring
         scored = score(spark, cfg, run_id=run_id, run_date=run_date, full=full)
         validated = validate(spark, cfg, run_id=run_id)
-    judged = [_judge_challenger(spark, cfg, c, run_id) for c in cfg.challengers]  # before anything is visible
-    t_pub = time.perf_counter()
-    published = publish(spark, cfg, run_id=run_id, redis_url=redis_url)
-    outcomes = {}
-    for c, why in zip(cfg.challengers, judged, strict=True):
-        if why is not None:
-            outcomes[c.name] = f"not published: {why}"
-            continue
-        shadow = publish(spark, cfg.challenger(c.name), run_id=run_id, redis_url=redis_url)
-        outcomes[c.name] = f"published in shadow: Delta version {shadow.delta_version}, Redis {shadow.redis_version}"
+    published = publish(spark, cfg, run_id=run_id, redis_url=redis_url)  # the challengers too (jobs.shadow)
     report = RunReport(
         model=cfg.name, run_id=run_id, run_date=run_date, rows=published.rows,
         delta_version=published.delta_version, redis_version=published.redis_version,
         model_loads=scored.model_loads, model_load_seconds=scored.model_load_seconds,
         warnings=validated.warnings, seconds=round(time.perf_counter() - started, 2),
-        steps={"score": scored.seconds, "validate": validated.seconds, "publish": published.seconds,
-               **({"challengers": round(time.perf_counter() - t_pub - published.seconds, 2)} if judged else {})},
-        challengers=outcomes,
+        steps={"score": scored.seconds, "validate": validated.seconds, "publish": published.seconds},
+        challengers=published.challengers,
     )
     state.write_report(cfg, run_id, "run", report)
     return report
-
-
-def _judge_challenger(spark: SparkSession, cfg: ModelConfig, c: Challenger, run_id: str) -> str | None:
-    """Validate a challenger with its own rules and compare it with the champion; None when it
-    may be published, else why not (a blocked challenger never stops the champion)."""
-    side = cfg.challenger(c.name)
-    try:
-        validated = state.read(side, run_id, ValidationReport)
-        if validated is None or not validated.passed:
-            validate(spark, side, run_id=run_id)
-    except ValidationRejectedError as exc:
-        log.warning(f"run {cfg.name}: challenger {c.name} rejected by its validation; not published")
-        return f"validation rejected ({str(exc).split(': ', 1)[-1]})"
-    verdict = compare(cfg, c, run_id=run_id)
-    if not verdict.passed:
-        log.warning(f"run {cfg.name}: challenger {c.name} blocked by the comparison; not published")
-        return "comparison blocked: " + "; ".join(verdict.blocking)
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

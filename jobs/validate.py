@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,11 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> Validatio
         raise ValidationRejectedError(
             f"run {run_id} of '{cfg.name}' rejected: {reasons} (report: {path}, histogram: {png})"
         )
+    if cfg.challengers:  # each with its own rules, then against the champion (jobs.shadow)
+        from batchscore.jobs import shadow
+
+        report = replace(report, challengers=shadow.judge(spark, cfg, run_id))
+        state.write_report(cfg, run_id, "validation", report)
     return report
 
 
@@ -312,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "report": state.report_uri(cfg, run_id, "validation.json"),
                 "histogram": rep.histogram_png,
                 "time": f"{rep.seconds} s",
+                **{f"challenger {k}": v for k, v in rep.challengers.items()},
             },
         )
         return rep

@@ -20,7 +20,7 @@ from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
 from batchscore.jobs import run as run_job
 from batchscore.jobs import state
-from batchscore.jobs.reports import ComparisonReport
+from batchscore.jobs.reports import ComparisonReport, PublishReport
 from batchscore.testing.demo_data import write_features, write_onnx_mlp
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -207,3 +207,21 @@ def test_a_blocked_challenger_keeps_its_last_publication(spark: Any, redis_url: 
     assert rep.challengers["alt"].startswith("not published: comparison blocked")
     assert DeltaTable(cfg.outputs.delta.path).version() == 1  # the champion moved on
     assert (DeltaTable(side.outputs.delta.path).version(), r.get(layout.pointer_key("t:m@alt"))) == before
+
+
+def test_the_separate_steps_judge_and_publish_challengers_as_run_does(
+        spark: Any, redis_url: str, world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from batchscore.jobs import publish as publish_job
+    from batchscore.jobs import score as score_job
+    from batchscore.jobs import validate as validate_job
+
+    args = ["--model-config", str(world["cfg"]), "--run-id", "s1"]
+    assert score_job.main(args) == 0 and validate_job.main(args) == 0  # the Airflow DAG's tasks
+    out = capsys.readouterr().out
+    assert "challenger twin" in out and "comparison blocked" in out
+    assert publish_job.main(args) == 0
+    cfg = load_model_config(world["cfg"])
+    rep = state.read(cfg, "s1", PublishReport)
+    assert rep is not None and rep.challengers["twin"].startswith("published in shadow")
+    assert rep.challengers["other"].startswith("not published: comparison blocked")
+    assert DeltaTable(cfg.challenger("twin").outputs.delta.path).version() == 0
