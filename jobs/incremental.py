@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -49,6 +50,10 @@ log = logging.getLogger(__name__)
 MAX_SHARE = 0.5
 #: At most this many keys are collected to the driver to filter the scoring pass.
 MAX_KEYS = 5_000_000
+#: A reference of up to this many rows is joined in Arrow on the driver; above, Spark joins it.
+DRIVER_ROWS = 20_000_000
+#: When a sample of the input shows more than this share changed or new, the plan is skipped.
+EARLY_SHARE = 0.8
 
 _IN_H, _IN_P, _PH = "__bs_in_input", "__bs_in_reference", "__bs_reference_hash"
 
@@ -83,10 +88,13 @@ class Plan:
     reference_files: list[str] = field(default_factory=list)
     reference_version: int | None = None
     reference_schema: Any = None  # pyarrow schema of the reference files
+    reference_rows: int = 0
     counted: dict[str, int] = field(default_factory=dict)
 
     def stage(self, source: InputScan, writer: Any, score_fn: ScoreFn) -> list[list[Any]]:
         """Stage the run's rows with ``writer``; the report rows of each job that wrote files."""
+        if self.full_reason is None and self.reference_rows <= DRIVER_ROWS:
+            return self._stage_on_driver(source, writer, score_fn)
         if self.full_reason is not None:
             log.info("score %s: incremental: scoring every row (%s)", self.cfg.name, self.full_reason)
             return [score_fn(source).collect()]
@@ -123,6 +131,92 @@ class Plan:
         c = self.counted
         return Counts("incremental", reused=c["reused"], rescored=c["changed"], new=c["new"], dropped=c["dropped"],
                       from_version=self.reference_version)
+
+    # -- the plan on the driver (a reference of up to DRIVER_ROWS rows) ---------------------------
+
+    def _stage_on_driver(self, source: InputScan, writer: Any, score_fn: ScoreFn) -> list[list[Any]]:
+        """The same plan with the join in Arrow on the driver: the reference's key, hash and outputs
+        read with pyarrow, the input's hashes collected from the hash pass (16 bytes a row), one
+        hash join; the reused rows are written by ``writer`` right here. Cheaper than Spark's
+        shuffle join by far at these sizes (``benchmarks/README.md``, "Incremental scoring")."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        key, cols = self.cfg.input.key, list(self.cfg.outputs.columns)
+        ref = self._reference_table([key, HASH, *cols])
+        share = self._sampled_change(source, ref)
+        if share is not None and share > EARLY_SHARE:
+            self.full_reason = f"≈{share:.0%} of a sample of the input changed or new, above {EARLY_SHARE:.0%}"
+            log.info("score %s: incremental: scoring every row (%s)", self.cfg.name, self.full_reason)
+            return [score_fn(source).collect()]
+        hashes = self._hashes(source).toArrow()
+        h = hashes.append_column(_IN_H, pa.array(np.ones(hashes.num_rows, dtype=bool)))
+        p = ref.rename_columns([key, _PH, *cols]).append_column(_IN_P, pa.array(np.ones(ref.num_rows, dtype=bool)))
+        if h.schema.field(key).type != p.schema.field(key).type:
+            p = p.set_column(0, pa.field(key, h.schema.field(key).type), pc.cast(p.column(0), h.schema.field(key).type))
+        joined = h.join(p, keys=key, join_type="full outer")
+        in_h = pc.fill_null(joined[_IN_H], False)
+        in_p = pc.fill_null(joined[_IN_P], False)
+        reuse = pc.fill_null(pc.and_kleene(pc.and_kleene(in_h, in_p), pc.equal(joined[HASH], joined[_PH])), False)
+        c = {"reused": _count(reuse), "changed": _count(pc.and_(pc.and_(in_h, in_p), pc.invert(reuse))),
+             "new": _count(pc.and_(in_h, pc.invert(in_p))), "dropped": _count(pc.and_(in_p, pc.invert(in_h))),
+             "null_keys": int(hashes.column(0).null_count)}
+        self.counted = c
+        h_rows, todo = c["reused"] + c["changed"] + c["new"], c["changed"] + c["new"]
+        if h_rows and todo > MAX_SHARE * h_rows:
+            self.full_reason = f"{todo:,} of {h_rows:,} rows changed or new, above {MAX_SHARE:.0%}"
+            log.info("score %s: incremental: scoring every row (%s)", self.cfg.name, self.full_reason)
+            return [score_fn(source).collect()]
+        log.info("score %s: incremental against Delta version %s: %s reused, %s changed, %s new, %s dropped",
+                 self.cfg.name, self.reference_version, f"{c['reused']:,}", f"{c['changed']:,}", f"{c['new']:,}",
+                 f"{c['dropped']:,}")
+        jobs = []
+        if todo or c["null_keys"]:
+            wanted = joined.filter(pc.and_(in_h, pc.invert(reuse))).column(key).combine_chunks()
+            keys = pc.unique(pc.drop_null(wanted))
+            jobs.append(score_fn(source, only_keys=self.spark.sparkContext.broadcast(keys)).collect())
+        if c["reused"]:
+            kept = joined.filter(reuse)
+            table = pa.table({key: kept[key], HASH: kept[_PH], **{n: pc.cast(kept[n], pa.float32()) for n in cols}})
+            jobs.append([r for b in writer(iter(table.to_batches(max_chunksize=1 << 20))) for r in b.to_pylist()])
+        return jobs
+
+    def _reference_table(self, columns: list[str]) -> Any:
+        import pyarrow as pa
+
+        parts = [st.parquet_file(u, self.cfg.store).read(columns=columns) for u in self.reference_files]
+        return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
+
+    def _sampled_change(self, source: InputScan, ref: Any) -> float | None:
+        """The share of changed or new rows in one row group of the input (read on the driver), to
+        skip the plan when nearly everything changed; None when the input is not read as files."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from batchscore.udfs.arrow_input import features_matrix
+        from batchscore.udfs.feature_hash import row_hashes
+
+        spec = self.cfg.input
+        if not source.files:
+            return None
+        names = [spec.key, *(spec.features or [str(spec.feature_array)])]
+        phys = source.physical or {}
+        f = st.parquet_file(source.files[0], self.cfg.store)
+        if not f.metadata.num_row_groups:
+            return None
+        rg = f.read_row_group(0, columns=[phys.get(n, n) for n in names]).rename_columns(names)
+        try:
+            x = features_matrix(rg.combine_chunks().to_batches()[0], spec.features, spec.feature_array,
+                                spec.n_features)
+        except Exception:  # noqa: BLE001 - a bad row: the plan and the scoring pass handle it
+            return None
+        sample = pa.table({spec.key: rg.column(0), "h": pa.array(row_hashes(x), pa.int64())})
+        known = ref.select([spec.key, HASH])
+        if known.schema.field(0).type != sample.schema.field(0).type:
+            return None
+        hit = sample.join(known, keys=spec.key, join_type="left outer")
+        same = pc.sum(pc.fill_null(pc.equal(hit["h"], hit[HASH]), False)).as_py() or 0
+        return 1 - same / max(1, sample.num_rows)
 
     # -- the plan ------------------------------------------------------------------------------
 
@@ -191,6 +285,12 @@ def _reuse(plan: Plan) -> Any:
     return F.coalesce(same, F.lit(False))  # a null hash (a row that cannot be hashed) is never reused
 
 
+def _count(mask: Any) -> int:
+    import pyarrow.compute as pc
+
+    return int(pc.sum(mask).as_py() or 0)
+
+
 def _through(writer: Any) -> Any:
     def write(batches: Any) -> Any:
         yield from writer(batches)
@@ -232,17 +332,31 @@ def plan_for(spark: SparkSession, cfg: ModelConfig, source: InputScan, ref: Mode
         plan.full_reason = (f"the key's type changed ({schema.field(cfg.input.key).type} published, "
                             f"{_key_arrow_type(source, cfg)} now)")
         return plan
-    head = first.read_row_group(0, columns=["model_sha256", "model_version"]) if first.metadata.num_row_groups else None
-    if head is not None and head.num_rows:
-        sha, ver = head.column(0)[0].as_py(), head.column(1)[0].as_py()
-        if sha != ref.sha256:
-            plan.full_reason = f"the model artifact changed (sha256 {str(sha)[:12]} published, {ref.sha256[:12]} now)"
-            return plan
-        if ver != cfg.model.version:
-            plan.full_reason = f"model.version changed ({ver} published, {cfg.model.version} now)"
+    for column, now, what in (("model_sha256", ref.sha256, "the model artifact"),
+                              ("model_version", cfg.model.version, "model.version")):
+        published = {v for u in files for v in _values(u, column, store)}
+        if published and published != {now}:
+            shown = ", ".join(sorted(str(v)[:12] for v in published))
+            plan.full_reason = f"{what} changed ({shown} published, {str(now)[:12]} now)"
             return plan
     plan.reference_files, plan.reference_schema = files, schema
+    plan.reference_rows = sum(st.parquet_file(u, store).metadata.num_rows for u in files)
     return plan
+
+
+def _values(uri: str, column: str, storage: Any) -> set[Any]:
+    """The distinct values of a constant-per-run column of one file, from its row groups' statistics
+    (min and max), reading the column only where a row group has none."""
+    f = st.parquet_file(uri, storage)
+    idx = f.schema_arrow.get_field_index(column)
+    out: set[Any] = set()
+    for g in range(f.metadata.num_row_groups):
+        stats = f.metadata.row_group(g).column(idx).statistics
+        if stats is not None and stats.has_min_max:
+            out.update({stats.min, stats.max})
+        else:
+            out.update(f.read_row_group(g, columns=[column]).column(0).unique().to_pylist())
+    return out
 
 
 def _key_arrow_type(source: InputScan, cfg: ModelConfig) -> Any:
