@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
-import tempfile
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from batchscore.errors import EXIT_OK, EXIT_UNEXPECTED, BatchscoreError
@@ -50,14 +46,6 @@ def configure_logging(*, verbose: bool = False) -> None:
 def log(msg: str) -> None:
     """Progress of a job step (INFO on the ``batchscore.jobs`` logger)."""
     logging.getLogger("batchscore.jobs").info(msg)
-
-
-def spark_log_file(app: str) -> str:
-    """Where Spark's own log lines go unless ``--verbose`` (``$BATCHSCORE_LOG_DIR``, default the
-    temp dir's ``batchscore-logs``)."""
-    d = Path(os.environ.get("BATCHSCORE_LOG_DIR") or Path(tempfile.gettempdir()) / "batchscore-logs")
-    d.mkdir(parents=True, exist_ok=True)
-    return str(d / f"{app}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
 
 
 def _run_date(value: str) -> str:

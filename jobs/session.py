@@ -54,14 +54,33 @@ appender.file.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n
 """
 
 
+#: Spark log files kept in the log folder (the oldest beyond these are deleted when a job starts).
+KEEP_LOG_FILES = 50
+
+
+def spark_log_file(app: str) -> str:
+    """Where Spark's own log lines go unless ``--verbose``: ``$BATCHSCORE_LOG_DIR`` (default the
+    temp dir's ``batchscore-logs``), one file per job; only the newest :data:`KEEP_LOG_FILES` stay."""
+    import tempfile
+    import time
+
+    d = Path(os.environ.get("BATCHSCORE_LOG_DIR") or Path(tempfile.gettempdir()) / "batchscore-logs")
+    d.mkdir(parents=True, exist_ok=True)
+    old = sorted(d.glob("batchscore-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP_LOG_FILES - 1:]
+    for stale in old:
+        try:
+            stale.unlink()
+        except OSError:  # another job's file, or gone already: not ours to insist on
+            pass
+    return str(d / f"{app}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+
+
 def session_for(cfg: Any, verb: str, *, master: str | None = None, verbose: bool = False) -> SparkSession:
     """The session of one job step for model config ``cfg``: its app name, the config's master
     (unless ``master`` or spark-submit says otherwise) and ``spark.conf``; unless ``verbose``,
     Spark's own log lines go to a file (named in the job's log) and no progress bars are drawn."""
-    from batchscore.jobs import entry
-
     app = f"batchscore-{verb}-{cfg.name}"
-    log_file = None if verbose else entry.spark_log_file(app)
+    log_file = None if verbose else spark_log_file(app)
     return build_session(app, master=master or cfg.spark.master, conf=cfg.spark.conf, log_file=log_file)
 
 

@@ -113,7 +113,7 @@ class Screen:
             batch = batch.filter(pa.array(keep))
             keys = batch.column(0)
         x = to_matrix(batch)
-        if not self.allow_nan:
+        if not self.allow_nan and not np.isfinite(x).all():  # the whole batch first: the usual case is clean
             finite = np.isfinite(x).all(axis=1)
             if not finite.all():
                 idx = np.flatnonzero(~finite)
@@ -129,9 +129,9 @@ class Screen:
     def outputs_ok(self, keys: Any, x: np.ndarray, out: np.ndarray) -> tuple[Any, np.ndarray, pa.RecordBatch | None]:
         """``(keys, outputs, rejects)`` with the rows whose outputs are not all finite set aside."""
         checked = out[:, : len(self.outputs)] if self.outputs else out  # a champion's: its challengers follow
-        finite = np.isfinite(checked).all(axis=1)
-        if finite.all():
+        if np.isfinite(checked).all():
             return keys, out, None
+        finite = np.isfinite(checked).all(axis=1)
         idx = np.flatnonzero(~finite)
         first = np.argmax(~np.isfinite(checked[idx]), axis=1)
         key_col = keys.field(0) if isinstance(keys, pa.StructArray) else keys

@@ -7,7 +7,7 @@ under ``<table>/run_id=<id>/<attempt>/`` (invisible until committed); the score 
 exactly the files of the task attempts Spark kept the whole content of that run's partition in
 one commit carrying the app transaction ``(batchscore-quarantine/<model>/<run id>, n)``. Scoring
 a run id again replaces its partition, so a retried run never doubles its rows; a run with no
-bad rows leaves its partition empty.
+bad rows leaves its partition empty (and commits nothing while the table does not exist yet).
 """
 
 from __future__ import annotations
