@@ -72,6 +72,9 @@ def lookup(argv: Sequence[str]) -> int:
                                 "model_version": score.model_version,
                                 "version": score.version,
                                 "version_id": score.version_id,
+                                "arm": score.arm,
+                                "published_at": score.published_at.isoformat() if score.published_at else None,
+                                "scored_at": score.scored_at.isoformat() if score.scored_at else None,
                             }
                             if score
                             else {"values": None}
@@ -83,7 +86,8 @@ def lookup(argv: Sequence[str]) -> int:
             print(f"{key}\t(not found)")
         else:
             vals = " ".join(f"{c}={v:.6g}" for c, v in score.values.items())
-            print(f"{key}\t{vals}\tmodel_version={score.model_version}\tversion={score.version}")
+            arm = "" if score.arm == "champion" else f"\tarm={score.arm}"
+            print(f"{key}\t{vals}\tmodel_version={score.model_version}\tversion={score.version}{arm}")
     return EXIT_OK
 
 

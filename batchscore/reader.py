@@ -607,12 +607,18 @@ class ScoreReader:
         return self._c.remember(ns, self._r.get(layout.pointer_key(ns)), generation)
 
     def _split(self, model: str) -> splits.Split | None:
+        """The split record, re-read together with the champion's pointer (one ``MGET``: the
+        same hash tag) when both are stale, as after a flip announcement."""
         ns = self._c.ns(model)
         ok, split = self._c.fresh_split(ns)
         if ok:
             return split
         generation = self._c.generation
-        return self._c.remember_split(ns, self._r.get(splits.split_key(ns)), generation)
+        if self._c.fresh(ns)[0]:
+            return self._c.remember_split(ns, self._r.get(splits.split_key(ns)), generation)
+        raw_split, raw_pointer = self._r.mget([splits.split_key(ns), layout.pointer_key(ns)])
+        self._c.remember(ns, raw_pointer, generation)
+        return self._c.remember_split(ns, raw_split, generation)
 
     def _resolve(self, model: str) -> tuple[str, _Pointer | None, _VersionMeta | None]:
         ns = self._c.ns(model)
@@ -778,7 +784,11 @@ class AsyncScoreReader:
         if ok:
             return split
         generation = self._c.generation
-        return self._c.remember_split(ns, await self._r.get(splits.split_key(ns)), generation)
+        if self._c.fresh(ns)[0]:
+            return self._c.remember_split(ns, await self._r.get(splits.split_key(ns)), generation)
+        raw_split, raw_pointer = await self._r.mget([splits.split_key(ns), layout.pointer_key(ns)])
+        self._c.remember(ns, raw_pointer, generation)
+        return self._c.remember_split(ns, raw_split, generation)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -75,7 +75,7 @@ def promote(spark: SparkSession, cfg: ModelConfig, *, challenger: str, redis_url
     # The served scores are the challenger's: Redis's metadata and the commit name its model version.
     served = cfg.model_copy(update={"model": cfg.model.model_copy(update={"version": side.model.version}),
                                     "challengers": []})
-    return publish(spark, served, run_id=run_id, redis_url=redis_url, allow_older=True)
+    return publish(spark, served, run_id=run_id, redis_url=redis_url, allow_older=True, kind="promote")
 
 
 def _sha256(data: bytes) -> str:

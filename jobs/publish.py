@@ -156,9 +156,11 @@ def _require_validated(cfg: ModelConfig, run_id: str) -> tuple[ScoreReport, Vali
 
 
 def publish(
-    spark: SparkSession, cfg: ModelConfig, *, run_id: str, redis_url: str, allow_older: bool = False
+    spark: SparkSession, cfg: ModelConfig, *, run_id: str, redis_url: str, allow_older: bool = False,
+    kind: str = "publish",
 ) -> PublishReport:
-    """Publish a scored and validated run through :func:`publication.publish`; write the report."""
+    """Publish a scored and validated run through :func:`publication.publish`; write the report.
+    ``kind``: the publication record's kind (``promote`` for :mod:`batchscore.jobs.promote`)."""
     started = time.perf_counter()
     run_id = state.check_run_id(run_id)
     scored, validated = _require_validated(cfg, run_id)
@@ -185,6 +187,7 @@ def publish(
         allow_older=allow_older,
         log=entry.log,
         scored_at=scored.scored_at,
+        kind=kind,
         metadata={
             "model": cfg.name,
             "model_version": cfg.model.version,

@@ -102,6 +102,7 @@ class ValidationReport(Report):
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     challengers: dict[str, str] = field(default_factory=dict)  # name -> passed, or why it will not be published
+    comparisons: dict[str, Any] = field(default_factory=dict)  # name -> verdict, metrics and histograms per pair
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,6 +11,7 @@ do the same. A challenger that fails never fails the champion's step: the outcom
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
@@ -25,7 +26,8 @@ __all__ = ["judge", "publish_passing"]
 log = logging.getLogger(__name__)
 
 
-def _judge_one(spark: SparkSession, cfg: ModelConfig, c: Challenger, run_id: str) -> str:
+def _judge_one(spark: SparkSession, cfg: ModelConfig, c: Challenger,
+               run_id: str) -> tuple[str, ComparisonReport | None]:
     from batchscore.jobs.validate import validate
 
     side = cfg.challenger(c.name)
@@ -33,17 +35,41 @@ def _judge_one(spark: SparkSession, cfg: ModelConfig, c: Challenger, run_id: str
         validate(spark, side, run_id=run_id)
     except ValidationRejectedError as exc:
         log.warning(f"validate {cfg.name}: challenger {c.name} rejected by its own rules; it will not be published")
-        return f"validation rejected ({str(exc).split(': ', 1)[-1]})"
+        return f"validation rejected ({str(exc).split(': ', 1)[-1]})", None
     verdict = compare(cfg, c, run_id=run_id)
     if not verdict.passed:
         log.warning(f"validate {cfg.name}: challenger {c.name} blocked by the comparison; it will not be published")
-        return "comparison blocked: " + "; ".join(verdict.blocking)
-    return "passed"
+        return "comparison blocked: " + "; ".join(verdict.blocking), verdict
+    return "passed", verdict
 
 
-def judge(spark: SparkSession, cfg: ModelConfig, run_id: str) -> dict[str, str]:
-    """Validate and compare every challenger of run ``run_id``: name -> ``passed`` or why not."""
-    return {c.name: _judge_one(spark, cfg, c, run_id) for c in cfg.challengers}
+@dataclass(frozen=True)
+class Judged:
+    """Every challenger's outcome (``passed`` or why not) and its comparison (None: not compared)."""
+
+    outcomes: dict[str, str]
+    comparisons: dict[str, ComparisonReport]
+
+
+def judge(spark: SparkSession, cfg: ModelConfig, run_id: str) -> Judged:
+    """Validate and compare every challenger of run ``run_id``."""
+    outcomes, comparisons = {}, {}
+    for c in cfg.challengers:
+        outcomes[c.name], verdict = _judge_one(spark, cfg, c, run_id)
+        if verdict is not None:
+            comparisons[c.name] = verdict
+    return Judged(outcomes, comparisons)
+
+
+def add_plots(cfg: ModelConfig, champion_png: str, comparisons: dict[str, ComparisonReport]) -> None:
+    """Append each comparison's plot (both histograms, the hexbin) below the champion's validation.png."""
+    from batchscore import storage as st
+    from batchscore.validation.report import stack_pngs
+
+    store = cfg.store
+    extra = [st.read_bytes(r.plot_png, store) for r in comparisons.values() if r.plot_png]
+    if extra and st.is_file(champion_png, store):
+        st.write_bytes(champion_png, stack_pngs(st.read_bytes(champion_png, store), extra), store)
 
 
 def _passed(cfg: ModelConfig, c: Challenger, run_id: str) -> str | None:

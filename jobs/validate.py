@@ -277,7 +277,12 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> Validatio
     if cfg.challengers:  # each with its own rules, then against the champion (jobs.shadow)
         from batchscore.jobs import shadow
 
-        report = replace(report, challengers=shadow.judge(spark, cfg, run_id))
+        judged = shadow.judge(spark, cfg, run_id)
+        if report.histogram_png:
+            shadow.add_plots(cfg, report.histogram_png, judged.comparisons)
+        report = replace(report, challengers=judged.outcomes, comparisons={
+            name: {k: v for k, v in r.to_json().items() if k in ("passed", "pairs", "blocking", "warnings", "plot_png")}
+            for name, r in judged.comparisons.items()})
         state.write_report(cfg, run_id, "validation", report)
     return report
 

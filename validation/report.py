@@ -80,3 +80,21 @@ def plot_histograms(path: Path, profile: dict[str, Any], reference: dict[str, An
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def stack_pngs(base: bytes, extra: list[bytes]) -> bytes:
+    """``base`` with the ``extra`` PNG images appended below it (white padding to the widest)."""
+    import io
+
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in [base, *extra]]
+    width = max(i.width for i in images)
+    out = Image.new("RGB", (width, sum(i.height for i in images)), "white")
+    y = 0
+    for i in images:
+        out.paste(i, (0, y))
+        y += i.height
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue()

@@ -73,7 +73,7 @@ class Publication:
     run_date: str | None
     digest: str
     redis_version: str
-    kind: str = "publish"  # publish | rollback
+    kind: str = "publish"  # publish | rollback | promote (a challenger's publication served as the champion's)
     rows: int = 0
     rollback_to: int | None = None
     delta_version: int | None = None  # known once committed
@@ -154,7 +154,7 @@ def reference(table: str, served_pub: Publication | None, storage: Storage = DEF
 def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, run_id: str, run_date: str | None,
             validated_digest: str, metadata: dict[str, str], loader: Loader,
             preflight: Callable[[], None] = lambda: None, allow_older: bool = False,
-            log: Log = lambda _m: None, scored_at: str | None = None) -> Outcome:
+            log: Log = lambda _m: None, scored_at: str | None = None, kind: str = "publish") -> Outcome:
     """Publish the staged run ``run_id`` (validated as ``validated_digest``, scored at
     ``scored_at``, ISO 8601, recorded with the publication and in the version's meta): steps 1-8."""
     if staged.digest != validated_digest:
@@ -194,7 +194,7 @@ def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, ru
         crashpoint.reached("after_redis_load")
         pub = Publication(seq=(current.seq if current else 0) + 1, run_id=run_id, run_date=run_date,
                           digest=staged.digest, redis_version=version.vid, rows=staged.total_rows,
-                          scored_at=scored_at)
+                          scored_at=scored_at, kind=kind)
         dv = _commit(target, staged, pub, metadata, expected_dv, store)            # 6. commit
         log(f"{store.ns}: committed publication {pub.seq} as Delta version {dv} at {target.table}")
         pub = replace(pub, delta_version=dv)

@@ -105,6 +105,14 @@ def test_one_pass_publishes_champion_and_passing_challengers_only(spark: Any, re
     assert [(p["champion_column"], p["challenger_column"]) for p in diff.pairs] == [("score", "p")]
     assert Path(str(same.plot_png)).is_file() and json.loads(
         (Path(state.run_dir(twin, "r1")) / "comparison.json").read_text())["passed"] is True
+    champion = json.loads((Path(state.run_dir(cfg, "r1")) / "validation.json").read_text())
+    assert champion["challengers"] == {"twin": "passed", "other": champion["challengers"]["other"]}
+    assert champion["comparisons"]["twin"]["pairs"][0]["champion_counts"] == pair["challenger_counts"]
+    assert champion["comparisons"]["other"]["passed"] is False
+    from PIL import Image  # the champion's validation.png carries both comparison plots below its own
+
+    heights = [Image.open(p).height for p in (champion["histogram_png"], str(same.plot_png), str(diff.plot_png))]
+    assert heights[0] > heights[1] + heights[2]
 
 
 def test_a_challenger_rejected_by_its_validation_leaves_the_champion_published(
@@ -157,6 +165,12 @@ def test_promote_serves_the_challenger_atomically_and_rollback_undoes_it(
     assert dict(zip(got["user_id"].to_pylist(), got["score"].to_numpy(), strict=True)) == {
         k: v[0] for k, v in want_alt.items()}
     assert dt.history()[0]["batchscore.run_id"] == "promote-alt-r1"
+    from batchscore.jobs import history
+    from batchscore.jobs.targets import store_of
+
+    shown = history.rows(cfg, store_of(cfg, redis_url))
+    assert (shown[0]["kind"], shown[0]["run_id"], shown[0]["redis"]) == ("promote", "promote-alt-r1", "current")
+    assert shown[0]["model_version"] == "alt-1" and shown[1]["kind"] == "publish"
 
     assert rollback_job.main(["--model-config", str(world["cfg"]), "--to-version", "0"]) == 0
     back = reader.get_many("m", keys)
@@ -187,6 +201,11 @@ def test_split_cli_sets_weights_atomically_and_refuses_unpublished_arms(
         splits.set_split(r, "t:m", (("champion", 1),), expected=first)
     assert splits.read_split(r, "t:m") == second
     assert cli(args) == 0 and "split #2" in capsys.readouterr().out
+    assert cli(["lookup", "--model-config", str(world["cfg"]), "--json", *map(str, range(40))]) == 0
+    looked = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {g["arm"] for g in looked} == {"champion", "twin"}  # 50/50 over 40 keys: both arms serve
+    assert all(g["arm"] == splits.assign(second, g["key"]) for g in looked)
+    assert {g["model_version"] for g in looked if g["arm"] == "twin"} == {"v2"}
 
 
 def test_a_blocked_challenger_keeps_its_last_publication(spark: Any, redis_url: str, world: dict[str, Any]) -> None:

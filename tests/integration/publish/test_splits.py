@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import threading
 from collections import Counter
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
+from test_node_reader import node  # noqa: F401 - the fixture: node on PATH, `npm ci` in readers/node when needed
 
 from batchscore import splits
 from batchscore.reader import AsyncScoreReader, ScoreReader
@@ -71,22 +71,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield server, root
 
 
-def _node_lookup(url: str, keys: list[int], tmp: Path) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None or not (NODE_DIR / "node_modules" / "redis").exists():
-        pytest.fail("the Node reader needs node and `npm ci` in readers/node (test_node_reader.py installs it)",
-                    pytrace=False)
+def _node_lookup(exe: str, url: str, keys: list[int], tmp: Path) -> dict[str, Any]:
     keys_file = tmp / "keys.json"
     keys_file.write_text(json.dumps([str(k) for k in keys]))
     env = {k: v for k, v in os.environ.items() if k != "NODE_OPTIONS"}
-    res = subprocess.run([node, "bin/lookup.js", "--url", url, "--prefix", "s", "--model", "m", "--keys-file",
+    res = subprocess.run([exe, "bin/lookup.js", "--url", url, "--prefix", "s", "--model", "m", "--keys-file",
                           str(keys_file), "--timeout-ms", "5000"], cwd=NODE_DIR, env=env, capture_output=True,
                          text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     return json.loads(res.stdout)["scores"]
 
 
-def test_shares_follow_the_weights_and_every_reader_agrees(world: Any, tmp_path: Path) -> None:
+def test_shares_follow_the_weights_and_every_reader_agrees(world: Any, tmp_path: Path, node: str) -> None:  # noqa: F811
     server, _root = world
     r = redis.Redis.from_url(server.url)
     ns = splits.arm_namespace("s", "m", "champion")
@@ -115,9 +111,9 @@ def test_shares_follow_the_weights_and_every_reader_agrees(world: Any, tmp_path:
 
     got = asyncio.run(via_async())
     assert all(got[str(k)].arm == found[str(k)].arm for k in sample)  # type: ignore[union-attr]
-    node = _node_lookup(server.url, sample, tmp_path)
-    assert all(node[str(k)]["arm"] == found[str(k)].arm for k in sample)  # type: ignore[union-attr]
-    assert all(node[str(k)]["values"]["score"] == found[str(k)].value for k in sample)  # type: ignore[union-attr]
+    by_node = _node_lookup(node, server.url, sample, tmp_path)
+    assert all(by_node[str(k)]["arm"] == found[str(k)].arm for k in sample)  # type: ignore[union-attr]
+    assert all(by_node[str(k)]["values"]["score"] == found[str(k)].value for k in sample)  # type: ignore[union-attr]
 
     fresh = ScoreReader(server.url, prefix="s", timeout=5.0)  # a restarted service: same arms
     again = fresh.get_many("m", sample)
