@@ -20,6 +20,8 @@ export function parseArgs(argv, defaults) {
     else if (a === '--interval-ms') opts.intervalMs = Number(value());
     else if (a === '--subscribe') opts.subscribe = true;
     else if (a === '--get') opts.get = true;
+    else if (a === '--max-age-ms') opts.maxAgeMs = Number(value());
+    else if (a === '--on-stale') opts.onStale = value();
     else if (a.startsWith('--')) throw new Error(`unknown option ${a}`);
     else opts.keys.push(a);
   }

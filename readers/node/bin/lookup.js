@@ -6,7 +6,7 @@
 import { ScoreReader } from '../src/index.js';
 import { fail, parseArgs } from './cli.js';
 
-const USAGE = 'usage: lookup.js --url URL --model MODEL [--prefix P] [--get] [--timeout-ms MS] (KEY... | --keys-json JSON | --keys-file F)';
+const USAGE = 'usage: lookup.js --url URL --model MODEL [--prefix P] [--get] [--timeout-ms MS] [--max-age-ms MS] [--on-stale mark|raise] (KEY... | --keys-json JSON | --keys-file F)';
 
 let opts;
 try {
@@ -15,7 +15,7 @@ try {
   fail(err, USAGE);
 }
 const reader = await ScoreReader.open({ url: opts.url, prefix: opts.prefix, pointerTtlMs: 0, timeoutMs: opts.timeoutMs,
-  connectTimeoutMs: opts.timeoutMs });
+  connectTimeoutMs: opts.timeoutMs, maxAgeMs: opts.maxAgeMs ?? null, onStale: opts.onStale ?? 'mark' });
 try {
   let scores;
   if (opts.get) {

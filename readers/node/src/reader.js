@@ -27,6 +27,18 @@ export const BACKOFF_CAP_MS = 2000;
 export const KEEPALIVE_MS = 5000;
 export const SUBSCRIBE_WAIT_MS = 1000;
 
+/** The served version is older than the reader's maxAgeMs (onStale: 'raise'). */
+export class StaleScoreError extends Error {
+  constructor(model, versionId, ageMs, maxAgeMs) {
+    const howOld = ageMs === null ? 'of unknown age' : `${(ageMs / 1000).toFixed(1)} s old`;
+    super(`model '${model}': the served version ${versionId} is ${howOld}, older than maxAgeMs ${maxAgeMs}; `
+      + 'its pipeline has not published since: check it, or raise maxAgeMs');
+    this.name = 'StaleScoreError';
+    this.kind = 'stale';
+    Object.assign(this, { model, versionId, ageMs, maxAgeMs });
+  }
+}
+
 /** A lookup (one round trip) that took longer than the reader's timeoutMs. */
 export class TimeoutError extends Error {
   constructor(ms) {
@@ -144,7 +156,17 @@ class Cache {
   }
 }
 
-function score(meta, pointer, raw, arm = CHAMPION) {
+/** Whether `meta`'s scores are older than `maxAgeMs` (age from scoredAt, else publishedAt; unknown: too old). */
+function isStale(model, pointer, meta, maxAgeMs, onStale) {
+  if (maxAgeMs === null || maxAgeMs === undefined) return false;
+  const born = meta.scoredAt ?? meta.publishedAt;
+  const ageMs = born ? Date.now() - born.getTime() : null;
+  if (ageMs !== null && ageMs <= maxAgeMs) return false;
+  if (onStale === 'raise') throw new StaleScoreError(model, pointer.vid, ageMs, maxAgeMs);
+  return true;
+}
+
+function score(meta, pointer, raw, arm = CHAMPION, stale = false) {
   if (raw === null || raw === undefined) return null;
   const values = decodeScores(raw, meta.columns.length);
   return {
@@ -155,6 +177,7 @@ function score(meta, pointer, raw, arm = CHAMPION) {
     publishedAt: meta.publishedAt,
     scoredAt: meta.scoredAt,
     arm,
+    stale,
   };
 }
 
@@ -170,8 +193,12 @@ export class ScoreReader {
    * @param {number} [options.connectTimeoutMs]  default 250
    */
   constructor({ url, client, prefix = 'bs', pointerTtlMs = 1000, subscribe = false, timeoutMs = 250,
-    connectTimeoutMs = 250 } = {}) {
+    connectTimeoutMs = 250, maxAgeMs = null, onStale = 'mark' } = {}) {
     if (!url && !client) throw new TypeError('ScoreReader needs a Redis url or a client');
+    if (maxAgeMs !== null && !(maxAgeMs > 0)) throw new TypeError(`maxAgeMs must be above 0 or null, got ${maxAgeMs}`);
+    if (onStale !== 'mark' && onStale !== 'raise') throw new TypeError(`onStale must be 'mark' or 'raise', got ${onStale}`);
+    this.maxAgeMs = maxAgeMs;
+    this.onStale = onStale;
     this.url = url;
     this.connectTimeoutMs = connectTimeoutMs;
     this.timeoutMs = timeoutMs;
@@ -267,8 +294,9 @@ export class ScoreReader {
     const arm = split === null ? CHAMPION : assignArm(split, k);
     const { ns, pointer, meta } = await this.#resolve(armModel(model, arm));
     if (pointer === null) return null;
+    const stale = isStale(model, pointer, meta, this.maxAgeMs, this.onStale);
     const raw = await this.#timed(this.raw.hGet(dataKey(ns, pointer.vid, bucketOf(k, meta.buckets)), k));
-    return score(meta, pointer, raw, arm);
+    return score(meta, pointer, raw, arm, stale);
   }
 
   /** The model's traffic split as this reader sees it (cached like a pointer), or null. */
@@ -296,6 +324,7 @@ export class ScoreReader {
     for (const [arm, ks] of byArm) {
       const { ns, pointer, meta } = await this.#resolve(armModel(model, arm));
       if (pointer === null) continue;
+      const stale = isStale(model, pointer, meta, this.maxAgeMs, this.onStale);
       /** @type {Map<string, string[]>} data key -> the wanted entity keys in that bucket */
       const plan = new Map();
       for (const k of ks) {
@@ -304,7 +333,7 @@ export class ScoreReader {
         if (got) got.push(k);
         else plan.set(dk, [k]);
       }
-      parts.push({ arm, meta, pointer, plan });
+      parts.push({ arm, meta, pointer, plan, stale });
     }
     const pipe = this.raw.multi();
     for (const { plan } of parts) for (const [dk, ks] of plan) pipe.hmGet(dk, ks);
@@ -312,10 +341,10 @@ export class ScoreReader {
     const replies = size ? await this.#timed(pipe.execAsPipeline()) : [];
     const found = new Map();
     let i = 0;
-    for (const { arm, meta, pointer, plan } of parts) {
+    for (const { arm, meta, pointer, plan, stale } of parts) {
       for (const ks of plan.values()) {
         const raws = replies[i++];
-        ks.forEach((k, j) => found.set(k, score(meta, pointer, raws[j], arm)));
+        ks.forEach((k, j) => found.set(k, score(meta, pointer, raws[j], arm, stale)));
       }
     }
     return new Map(wanted.map((k) => [k, found.get(k) ?? null]));

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
+from test_node_reader import node  # noqa: F401 - the fixture: node on PATH, `npm ci` in readers/node when needed
 
 from batchscore import redis_layout as layout
 from batchscore.errors import PublishRefusedError
@@ -310,3 +311,28 @@ def test_the_expiry_is_set_on_every_master_of_a_cluster(redis_cluster: str, tmp_
     deadline = rc.pexpiretime(layout.meta_key(ns, vid))
     assert {rc.pexpiretime(k) for k in data} == {deadline} and 0 < rc.pttl(layout.meta_key(ns, vid)) <= 600_000
     assert rc.pexpiretime(layout.pointer_key(ns)) == deadline - 30_000
+
+
+def test_max_age_in_the_node_reader(redis_server: LocalRedis, tmp_path: Path, node: str) -> None:  # noqa: F811
+    import json
+    import subprocess
+
+    scored = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    vid = _publish(redis_server, tmp_path, "old", 0.5, scored_at=scored.isoformat()).redis_version
+    node_dir = Path(__file__).resolve().parents[3] / "readers" / "node"
+
+    def lookup(*extra: str) -> dict[str, Any]:
+        res = subprocess.run([node, "bin/lookup.js", "--url", redis_server.url, "--prefix", "a", "--model", "m",
+                              "--timeout-ms", "5000", *extra, *SAMPLE[:5]], cwd=node_dir, capture_output=True,
+                             text=True, timeout=60, check=False)
+        return {"rc": res.returncode, **json.loads(res.stdout)}
+
+    fine = lookup("--max-age-ms", str(3 * 3600 * 1000))
+    assert fine["rc"] == 0 and {s["stale"] for s in fine["scores"].values()} == {False}
+    assert {s["scoredAt"] for s in fine["scores"].values()} == {scored.isoformat().replace("+00:00", ".000Z")}
+    old = lookup("--max-age-ms", str(3600 * 1000))  # scored 2 h ago: past a 1 h limit, marked
+    assert old["rc"] == 0 and {s["stale"] for s in old["scores"].values()} == {True}
+    assert [old["scores"][k]["values"]["score"] for k in SAMPLE[:5]] == _values(0.5)[:5]
+    raised = lookup("--max-age-ms", str(3600 * 1000), "--on-stale", "raise")
+    assert raised["rc"] == 1 and raised["error"] == "StaleScoreError" and raised["kind"] == "stale"
+    assert vid in raised["message"] and "'m'" in raised["message"]
