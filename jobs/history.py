@@ -1,7 +1,7 @@
 """``batchscore history``: a model's published versions (Delta commits) and their Redis versions.
 
 Reads the Delta log and, when the Redis URL variable is set, each version's Redis state
-(``current``, ``kept``, or ``collected``). No Spark needed.
+(``current``, ``kept``, ``expired`` or ``collected``). No Spark needed.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +29,7 @@ def rows(cfg: ModelConfig, store: RedisVersions | None) -> list[dict[str, Any]]:
     """One row per Delta commit, newest first. A commit's Redis state is matched by its
     publication's identity and content digest, never by a version number alone: ``current``
     (Redis serves this publication), ``kept`` (its version is still in Redis with the same
-    content), ``collected``."""
+    content), ``expired`` (gone from Redis past its ``outputs.redis.ttl_seconds`` lifetime), ``collected``."""
     now = publication.served(store) if store else None
     out = []
     for h in delta.history(cfg.outputs.delta.path, cfg.store):
@@ -38,16 +39,20 @@ def rows(cfg: ModelConfig, store: RedisVersions | None) -> list[dict[str, Any]]:
             else None
         )
         redis_state = None
+        ts = h.get("timestamp")
         if store is not None and pub is not None:
             meta = store.meta(pub.redis_version)
+            ttl = cfg.outputs.redis.ttl_seconds
+            lapsed = bool(ttl and ts and ts / 1000 + ttl < time.time())
             redis_state = (
                 "current"
                 if now is not None and now.seq == pub.seq
                 else "kept"
                 if meta.get("digest") == pub.digest
+                else "expired"  # outputs.redis.ttl_seconds: its lifetime ended (no later publication renewed it)
+                if lapsed and not meta
                 else "collected"
             )
-        ts = h.get("timestamp")
         out.append(
             {
                 "delta_version": int(h["version"]),

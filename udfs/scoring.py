@@ -345,7 +345,7 @@ def hashes_frame(df: DataFrame, *, key: str, features: list[str] | None, feature
 
 def carried_fields(hashed: bool) -> list[StructField]:
     """The columns between the key and the outputs: the feature hash when ``hashed``."""
-    return [StructField(HASH, LongType(), False)] if hashed else []
+    return [StructField(HASH, LongType(), True)] if hashed else []  # nullable: as the copied rows' column
 
 
 def screened_pieces(
