@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from batchscore import storage as st
-from batchscore.config import load_model_config
+from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError
 from batchscore.exit import exit_now
 from batchscore.jobs import entry, state
@@ -156,8 +156,7 @@ def staged_runs(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
 
-    def body() -> dict[str, Any]:
-        cfg = load_model_config(args.model_config)
+    def one(cfg: ModelConfig) -> dict[str, Any]:
         rc = cfg.outputs.redis
         keep = rc.keep_versions if args.keep is None else max(0, args.keep)
         grace = rc.gc_grace_seconds if args.grace_seconds is None else max(0.0, args.grace_seconds)
@@ -208,6 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary["staged kept"] = ", ".join(f"{n} {why}" for why, n in sorted(kept.items())) or "none"
             summary["staged retention"] = f"{st['retention_hours']:g} h"
         entry.summary(f"gc {cfg.name}", summary)
+        return report
+
+    def body() -> dict[str, Any]:
+        cfg = load_model_config(args.model_config)
+        report = one(cfg)
+        if cfg.challengers:  # each challenger's own namespace and table, the same way
+            report["challengers"] = {c.name: one(cfg.challenger(c.name)) for c in cfg.challengers}
         return report
 
     return entry.guarded(body, verbose=getattr(args, "verbose", False))

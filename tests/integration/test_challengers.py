@@ -244,3 +244,21 @@ def test_the_separate_steps_judge_and_publish_challengers_as_run_does(
     assert rep is not None and rep.challengers["twin"].startswith("published in shadow")
     assert rep.challengers["other"].startswith("not published: comparison blocked")
     assert DeltaTable(cfg.challenger("twin").outputs.delta.path).version() == 0
+
+
+def test_gc_sweeps_the_challengers_too(spark: Any, redis_url: str, world: dict[str, Any],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from batchscore.jobs import gc as gc_job
+
+    cfg = load_model_config(world["cfg"])
+    run_job.run(spark, cfg, run_id="r1", run_date="2026-12-01", redis_url=redis_url)
+    blocked = Path(state.staged_path(cfg.challenger("other"), "r1"))
+    published = Path(state.staged_path(cfg.challenger("twin"), "r1"))
+    assert blocked.is_dir() and published.is_dir()
+    import time
+
+    time.sleep(1.0)  # older than the retention below (0.36 s)
+    assert gc_job.main(["--model-config", str(world["cfg"]), "--staged", "--staged-retention-hours", "0.0001"]) == 0
+    assert "gc m@other" in capsys.readouterr().out
+    assert not blocked.exists()  # never published: swept
+    assert published.is_dir() and DeltaTable(cfg.challenger("twin").outputs.delta.path).to_pyarrow_table().num_rows
