@@ -39,7 +39,7 @@ from batchscore.udfs.model_cache import cpu_fallbacks, load_accumulator
 from batchscore.udfs.model_ref import ModelRef, hash_bytes, read_artifact
 from batchscore.udfs.quarantine import Screen
 from batchscore.udfs.scoring import Models, Sink, with_predictions
-from batchscore.udfs.staged_write import QUARANTINE, StagedWriter, written
+from batchscore.udfs.staged_write import QUARANTINE, StagedWriter, partials, written
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ class Staged:
     quarantine: StagedRun | None = None
     quarantine_table: str | None = None
     jobs: list[list[Any]] = field(default_factory=list)  # the report rows of each job that wrote files
+    plan: str | None = None  # the validation plan the partials were computed for (None: none usable)
+    partials: list[str] = field(default_factory=list)  # one JSON partial per file written
 
 
 def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef | Models, *, run_path: str, run_id: str,
@@ -166,9 +168,12 @@ def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef | Model
     q_path = quarantine.attempt_path(q_table, run_id, attempt) if q_table and attempt else None
     sides = sides or []
     challengers.clear(sides, run_id)
+    from batchscore.jobs.validate import profiler_for
+
+    profiler = profiler_for(cfg)  # the validation profile's partials, computed as the tasks write
     writer = StagedWriter(run_path, cfg.model.version, run_id, scored_at, store, quarantine_path=q_path,
                           model_sha256=ref.sha256 if hashed and isinstance(ref, ModelRef) else None,
-                          shadows=tuple(s.shadow for s in sides))
+                          shadows=tuple(s.shadow for s in sides), profiler=profiler)
     columns = challengers.frame_columns(cfg, sides) if sides else None
     try:
         if plan is not None:
@@ -194,7 +199,9 @@ def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef | Model
                                  f"(see {q_table}, partition run_id={run_id}); fix the input upstream")
         raise InputDataError(f"input table {cfg.input.path} is empty; nothing to score (check the upstream job)")
     delta.write_manifest(run_path, files, store)
-    return Staged(files, q_staged, q_table, jobs)
+    parts = [p for rows in jobs for p in (partials(rows) or [None])]  # type: ignore[list-item]
+    return Staged(files, q_staged, q_table, jobs, profiler.plan_key if None not in parts else None,
+                  [str(p) for p in parts if p is not None])
 
 
 def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, full: bool = False) -> ScoreReport:
@@ -207,7 +214,7 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, 
     if any(p.get("run_id") == run_id for p in delta.publications(table, store)) \
             or delta.committed_version(table, cfg.name, run_id, store) is not None:
         raise PublishRefusedError(f"run {run_id} of '{cfg.name}' is already published; use a new --run-id")
-    state.invalidate(cfg, run_id, "validation", "publish", "run")  # whatever judged earlier files is void
+    state.invalidate(cfg, run_id, "validation", "publish", "run", "partials")  # what judged earlier files is void
     resolved = resolve_artifact(cfg)
     ref = check_artifact(cfg, resolved)
     log.info(
@@ -271,6 +278,9 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, 
         quarantine_delta_version=q_version,
         **(counts.as_report() if counts is not None else {}),
     )
+    if result.plan is not None:  # bound to this content: validate merges them when its plan is the same
+        state.write_report(cfg, run_id, "partials", {"plan": result.plan, "digest": staged.digest,
+                                                     "parts": result.partials})
     path = state.write_report(cfg, run_id, "score", report)
     log.info(f"score {cfg.name}: staged {scored_rows:,} predictions at {target}; report {path}")
     if sides:

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,14 @@ from batchscore.sinks import delta, publication
 from batchscore.validation import rules as R
 from batchscore.validation.drift import kl_edges
 from batchscore.validation.gate import Judgement, judge
-from batchscore.validation.profile import ColumnPlan, compute_profile
+from batchscore.validation.partials import TaskProfiler
+from batchscore.validation.profile import (
+    ColumnPlan,
+    compute_profile,
+    intervals_for,
+    plan_key,
+    profile_from_partials,
+)
 from batchscore.validation.report import format_table, plot_histograms
 
 log = logging.getLogger(__name__)
@@ -137,6 +144,34 @@ def _served(cfg: ModelConfig) -> publication.Publication | None:
         return None
 
 
+@dataclass(frozen=True)
+class Planned:
+    """What validating ``cfg`` now would count: the rules, the reference and the per-column plans."""
+
+    rules: R.Rules
+    reference: dict[str, Any] | None
+    source: dict[str, Any] | None
+    no_reference: str
+    plans: dict[str, ColumnPlan]
+
+
+def planned(cfg: ModelConfig, *, input_rows: int = 0, quarantined: int = 0) -> Planned:
+    """The validation plan of ``cfg`` against its current reference (the score step computes the
+    profile partials for it while writing; validate checks it is still the same plan)."""
+    rules = rules_for(cfg, input_rows=input_rows, quarantined=quarantined)
+    reference, source, no_ref = load_reference(cfg)
+    if rules.drift is None:
+        reference, no_ref = None, "validation.drift.enabled is false"
+    return Planned(rules, reference, source, no_ref, plans_for(cfg, rules, reference))
+
+
+def profiler_for(cfg: ModelConfig) -> TaskProfiler:
+    """The scoring tasks' profile partials for ``cfg``'s current validation plan."""
+    plans = planned(cfg).plans
+    return TaskProfiler(tuple(cfg.outputs.columns), intervals_for(plans), {c: p.classes for c, p in plans.items()},
+                    plan_key(plans))
+
+
 def plans_for(cfg: ModelConfig, rules: R.Rules, reference: dict[str, Any] | None) -> dict[str, ColumnPlan]:
     plans = {}
     for c in cfg.outputs.columns:
@@ -210,14 +245,17 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> Validatio
             f"{staged.run_path}: the staged files changed since `score` wrote them (digest "
             f"{staged.digest[:12]}, scored {scored.digest[:12]}); re-score run {run_id}"
         )
-    rules = rules_for(cfg, input_rows=int(scored.input_rows), quarantined=int(scored.quarantined_rows))
-    reference, source, no_ref = load_reference(cfg)
-    if rules.drift is None:
-        reference, no_ref = None, "validation.drift.enabled is false"
-    df = staged_frame(spark, staged, store, list(cfg.outputs.columns))
+    plan = planned(cfg, input_rows=int(scored.input_rows), quarantined=int(scored.quarantined_rows))
+    rules, reference, source, no_ref = plan.rules, plan.reference, plan.source, plan.no_reference
     t0 = time.perf_counter()
     bins = rules.drift.bins if rules.drift else cfg.validation.drift.bins
-    profile = compute_profile(df, plans_for(cfg, rules, reference), quantiles=rules.quantiles_needed(), bins=bins)
+    made = state.read_report(cfg, run_id, "partials")  # computed by the scoring tasks as they wrote the rows
+    if made and made.get("plan") == plan_key(plan.plans) and made.get("digest") == staged.digest:
+        parts = [json.loads(p) for p in made["parts"]]
+        profile = profile_from_partials(parts, plan.plans, quantiles=rules.quantiles_needed(), bins=bins)
+    else:  # another plan (the reference moved since scoring), or no partials: one pass over the staged scores
+        df = staged_frame(spark, staged, store, list(cfg.outputs.columns))
+        profile = compute_profile(df, plan.plans, quantiles=rules.quantiles_needed(), bins=bins)
     if delta.stage(cfg.outputs.delta.path, run_id, store).digest != staged.digest:
         raise PublishRefusedError(
             f"{staged.run_path}: the staged files changed while they were validated; "

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 from pyspark.sql.types import LongType, StringType, StructField, StructType
@@ -28,11 +28,23 @@ from batchscore.storage import DEFAULT, Storage
 REPORT = StructType([StructField("file", StringType(), False), StructField("rows", LongType(), False),
                      StructField("bytes", LongType(), False), StructField("partition", LongType(), False),
                      StructField("attempt", LongType(), False), StructField("sha256", StringType(), False),
-                     StructField("kind", StringType(), False)])
+                     StructField("kind", StringType(), False), StructField("partial", StringType(), True)])
 _REPORT_ARROW = pa.schema([("file", pa.string()), ("rows", pa.int64()), ("bytes", pa.int64()),
                            ("partition", pa.int64()), ("attempt", pa.int64()), ("sha256", pa.string()),
-                           ("kind", pa.string())])
+                           ("kind", pa.string()), ("partial", pa.string())])
+
+
 SCORES, QUARANTINE = "scores", "quarantine"
+
+
+class Profiler(Protocol):
+    """What computes the validation profile's partial of the rows a task writes (one JSON text),
+    from the output columns' arrays: :class:`batchscore.validation.partials.TaskProfiler`."""
+
+    @property
+    def columns(self) -> tuple[str, ...]: ...
+
+    def __call__(self, chunks: dict[str, list[Any]]) -> str: ...
 
 
 class _Hashing:
@@ -95,6 +107,7 @@ class StagedWriter:
     quarantine_path: str | None = None  # where reject batches go (:mod:`batchscore.udfs.quarantine`)
     model_sha256: str | None = None  # incremental scoring: a constant column naming the artifact
     shadows: tuple[Shadow, ...] = ()  # challengers: the champion's columns are those before the first one
+    profiler: Profiler | None = None  # the validation partial of the rows written (champion's columns)
 
     @property
     def schema(self) -> StructType:
@@ -120,6 +133,7 @@ class StagedWriter:
         rejects = _File(self, self.quarantine_path, name) if self.quarantine_path else None
         shadows = [(sh, _File(self, sh.run_path, name)) for sh in self.shadows]
         cut = self.shadows[0].start if self.shadows else None
+        chunks: dict[str, list[Any]] = {}
         try:
             for b in batches:
                 if is_rejects(b):
@@ -131,6 +145,9 @@ class StagedWriter:
                     continue
                 extra = self.constants(b.num_rows)
                 cols, names = b.columns[:cut], b.schema.names[:cut]
+                if self.profiler is not None:
+                    for c in self.profiler.columns:
+                        chunks.setdefault(c, []).append(b.column(c))
                 scores.write(pa.RecordBatch.from_arrays([*cols, *(a for _, a in extra)],
                                                         names=[*names, *(n for n, _ in extra)]))
                 for sh, out in shadows:
@@ -146,8 +163,10 @@ class StagedWriter:
                 f.abandon()
             raise
         crashpoint.reached("after_staged_write")  # fault tests: the attempt dies after writing its file
+        prof = self.profiler(chunks) if self.profiler is not None and done[0][1] is not None else None
         rows = [{"file": name, "rows": n, "bytes": size, "partition": part, "attempt": attempt, "sha256": sha,
-                 "kind": kind} for kind, written_ in done if written_ is not None for n, size, sha in [written_]]
+                 "kind": kind, "partial": prof if kind == SCORES else None}
+                for kind, written_ in done if written_ is not None for n, size, sha in [written_]]
         if rows:
             yield pa.RecordBatch.from_pylist(rows, schema=_REPORT_ARROW)
 
@@ -203,6 +222,13 @@ class _File:
                 self.raw.close()
             except Exception:  # noqa: BLE001 - the task is failing already; its error is the one to see
                 pass
+
+
+def partials(rows: list[Any]) -> list[str] | None:
+    """The kept attempts' profile partials (JSON text each), in file order; None when any is missing."""
+    kept = sorted((r for r in rows if r["kind"] == SCORES), key=lambda r: str(r["file"]))
+    got = [r["partial"] for r in kept]
+    return None if any(p is None for p in got) else [str(p) for p in got]
 
 
 def written(rows: list[Any], kind: str = SCORES) -> dict[str, str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -130,3 +131,30 @@ def _finite(v: float | None) -> float | None:
     """None for a moment that overflowed (finite scores near 1e308 squared): undefined, so it fails
     its rule as a missing metric, and JSON has no inf."""
     return v if v is None or math.isfinite(v) else None
+
+
+@dataclass(frozen=True)
+class TaskProfiler:
+    """The validation profile's partial of the rows one scoring task writes, computed as it writes
+    them (the task's :class:`batchscore.udfs.staged_write.StagedWriter` calls it with the output
+    columns' Arrow arrays), so ``validate`` needs no pass over the staged scores when its plan is
+    still ``plan_key``. ``intervals``/``classes``: per output column."""
+
+    columns: tuple[str, ...]
+    intervals: dict[str, list[Interval]]
+    classes: dict[str, tuple[float, ...]]
+    plan_key: str
+
+    def __call__(self, chunks: dict[str, list[Any]]) -> str:
+        import json
+
+        import pyarrow as pa
+
+        out = {}
+        for c in self.columns:
+            arrays = chunks.get(c) or []
+            nulls = sum(a.null_count for a in arrays)
+            values = [a.drop_null().cast(pa.float64()).to_numpy(zero_copy_only=False) for a in arrays]
+            out[c] = partial(np.concatenate(values) if values else np.zeros(0), nulls, self.intervals[c],
+                             self.classes[c])
+        return json.dumps(out)

@@ -110,10 +110,28 @@ def compute_profile(
     df: DataFrame, plans: dict[str, ColumnPlan], *, quantiles: Sequence[float] = (), bins: int = 20
 ) -> dict[str, Any]:
     """``{"rows": n, "columns": {col: {...}}, "passes": 1}``; see the module docstring."""
-    freeze = [c for c, p in plans.items() if p.cuts is None]
-    qs = sorted(set(STANDARD_QUANTILES) | set(quantiles) | (set(bin_quantiles(bins)) if freeze else set()))
     ivs = {c: _intervals(p) for c, p in plans.items()}
     parts = _partials(df, ivs, {c: p.classes for c, p in plans.items()})
+    return profile_from_partials(parts, plans, quantiles=quantiles, bins=bins)
+
+
+def intervals_for(plans: dict[str, ColumnPlan]) -> dict[str, list[Interval]]:
+    """What each column's partial counts over (the scoring tasks compute partials with these)."""
+    return {c: _intervals(p) for c, p in plans.items()}
+
+
+def plan_key(plans: dict[str, ColumnPlan]) -> str:
+    """A stable text of ``plans``: partials computed for other plans cannot be merged into this profile."""
+    return json.dumps({c: [p.cuts, p.kl_edges, p.classes] for c, p in sorted(plans.items())})
+
+
+def profile_from_partials(
+    parts: list[dict[str, Any]], plans: dict[str, ColumnPlan], *, quantiles: Sequence[float] = (), bins: int = 20
+) -> dict[str, Any]:
+    """The profile from per-partition (or per-task) partials of every column (see the module docstring)."""
+    freeze = [c for c, p in plans.items() if p.cuts is None]
+    qs = sorted(set(STANDARD_QUANTILES) | set(quantiles) | (set(bin_quantiles(bins)) if freeze else set()))
+    ivs = intervals_for(plans)
     out: dict[str, Any] = {"rows": 0, "columns": {}, "passes": 1}
     for c, plan in plans.items():
         col_parts = [p[c] for p in parts]
