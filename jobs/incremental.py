@@ -115,10 +115,10 @@ class Plan:
             key = self.cfg.input.key
             jobs = []
             if todo or c["null_keys"]:
-                keys = self._keys(joined.filter(F.col(_IN_H) & ~_reuse(self)).select(key))
+                keys = self._keys(joined.filter(F.col(_IN_H) & ~_reuse()).select(key))
                 jobs.append(score_fn(source, only_keys=keys).collect())
             if c["reused"]:
-                copied = joined.filter(_reuse(self)).select(
+                copied = joined.filter(_reuse()).select(
                     F.col(key), F.col(_PH).alias(HASH), *[F.col(c) for c in self.cfg.outputs.columns])
                 jobs.append(copied.mapInArrow(_through(writer), writer.schema).collect())
             return jobs
@@ -241,7 +241,7 @@ class Plan:
 
         from batchscore.udfs.fragments import files_frame
 
-        names = [self.cfg.input.key, HASH, "model_sha256", "model_version", *self.cfg.outputs.columns]
+        names = [self.cfg.input.key, HASH, *self.cfg.outputs.columns]  # artifact and version: checked by plan_for
         schema = from_arrow_schema(_select(self.reference_schema, names))
         return files_frame(self.spark, self.reference_files, schema, storage=self.cfg.store)
 
@@ -250,12 +250,12 @@ class Plan:
         h = self._hashes(source).withColumn(_IN_H, F.lit(True))
         p = self._reference().withColumnRenamed(HASH, _PH).withColumn(_IN_P, F.lit(True))
         return h.join(p, on=key, how="full_outer").select(
-            F.col(key), F.col(HASH), F.col(_PH), F.col("model_sha256"), F.col("model_version"),
+            F.col(key), F.col(HASH), F.col(_PH),
             *[F.col(c) for c in self.cfg.outputs.columns],
             F.coalesce(F.col(_IN_H), F.lit(False)).alias(_IN_H), F.coalesce(F.col(_IN_P), F.lit(False)).alias(_IN_P))
 
     def _count(self, joined: DataFrame) -> dict[str, int]:
-        reuse = _reuse(self)
+        reuse = _reuse()
         in_h, in_p = F.col(_IN_H), F.col(_IN_P)
 
         def n(cond: Any) -> Any:
@@ -278,11 +278,10 @@ class Plan:
         return self.spark.sparkContext.broadcast(keys)
 
 
-def _reuse(plan: Plan) -> Any:
-    same = (F.col(_IN_H) & F.col(_IN_P) & (F.col(HASH) == F.col(_PH))
-            & (F.col("model_sha256") == F.lit(plan.ref.sha256))
-            & (F.col("model_version") == F.lit(plan.cfg.model.version)))
-    return F.coalesce(same, F.lit(False))  # a null hash (a row that cannot be hashed) is never reused
+def _reuse() -> Any:
+    # The reference's artifact and model.version equal this run's in every row (plan_for checked every
+    # file's statistics): the hash alone decides. A null hash (a row that cannot be hashed) is never reused.
+    return F.coalesce(F.col(_IN_H) & F.col(_IN_P) & (F.col(HASH) == F.col(_PH)), F.lit(False))
 
 
 def _count(mask: Any) -> int:
