@@ -13,7 +13,7 @@ so the champion-vs-challenger comparison pairs files instead of joining on the k
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from batchscore import storage as st
@@ -84,16 +84,10 @@ def stage_shadows(sides: list[Side], jobs: list[list[Any]], champion: ScoreRepor
         if staged.total_rows != champion.staged_rows:
             raise RuntimeError(
                 f"challenger {s.name}: {staged.total_rows} rows staged, the champion {champion.staged_rows}")
-        rep = ScoreReport(
-            model=s.cfg.name, run_id=champion.run_id, run_date=champion.run_date, model_version=s.cfg.model.version,
-            model_sha256=s.ref.sha256, registry=s.registry, input_rows=champion.input_rows,
-            staged_path=s.shadow.run_path, digest=staged.digest, staged_rows=staged.total_rows,
-            staged_files=len(staged.relative_files), staged_bytes=sum(staged.sizes),
-            input_delta_version=champion.input_delta_version, model_loads=champion.model_loads,
-            model_load_seconds=champion.model_load_seconds, model_devices=champion.model_devices,
-            seconds=champion.seconds, scored_at=champion.scored_at, quarantined_rows=champion.quarantined_rows,
-            quarantine=champion.quarantine, quarantine_table=champion.quarantine_table,
-            quarantine_delta_version=champion.quarantine_delta_version)
+        rep = replace(champion, model=s.cfg.name, model_version=s.cfg.model.version, model_sha256=s.ref.sha256,
+                      registry=s.registry, staged_path=s.shadow.run_path, digest=staged.digest,
+                      staged_rows=staged.total_rows, staged_files=len(staged.relative_files),
+                      staged_bytes=sum(staged.sizes))  # the same input, rows, quarantine and pass
         state.write_report(s.cfg, champion.run_id, "score", rep)
         reports.append(rep)
     return reports
