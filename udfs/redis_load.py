@@ -11,12 +11,15 @@ the server nothing, since its cost is the listpack scan per field, which depends
 final size, not on how many commands fill it (``benchmarks/README.md``). On a standalone server the
 commands are encoded straight to RESP bytes, the fields of a whole chunk at once with Arrow compute
 (:func:`resp_fields`: no Python work per entity; redis-py's generic per-argument encoder costs more
-than the server does); on a Cluster a ``ClusterPipeline`` sends each bucket to the master owning
-its slot. Transient errors (a restarted or briefly unreachable server) are retried by resending the
-batch; rewriting the same version is idempotent, so a retried batch or a retried Spark task is safe."""
+than the server does). On a Cluster the same bytes go to the master owning each bucket's slot, every
+master's share of a round sent before any reply is read, so the shards load in parallel
+(:class:`_ClusterRawPipe`, which also follows ``MOVED``/``ASK`` redirections). Transient errors
+(a restarted or briefly unreachable server) are retried by resending the batch; rewriting the same version is
+idempotent, so a retried batch or a retried Spark task is safe."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -68,17 +71,109 @@ class _RawPipe:
         self.buf, self.commands = [], 0
 
 
-class _ClusterPipe:
-    def __init__(self, client: Any) -> None:
-        self.pipe = client.pipeline(transaction=False)
+class _ClusterRawPipe:
+    """Pipelined raw RESP to every master of a Cluster at once: each command goes to the master
+    owning its key's slot; a round is sent to all masters before any reply is read, so the shards
+    work in parallel. ``MOVED`` (slots resharded meanwhile) and ``ASK`` (a slot being migrated)
+    replies and a lost connection resend just the affected commands, to the node the reply names
+    (``ASKING`` first for ``ASK``) or to the owner after a topology refresh; rewriting the same
+    fields is idempotent."""
 
-    def hset(self, key: str, fields: list[Any], values: list[bytes]) -> None:
-        flat: list[Any] = [None] * (2 * len(fields))
-        flat[0::2], flat[1::2] = fields, values
-        self.pipe.execute_command("HSET", key, *flat)
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.commands: list[tuple[int, bytes]] = []  # (slot, whole RESP of one command)
+        self._slot_cache: dict[str, int] = {}
+        self.redirected = {"MOVED": 0, "ASK": 0}
+
+    def slot(self, key: str) -> int:
+        from redis.crc import key_slot
+
+        s = self._slot_cache.get(key)
+        if s is None:
+            s = self._slot_cache[key] = key_slot(key.encode())
+        return s
+
+    def add(self, key: str, *parts: Any) -> None:
+        self.commands.append((self.slot(key), b"".join(parts)))
 
     def execute(self) -> None:
-        self.pipe.execute()
+        import redis
+
+        todo: list[tuple[Any, bytes, bool]] = [(None, cmd, False) for _, cmd in self.commands]
+        slots = [s for s, _ in self.commands]
+        attempt = 0
+        while todo:
+            by_node: dict[str, tuple[Any, list[int]]] = {}
+            for i, (target, _, _) in enumerate(todo):
+                node = target or self.client.nodes_manager.get_node_from_slot(slots[i])
+                by_node.setdefault(node.name, (node, []))[1].append(i)
+            sent = []
+            retry: list[int] = []
+            moved: dict[int, tuple[Any, bool]] = {}
+            first_error: BaseException | None = None
+            for node, idx in by_node.values():  # send every master its share before reading any reply
+                pool = self.client.get_redis_connection(node).connection_pool
+                conn = pool.get_connection()
+                try:
+                    conn.send_packed_command([(b"*1\r\n$6\r\nASKING\r\n" if todo[i][2] else b"") + todo[i][1]
+                                              for i in idx])
+                    sent.append((pool, conn, idx))
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    conn.disconnect()
+                    pool.release(conn)
+                    retry.extend(idx)
+            for pool, conn, idx in sent:
+                try:
+                    for i in idx:
+                        try:
+                            if todo[i][2]:
+                                conn.read_response()  # +OK of ASKING
+                            conn.read_response()
+                        except redis.exceptions.AskError as exc:
+                            moved[i] = (self._node(exc.host, exc.port), True)
+                        except redis.exceptions.MovedError as exc:
+                            moved[i] = (self._node(exc.host, exc.port), False)
+                        except (redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError):
+                            retry.append(i)
+                        except redis.ResponseError as exc:
+                            first_error = first_error or exc
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    conn.disconnect()
+                    retry.extend(i for i in idx if i not in moved)
+                finally:
+                    pool.release(conn)
+            if first_error is not None:
+                raise first_error
+            for _, ask in moved.values():
+                self.redirected["ASK" if ask else "MOVED"] += 1
+            if not retry and not moved:
+                break
+            attempt += 1
+            if attempt > RETRIES:
+                raise redis.ConnectionError(f"{len(retry) + len(moved)} HSET(s) still not accepted by the Cluster "
+                                            f"after {RETRIES} retries")
+            if retry or any(not ask for _, ask in moved.values()):
+                if retry:
+                    time.sleep(min(2.0, 0.1 * 2**attempt))
+                self.client.nodes_manager.initialize()  # the slot map changed (reshard, failover)
+            todo_next = [(None, todo[i][1], False) for i in retry]
+            slots_next = [slots[i] for i in retry]
+            for i, (node, ask) in moved.items():
+                todo_next.append((node, todo[i][1], ask))
+                slots_next.append(slots[i])
+            todo, slots = todo_next, slots_next
+        self.commands = []
+
+    def _node(self, host: str, port: int) -> Any:
+        node = self.client.get_node(host=host, port=port)
+        if node is None:
+            self.client.nodes_manager.initialize()
+            node = self.client.get_node(host=host, port=port)
+        if node is None:
+            import redis
+
+            raise redis.ConnectionError(f"the Cluster redirected a write to {host}:{port}, a node it does not list")
+        return node
 
 
 _CRC_TABLE: Any = None
@@ -181,7 +276,7 @@ def make_loader(
         from batchscore.redis_conn import client_for
 
         client = client_for(url, cluster=cluster)
-        pipe: Any = _ClusterPipe(client) if cluster else _RawPipe(client)
+        pipe: Any = _ClusterRawPipe(client) if cluster else _RawPipe(client)
         check_fence(client, fence)
         counts: dict[int, int] = {}
         pending = 0
@@ -195,21 +290,16 @@ def make_loader(
             packed = np.ascontiguousarray(scores, dtype="<f4").view(np.uint8).reshape(-1)
             starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]]).tolist()
             ends = [*starts[1:], len(buckets)]
-            if cluster:
-                keys = batch.column("k").to_pylist()
-            else:
-                data, offsets = resp_fields(batch.column("k"), packed, width)
+            data, offsets = resp_fields(batch.column("k"), packed, width)
             for s, e in zip(starts, ends, strict=True):
                 b = int(buckets[s])
                 key = layout.data_key(ns, vid, b)
+                kb = key.encode()
+                head = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * (e - s), len(kb), kb)
                 if cluster:
-                    pipe.hset(key, keys[s:e], [bytes(packed[i * width : (i + 1) * width]) for i in range(s, e)])
+                    pipe.add(key, head, data[offsets[s] : offsets[e]])
                 else:
-                    kb = key.encode()
-                    pipe.add(
-                        b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * (e - s), len(kb), kb),
-                        data[offsets[s] : offsets[e]],
-                    )
+                    pipe.add(head, data[offsets[s] : offsets[e]])
                 counts[b] = counts.get(b, 0) + (e - s)
                 pending += e - s
                 if pending >= PIPELINE_ENTITIES:
@@ -218,6 +308,10 @@ def make_loader(
                     check_fence(client, fence)
         if pending:
             _flush(pipe)
+        if cluster and any(pipe.redirected.values()):
+            logging.getLogger(__name__).warning(
+                "the Cluster's slots moved during this load: followed %d MOVED and %d ASK redirection(s)",
+                pipe.redirected["MOVED"], pipe.redirected["ASK"])
         client.close()
         yield pa.RecordBatch.from_arrays(
             [pa.array(list(counts), pa.int64()), pa.array(list(counts.values()), pa.int64())], names=["b", "n"]

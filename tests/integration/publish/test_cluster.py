@@ -69,7 +69,7 @@ def test_slots_migrated_during_a_cluster_load_and_a_killed_load_then_rerun(
 
     path = make_config(name="mv", outputs={"redis": {"cluster": True, "keep_versions": 1, "lock_ttl_seconds": 5}})
     cfg = load_model_config(path)
-    keys = np.arange(40_000, dtype=np.int64) * 3
+    keys = np.arange(120_000, dtype=np.int64) * 3  # 60k rows a task: three pipelined rounds, paused after the first
     stage_run(cfg, "k0", keys, (keys % 1000).astype(np.float32))
     proc = start_publish(path, "k0", redis_cluster, BATCHSCORE_CRASH_AT="during_redis_load")
     out, _ = proc.communicate(timeout=180)
@@ -79,9 +79,11 @@ def test_slots_migrated_during_a_cluster_load_and_a_killed_load_then_rerun(
     src, dst = rc.get_primaries()[:2]
     # The killed publisher's lock lapses after its TTL (5 s); a publish started before then is refused.
     wait_for(lambda: not rc.exists(layout.lock_key("t:mv")), 30, "the dead publisher's lock to lapse")
-    proc = start_publish(path, "k1", redis_cluster, BATCHSCORE_PAUSE_AT="during_redis_load:3")
+    proc = start_publish(path, "k1", redis_cluster, BATCHSCORE_PAUSE_AT="during_redis_load:6")
     try:
-        wait_for(lambda: rc.get(layout.run_key("t:mv", "k1")), 120, "the load to start", proc)
+        vid = wait_for(lambda: rc.get(layout.run_key("t:mv", "k1")), 120, "the version's allocation", proc).decode()
+        wait_for(lambda: next(rc.scan_iter(match=layout.data_key("t:mv", vid, 0)[:-1] + "*", count=1000), None), 120,
+                 "the load's first round (then it pauses)", proc)
         moved = subprocess.run(
             [cli_binary(), "--cluster", "reshard", f"{src.host}:{src.port}", "--cluster-from", _node_id(rc, src),
              "--cluster-to", _node_id(rc, dst), "--cluster-slots", "600", "--cluster-yes"],
@@ -92,6 +94,7 @@ def test_slots_migrated_during_a_cluster_load_and_a_killed_load_then_rerun(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
+    assert "followed" in out and "MOVED" in out, out[-3000:]  # the resumed rounds met the moved slots
     reader = ScoreReader(redis_cluster, prefix="t", cluster=True, pointer_ttl=0)
     found = reader.get_many("mv", keys.tolist())
     assert [found[str(k)].value for k in keys] == (keys % 1000 + 5).astype(np.float32).tolist()  # type: ignore[union-attr]
