@@ -228,7 +228,7 @@ class Plan:
         spec, width = self.cfg.input, self.cfg.input.n_features
         if source.files is not None:
             fragments = plan_fragments(source.files, parallelism=self.spark.sparkContext.defaultParallelism,
-                                       storage=self.cfg.store)
+                                       storage=self.cfg.store, deleted=source.deleted)
             return hashes_from_files(self.spark, fragments, key=spec.key, key_type=source.schema[spec.key].dataType,
                                      features=spec.features, feature_array=spec.feature_array, width=width,
                                      storage=self.cfg.store, physical=source.physical or None)

@@ -33,6 +33,12 @@ class InputScan:
     df: DataFrame | None = None
     physical: dict[str, str] = field(default_factory=dict)  # logical -> stored name (Delta column mapping)
     delta_version: int | None = None  # the pinned version of a Delta input
+    #: file URI -> the sorted row positions its Delta deletion vector removed (numpy int64); the tasks skip them
+    deleted: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deleted_rows(self) -> int:
+        return sum(len(v) for v in self.deleted.values())
 
 
 # Reader features of a Delta input this reader handles (column mapping: by physical names).
@@ -129,15 +135,7 @@ def _open_delta(spark: SparkSession, spec: InputTable, storage: Storage, source:
             f"{where}: uses Delta reader feature(s) {unknown or [f'reader version {proto.min_reader_version}']} "
             f"that batchscore cannot read; {fix}"
         )
-    if "deletionVectors" in (proto.reader_features or []):
-        with st.guard(spec.path, "read deletion vectors", storage):
-            n = sum(b.num_rows for b in dt.deletion_vectors())
-        if n:
-            raise InputDataError(
-                f"{where}: {n} file(s) carry deletion vectors, which batchscore does not apply yet; "
-                "rewrite them (OPTIMIZE / REORG TABLE ... APPLY (PURGE)) or set input.read: spark with "
-                f"a Delta-capable Spark in {source}"
-            )
+    deleted = _deleted_rows(dt, spec, storage) if "deletionVectors" in (proto.reader_features or []) else {}
     version = int(dt.version())
     arrow = pa.schema(dt.schema().to_arrow())  # arro3 -> pyarrow (Arrow C schema interface)
     physical = {
@@ -151,6 +149,12 @@ def _open_delta(spark: SparkSession, spec: InputTable, storage: Storage, source:
         raise InputDataError(f"{where}: Delta table has no data files (empty input)")
     needed_parts = [c for c in _needed(spec) if c in partitions]
     if spec.read == "spark" or needed_parts:
+        if deleted:
+            raise InputDataError(
+                f"{where}: {len(deleted)} file(s) carry deletion vectors, which Spark's Parquet scan would not "
+                + ("apply; keep the key and features as data columns so the tasks read the files (they apply them)"
+                   if needed_parts else f"apply; use input.read: auto in {source} (the tasks apply them)")
+            )
         if spec.read == "files" or not st.is_local(spec.path) or physical:
             raise InputDataError(
                 f"{where}: column(s) {needed_parts} are Delta partition columns, which the tasks do not "
@@ -162,7 +166,27 @@ def _open_delta(spark: SparkSession, spec: InputTable, storage: Storage, source:
         # exactly the pinned version's files; hive-style partition values from their paths
         df = spark.read.option("basePath", st.normalize(spec.path)).parquet(*files)
         return InputScan(spec.path, df.schema, None, df, delta_version=version)
-    return InputScan(spec.path, _spark_schema(arrow), files, physical=physical, delta_version=version)
+    return InputScan(spec.path, _spark_schema(arrow), files, physical=physical, delta_version=version, deleted=deleted)
+
+
+def _deleted_rows(dt: Any, spec: InputTable, storage: Storage) -> dict[str, Any]:
+    """File URI -> the row positions the current version's deletion vectors removed (delta-rs
+    decodes them: ``selection_vector`` is the file's keep mask)."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    with st.guard(spec.path, "read deletion vectors", storage):
+        for batch in dt.deletion_vectors():
+            import pyarrow as pa
+
+            rb = pa.record_batch(batch)
+            masks = rb.column("selection_vector")
+            for path, mask in zip(rb.column("filepath").to_pylist(), masks, strict=True):
+                keep = np.asarray(mask.values.to_numpy(zero_copy_only=False), dtype=bool)
+                gone = np.flatnonzero(~keep).astype(np.int64)
+                if len(gone):
+                    out[st.normalize(path)] = gone
+    return out
 
 
 def input_frame(spark: SparkSession, scan: InputScan, columns: list[str], *, storage: Storage = DEFAULT) -> DataFrame:
@@ -176,7 +200,8 @@ def input_frame(spark: SparkSession, scan: InputScan, columns: list[str], *, sto
 
     assert scan.files is not None
     return files_frame(
-        spark, scan.files, _ST([scan.schema[c] for c in columns]), storage=storage, physical=scan.physical or None
+        spark, scan.files, _ST([scan.schema[c] for c in columns]), storage=storage, physical=scan.physical or None,
+        deleted=scan.deleted or None,
     )
 
 
@@ -187,8 +212,19 @@ def read_input(spark: SparkSession, spec: InputTable) -> DataFrame:
     if spec.format == "delta":
         from deltalake import DeltaTable
 
-        return spark.read.parquet(*[st.normalize(u) for u in DeltaTable(spec.path).file_uris()])
+        dt = DeltaTable(spec.path)
+        _refuse_deletion_vectors(dt, spec)
+        return spark.read.parquet(*[st.normalize(u) for u in dt.file_uris()])
     return spark.read.parquet(spec.path)
+
+
+def _refuse_deletion_vectors(dt: Any, spec: InputTable) -> None:
+    """Spark's scan of a Delta table's files would read the rows its deletion vectors removed."""
+    if "deletionVectors" in (dt.protocol().reader_features or []) and _deleted_rows(dt, spec, DEFAULT):
+        raise InputDataError(
+            f"input table {spec.path}: files carry deletion vectors, which a plain Parquet scan does not apply; "
+            "open it with batchscore.jobs.inputs.open_input (the scoring tasks apply them)"
+        )
 
 
 def direct_files(spec: InputTable, *, source: str = "the model config") -> list[str] | None:
@@ -201,7 +237,9 @@ def direct_files(spec: InputTable, *, source: str = "the model config") -> list[
     if spec.format == "delta":
         from deltalake import DeltaTable
 
-        files = [st.normalize(f) for f in DeltaTable(path).file_uris()]
+        dt = DeltaTable(path)
+        _refuse_deletion_vectors(dt, spec)
+        files = [st.normalize(f) for f in dt.file_uris()]
     else:
         files = [u for u, _ in st.list_files(path, suffix=".parquet")] if not st.is_file(path) else [path]
     if not files:

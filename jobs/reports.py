@@ -61,6 +61,7 @@ class ScoreReport(Report):
     staged_files: int = 0
     staged_bytes: int = 0
     input_delta_version: int | None = None  # the Delta input's version read (pinned)
+    input_deleted_rows: int = 0  # rows of the Delta input its deletion vectors removed (not scored)
     model_loads: int = 0
     model_load_seconds: float = 0.0
     model_devices: list[str] = field(default_factory=list)  # the devices the executors' loads used

@@ -104,15 +104,16 @@ def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef | Mo
                    batch_size=cfg.scoring.batch_size, loads=loads, sink=sink, hashed=hashed,
                    screen=screen_for(cfg) if sink is not None else None)
     if isinstance(df, InputScan):
-        scan, files, physical = df.df, df.files, df.physical
+        scan, files, physical, deleted = df.df, df.files, df.physical, df.deleted
         key_type = df.schema[spec.key].dataType
     else:
-        scan, files, physical = df, direct_files(spec, source=cfg.source), {}
+        scan, files, physical, deleted = df, direct_files(spec, source=cfg.source), {}, {}
         key_type = df.schema[spec.key].dataType
     spark = SparkSession.getActiveSession()
     assert spark is not None
     if files is not None:
-        fragments = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism, storage=cfg.store)
+        fragments = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism, storage=cfg.store,
+                                   deleted=deleted)
         pred = with_predictions_from_files(spark, fragments, ref, key=spec.key, key_type=key_type, storage=cfg.store,
                                            physical=physical or None, only_keys=only_keys,
                                            **options)  # type: ignore[arg-type]
@@ -228,6 +229,7 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, 
         f"score {cfg.name}: scoring {cfg.input.path}"
         + (f" (Delta version {source.delta_version})" if source.delta_version is not None else "")
         + f"; {how}"
+        + (f"; {source.deleted_rows:,} row(s) removed by deletion vectors are skipped" if source.deleted else "")
     )
     loads = load_accumulator(spark.sparkContext)
     scored_at = datetime.now(UTC).replace(microsecond=0)
@@ -267,6 +269,7 @@ def score(spark: SparkSession, cfg: ModelConfig, *, run_id: str, run_date: str, 
         staged_files=len(staged.relative_files),
         staged_bytes=sum(staged.sizes),
         input_delta_version=source.delta_version,
+        input_deleted_rows=source.deleted_rows,
         model_loads=int(loads.value[0]),
         model_load_seconds=round(float(loads.value[1]), 3),
         model_devices=sorted(set(loads.value[3])),

@@ -5,20 +5,24 @@ core (more when they would exceed ≈ 128 MB, Spark's default ``maxPartitionByte
 :func:`plan_fragments`). :func:`fragment_frame` gives each Spark task one fragment's descriptor
 (paths + row-group ids); inside the task :func:`read_fragments` reads it with pyarrow (one thread:
 the task's CPU budget is one core) through any store :mod:`batchscore.storage` reaches.
+Rows a Delta deletion vector removed (``deleted``: a file's 0-based row positions) are planned with
+their fragment, as positions within its row groups, and dropped as the task reads them.
 :func:`files_frame` is the generic use (a DataFrame of some columns of some files); scoring
 straight from files is :mod:`batchscore.udfs.file_scan`, the Redis load reads staged files the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import (
     ArrayType,
     IntegerType,
+    LongType,
     StringType,
     StructField,
     StructType,
@@ -32,7 +36,8 @@ __all__ = ["DEFAULT_TARGET_BYTES", "Fragment", "files_frame", "fragment_frame", 
 OUTPUT_ROWS = 65_536  # rows per batch read (large slices: per-batch costs of pyarrow and of what follows add up)
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
 _PART = StructType([StructField("path", StringType(), False),
-                    StructField("row_groups", ArrayType(IntegerType(), False), False)])
+                    StructField("row_groups", ArrayType(IntegerType(), False), False),
+                    StructField("deleted", ArrayType(LongType(), False), True)])
 _DESCRIPTOR = StructType([StructField("parts", ArrayType(_PART, False), False)])
 
 
@@ -41,11 +46,14 @@ class Fragment:
     """Consecutive row groups, of one file or of several, scored by one Spark task."""
 
     parts: tuple[tuple[str, tuple[int, ...]], ...]  # (path, row-group ids), in file order
-    rows: int
+    rows: int  # the rows read: those of its row groups minus the deleted ones
+    #: per part: the positions (0-based, in the concatenation of its row groups) a deletion vector removed
+    deleted: tuple[tuple[int, ...], ...] = ()
 
 
 def plan_fragments(files: Sequence[str], *, parallelism: int = 1, max_bytes: int = DEFAULT_TARGET_BYTES,
-                   min_bytes: int = 4 * 1024 * 1024, storage: Storage = DEFAULT) -> list[Fragment]:
+                   min_bytes: int = 4 * 1024 * 1024, storage: Storage = DEFAULT,
+                   deleted: Mapping[str, Any] | None = None) -> list[Fragment]:
     """The files' row groups, in order, cut into ``n`` fragments of about equal bytes (row groups
     are the unit; a fragment may span files, as Spark packs small files into one partition).
 
@@ -53,22 +61,30 @@ def plan_fragments(files: Sequence[str], *, parallelism: int = 1, max_bytes: int
     at least one per core (``parallelism``) unless that would cut fragments below ``min_bytes``
     (a table of several files still gets ``min(parallelism, files)``). Each task costs the JVM and
     the Python worker a fixed set-up, so a task per core beats a task per file (``benchmarks/README.md``).
+
+    ``deleted``: file -> the sorted 0-based row positions a Delta deletion vector removed (numpy
+    int64 arrays or sequences); they travel with the fragment holding them and are never read.
     """
-    groups: list[tuple[str, int, int, int]] = []  # path, row group, bytes, rows
+    import numpy as np
+
+    groups: list[tuple[str, int, int, int, int]] = []  # path, row group, bytes, rows, first row in the file
     from batchscore.storage import parquet_file
 
     for path in files:
         meta = parquet_file(path, storage).metadata
+        first = 0
         for i in range(meta.num_row_groups):
             rg = meta.row_group(i)
             if rg.num_rows:
-                groups.append((path, i, rg.total_byte_size, rg.num_rows))
+                groups.append((path, i, rg.total_byte_size, rg.num_rows, first))
+            first += rg.num_rows
+    gone = {p: np.asarray(v, dtype=np.int64) for p, v in (deleted or {}).items() if len(v)}
     if not groups:
         return []
     total = sum(g[2] for g in groups)
     n = max(-(-total // max_bytes), min(parallelism, max(1, total // min_bytes)), min(parallelism, len(files)))
     n = max(1, min(n, len(groups)))
-    buckets: list[list[tuple[str, int, int, int]]] = [[] for _ in range(n)]
+    buckets: list[list[tuple[str, int, int, int, int]]] = [[] for _ in range(n)]
     start = 0
     for g in groups:  # by the midpoint of its bytes: cuts fall near k * total / n
         buckets[min(n - 1, int((start + g[2] / 2) * n / total))].append(g)
@@ -77,13 +93,21 @@ def plan_fragments(files: Sequence[str], *, parallelism: int = 1, max_bytes: int
     for bucket in buckets:
         if not bucket:
             continue
-        parts: list[tuple[str, list[int]]] = []
-        for path, i, _, _ in bucket:
-            if parts and parts[-1][0] == path:
-                parts[-1][1].append(i)
-            else:
-                parts.append((path, [i]))
-        out.append(Fragment(tuple((p, tuple(ids)) for p, ids in parts), sum(g[3] for g in bucket)))
+        parts: list[tuple[str, list[int], list[int]]] = []  # path, row groups, part-relative deleted rows
+        offset = 0  # rows of the current part before this row group
+        for path, i, _, rows, first in bucket:
+            if not (parts and parts[-1][0] == path):
+                parts.append((path, [], []))
+                offset = 0
+            parts[-1][1].append(i)
+            if path in gone:
+                pos = gone[path]
+                parts[-1][2].extend((pos[(pos >= first) & (pos < first + rows)] - first + offset).tolist())
+            offset += rows
+        removed = tuple(tuple(d) for _, _, d in parts)
+        out.append(Fragment(tuple((p, tuple(ids)) for p, ids, _ in parts),
+                            sum(g[3] for g in bucket) - sum(len(d) for d in removed),
+                            removed if any(removed) else ()))
     return out
 
 
@@ -97,7 +121,8 @@ def physical_columns(path: str, storage: Storage = DEFAULT) -> set[str]:
 def fragment_frame(spark: SparkSession, fragments: Sequence[Fragment]) -> DataFrame:
     """One row per fragment (its paths and row-group ids), one fragment per partition: map it with
     ``mapInArrow`` and :func:`read_fragments` so each task reads its own fragment."""
-    rows = [([(path, list(ids)) for path, ids in f.parts],) for f in fragments]
+    rows = [([(path, list(ids), list(f.deleted[j]) if f.deleted and f.deleted[j] else None)
+              for j, (path, ids) in enumerate(f.parts)],) for f in fragments]
     return spark.createDataFrame(spark.sparkContext.parallelize(rows, max(1, len(rows))), _DESCRIPTOR)
 
 
@@ -106,8 +131,9 @@ def read_fragments(descriptors: Iterator[pa.RecordBatch], columns: list[str], *,
                    physical: dict[str, str] | None = None) -> Iterator[pa.RecordBatch]:
     """Inside a task of :func:`fragment_frame`: ``columns`` of every row group its descriptors
     name, in order, ``rows`` at a time (pyarrow, one thread: the task's CPU budget is one core),
-    through ``storage`` (local disk or an object store). ``physical``: logical -> stored column
-    name (Delta column mapping); batches carry the logical names.
+    through ``storage`` (local disk or an object store), without the rows a deletion vector
+    removed. ``physical``: logical -> stored column name (Delta column mapping); batches carry the
+    logical names.
     Large slices: per-batch costs of pyarrow and of what follows add up at 1k rows."""
     from batchscore.storage import guard, parquet_file
 
@@ -115,14 +141,32 @@ def read_fragments(descriptors: Iterator[pa.RecordBatch], columns: list[str], *,
     for b in descriptors:
         for part in (p for parts in b.column(0).to_pylist() for p in parts):
             parquet = parquet_file(part["path"], storage)
+            keep = _keep_mask(parquet, part["row_groups"], part.get("deleted"))
+            at = 0
             with guard(part["path"], "read", storage):
                 for rb in parquet.iter_batches(batch_size=rows, row_groups=part["row_groups"], columns=stored,
                                                use_threads=False):
+                    if keep is not None:
+                        n = rb.num_rows
+                        rb, at = rb.filter(pa.array(keep[at : at + n])), at + n
+                        if not rb.num_rows:
+                            continue
                     yield rb if stored == columns else pa.RecordBatch.from_arrays(rb.columns, names=columns)
 
 
+def _keep_mask(parquet: Any, row_groups: Sequence[int], deleted: Sequence[int] | None) -> Any:
+    """False at the deleted positions of the row groups' concatenation; None when none is deleted."""
+    if not deleted:
+        return None
+    import numpy as np
+
+    keep = np.ones(sum(parquet.metadata.row_group(i).num_rows for i in row_groups), dtype=bool)
+    keep[np.asarray(deleted, dtype=np.int64)] = False
+    return keep
+
+
 def files_frame(spark: SparkSession, files: Sequence[str], schema: StructType, *, storage: Storage = DEFAULT,
-                physical: dict[str, str] | None = None) -> DataFrame:
+                physical: dict[str, str] | None = None, deleted: Mapping[str, Any] | None = None) -> DataFrame:
     """A DataFrame of ``schema``'s columns of the Parquet ``files``, read by the tasks themselves
     through ``storage`` (no Hadoop connector: works for any store :mod:`batchscore.storage`
     reaches). For validation and key checks over files Spark cannot read itself."""
@@ -135,5 +179,5 @@ def files_frame(spark: SparkSession, files: Sequence[str], schema: StructType, *
         for rb in read_fragments(batches, names, storage=storage, physical=physical):
             yield rb if rb.schema.equals(want) else rb.cast(want)
 
-    frags = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism, storage=storage)
+    frags = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism, storage=storage, deleted=deleted)
     return fragment_frame(spark, frags).mapInArrow(read, schema)

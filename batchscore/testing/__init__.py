@@ -7,9 +7,11 @@
   a publish (no-ops unless a ``BATCHSCORE_CRASH_AT`` / ``BATCHSCORE_PAUSE_AT`` variable names them).
 - :mod:`batchscore.testing.demo_data`: the demo's generated feature tables and small MLP models, and
   their ground truth (ONNX Runtime run directly).
+- :mod:`batchscore.testing.delta_dv`: marks rows of a Delta table deleted with deletion vectors
+  written per the Delta protocol (no Delta writer available here produces them), for the input tests.
 
 Nothing here is imported by the reader or the jobs unless asked (the demo starts servers; the
 publish protocol calls :func:`crashpoint.reached`, a no-op in production).
 """
 
-__all__ = ["crashpoint", "demo_data", "local_redis", "local_s3"]
+__all__ = ["crashpoint", "delta_dv", "demo_data", "local_redis", "local_s3"]
