@@ -184,6 +184,11 @@ class RedisOutput(_Strict):
         description="publish even when maxmemory-policy is "
         "allkeys-* (Redis may then evict published scores to make room)",
     )
+    load: Literal["auto", "full"] = Field(
+        default="auto",
+        description="auto: a publication that changed few entities (at most half) is loaded as a server-side copy "
+        "of the served version plus the entities that differ (standalone Redis); full: always load every entity",
+    )
 
 
 class Outputs(_Strict):

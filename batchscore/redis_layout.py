@@ -45,8 +45,13 @@ def namespace(prefix: str, model: str) -> str:
     return f"{prefix}:{model}"
 
 
-def bucket_count(rows: int) -> int:
-    """Number of buckets for a version of ``rows`` entities (at least 1)."""
+def bucket_count(rows: int, *, keep: int | None = None) -> int:
+    """Number of buckets for a version of ``rows`` entities (at least 1). ``keep``: the served
+    version's count, kept while it still gives 0.75x..1.5x :data:`TARGET_ENTRIES_PER_BUCKET` entities
+    per bucket, so a publication that changed few entities can start from a server-side copy of the
+    served version's buckets (the same keys land in the same buckets)."""
+    if keep and 0.75 * TARGET_ENTRIES_PER_BUCKET * keep <= rows <= 1.5 * TARGET_ENTRIES_PER_BUCKET * keep:
+        return keep
     return max(1, -(-rows // TARGET_ENTRIES_PER_BUCKET))
 
 

@@ -22,7 +22,7 @@ from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
 from batchscore.exit import exit_now
-from batchscore.jobs import entry, state
+from batchscore.jobs import entry, redis_patch, state
 from batchscore.jobs.reports import PublishReport, ScoreReport, ValidationReport
 from batchscore.jobs.session import session_for
 from batchscore.jobs.targets import store_of, target_of
@@ -78,6 +78,34 @@ def publish_target(cfg: ModelConfig) -> publication.Target:
 def spark_loader(spark: SparkSession, cfg: ModelConfig, url: str) -> publication.Loader:
     """The protocol's loader: :func:`load_version` on ``spark``'s executors."""
     return lambda paths, version, fence: load_version(spark, cfg, paths, url, version, fence)
+
+
+class PatchingLoader:
+    """:func:`spark_loader`, but a version that differs from the served one in few entities is
+    built as a patch of it (:mod:`batchscore.jobs.redis_patch`, ``outputs.redis.load: auto``);
+    ``how`` says what the last load did (the publish report's ``redis_load``)."""
+
+    def __init__(self, spark: SparkSession, cfg: ModelConfig, url: str, store: RedisVersions,
+                 target: publication.Target) -> None:
+        self.spark, self.cfg, self.url, self.store, self.target = spark, cfg, url, store, target
+        self.how = "reused"
+
+    def __call__(self, paths: list[str], version: Version, fence: tuple[str, str]) -> dict[int, int]:
+        cfg, store = self.cfg, self.store
+        found = redis_patch.patch_base(store, self.target, version) if cfg.outputs.redis.load == "auto" else None
+        if found is not None:
+            started = time.perf_counter()
+            patch = redis_patch.patch_load(store, self.target, version, *found, parquet_files(paths, cfg.store),
+                                           url=self.url)
+            if patch is not None:
+                self.how = f"patch of {patch.base}: {patch.written} written, {patch.removed} removed"
+                entry.log(f"{store.ns}: version {version.vid} is version {patch.base} patched: {patch.written:,} "
+                          f"entities written, {patch.removed:,} removed ({time.perf_counter() - started:.2f} s)")
+                return patch.counts
+        if store.meta(version.vid).get("patch_of"):
+            redis_patch.clear(store, version)  # a patch began it: what it copied must not survive the full load
+        self.how = "full"
+        return load_version(self.spark, cfg, paths, self.url, version, fence)
 
 
 def lazy_loader(cfg: ModelConfig, url: str, master: str | None = None) -> publication.Loader:
@@ -175,14 +203,15 @@ def publish(
             f"{staged.run_path}: {staged.total_rows} staged rows but {kept} scored; re-score the run"
         )
     store = store_of(cfg, redis_url)
+    target = publish_target(cfg)
     out = publication.publish(
         store,
-        publish_target(cfg),
+        target,
         staged,
         run_id=run_id,
         run_date=scored.run_date,
         validated_digest=str(validated.digest),
-        loader=spark_loader(spark, cfg, redis_url),
+        loader=(loader := PatchingLoader(spark, cfg, redis_url, store, target)),
         preflight=lambda: preflight(cfg, store, staged),
         allow_older=allow_older,
         log=entry.log,
@@ -210,6 +239,7 @@ def publish(
         gc_versions=list(out.collected),
         already_published=out.action == "already-published",
         seconds=round(time.perf_counter() - started, 2),
+        redis_load=loader.how,
     )
     log.info(
         f"{store.ns}: serving publication {pub.seq}: Redis version {pub.redis_version} "

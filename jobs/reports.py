@@ -123,6 +123,9 @@ class PublishReport(Report):
     already_published: bool = False
     seconds: float = 0.0
     challengers: dict[str, str] = field(default_factory=dict)  # name -> published in shadow, or why not
+    #: how Redis got the version: "full" (every entity from the executors), "patch of <version>: <n>
+    #: written, <m> removed" (outputs.redis.load: auto), or "reused" (a retry found it loaded)
+    redis_load: str = "reused"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -185,7 +185,7 @@ def publish(store: RedisVersions, target: Target, staged: delta.StagedRun, *, ru
             preflight()
             version = store.allocate(run_id=run_id, rows=staged.total_rows, columns=target.columns,
                                      model_version=target.model_version, digest=staged.digest,
-                                     extra=_scored_meta(scored_at))
+                                     extra=_scored_meta(scored_at), near=pointer)
         if version.state == "loading":
             log(f"{store.ns}: loading {staged.total_rows:,} entities into Redis version {version.vid}")
             version = _load_verified(store, target, loader, staged.uris(), version)  # 5. verify

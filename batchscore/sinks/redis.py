@@ -143,6 +143,30 @@ return #KEYS - 1
 """
 
 
+# KEYS: lock, then (source, destination) data key pairs. ARGV: token. Each destination becomes a
+# copy of its source without an expiry (the version is armed later), or is removed when the source
+# holds nothing (an empty bucket), so a retried copy leaves the same buckets. Returns the copies made.
+_COPY = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
+local n = 0
+for i = 2, #KEYS, 2 do
+  if redis.call('COPY', KEYS[i], KEYS[i + 1], 'REPLACE') == 1 then
+    redis.call('PERSIST', KEYS[i + 1])
+    n = n + 1
+  else
+    redis.call('UNLINK', KEYS[i + 1])
+  end
+end
+return n
+"""
+
+# KEYS: lock, a data key. ARGV: token, then the fields to remove.
+_HDEL = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
+return redis.call('HDEL', KEYS[2], unpack(ARGV, 2))
+"""
+
+
 @dataclass(frozen=True)
 class Expiry:
     """A publication's expiry deadlines (ms since the epoch, the Redis server's clock): the
@@ -268,15 +292,17 @@ class RedisVersions:
         return layout.lock_key(self.ns), self.token
 
     def allocate(self, *, run_id: str, rows: int, columns: list[str], model_version: str, digest: str,
-                 extra: dict[str, str] | None = None) -> Version:
-        """A fresh version (a new number and epoch) in state ``loading``."""
+                 extra: dict[str, str] | None = None, near: str | None = None) -> Version:
+        """A fresh version (a new number and epoch) in state ``loading``; with ``near`` (the served
+        version) its bucket count when :func:`layout.bucket_count` keeps it."""
         known = [int(v.partition(".")[0]) for v in self.known_versions() if v.partition(".")[0].isdigit()]
         n = int(self.r.incr(layout.seq_key(self.ns)))
         while n <= max(known, default=0):  # the counter was lost (restored server)
             n = int(self.r.incr(layout.seq_key(self.ns)))
         epoch = secrets.token_hex(4)
         vid = layout.version_id(n, epoch)
-        buckets = layout.bucket_count(rows)
+        served = self.version(near) if near else None
+        buckets = layout.bucket_count(rows, keep=served.buckets if served else None)
         fields = {"number": n, "epoch": epoch, "state": "loading", "count": rows, "buckets": buckets,
                   "columns": ",".join(columns), "model_version": model_version, "run_id": run_id,
                   "digest": digest, "created_at": time.time(), **(extra or {})}
@@ -407,6 +433,32 @@ class RedisVersions:
             else:
                 done += int(self._fenced(self._eval(script, 1 + len(batch), layout.lock_key(self.ns), *batch,
                                                      self.token or "", *args), what))
+        return done
+
+    def copy_buckets(self, src: Version, dst: Version) -> int:
+        """Make every bucket of ``dst`` a server-side copy of ``src``'s (the same bucket count), in
+        fenced batches; standalone servers only (a Cluster spreads a version's buckets over slots,
+        and ``COPY`` stays within one). Returns the buckets copied (empty ones are absent)."""
+        assert src.buckets == dst.buckets
+        done = 0
+        for lo in range(0, src.buckets, 250):
+            keys = [k for b in range(lo, min(lo + 250, src.buckets))
+                    for k in (layout.data_key(self.ns, src.vid, b), layout.data_key(self.ns, dst.vid, b))]
+            done += int(self._fenced(self._eval(_COPY, 1 + len(keys), layout.lock_key(self.ns), *keys,
+                                                 self.token or ""), f"copy version {src.vid} into {dst.vid}"))
+        return done
+
+    def remove_fields(self, vid: str, fields: dict[int, list[bytes]]) -> int:
+        """``HDEL`` entities from buckets of ``vid`` (bucket -> entity keys), each command fenced,
+        pipelined 500 buckets at a time. Returns the entities removed."""
+        lock, token, done = layout.lock_key(self.ns), self.token or "", 0
+        items = [(b, f) for b, f in fields.items() if f]
+        for lo in range(0, len(items), 500):
+            pipe = self.r.pipeline(transaction=False)
+            for b, f in items[lo : lo + 500]:
+                pipe.eval(_HDEL, 2, lock, layout.data_key(self.ns, vid, b), token, *f)
+            for n in pipe.execute():
+                done += int(self._fenced(n, f"remove entities from version {vid}"))
         return done
 
     def delete(self, vid: str, meta: dict[str, str]) -> None:

@@ -1,0 +1,160 @@
+"""Loading a new Redis version as a patch of the served one, when few entities changed.
+
+A full load writes every entity from the executors. When the served version holds almost the same
+content (a nightly run where most entities' scores did not change; an incremental run reuses them
+bit for bit), the new version is instead built on the server and from the driver:
+
+1. the served version's buckets are copied server-side into the new version's keys (``COPY``, a
+   memory copy of each compact hash; fenced batches, :meth:`RedisVersions.copy_buckets`);
+2. the entities whose packed scores differ from the served ones, and the new entities, are
+   written (``HSET``, the executor loader's RESP encoder run on the driver, fenced per round);
+3. the entities the served version holds but the new content does not are removed (``HDEL``,
+   each command fenced);
+4. every bucket's size is checked against the new content's own bucket counts; then the protocol
+   verifies the same counts again before the Delta commit, as after a full load.
+
+The diff is computed from the files themselves (the served publication's Delta version and the
+staged run: keys and packed float32 scores, compared bit for bit), never from what the score step
+claims it reused. It applies only on a standalone server, when the served version is complete, is
+the Delta head's publication, has the same bucket count and columns, the staged keys are unique
+(else the full load runs and reports the duplicates), both snapshots fit the driver
+(:data:`PATCH_MAX_ROWS`) and at most :data:`PATCH_MAX_SHARE` of the entities differ; otherwise the
+caller loads in full. A version a patch began and a full load then takes over is emptied first, so
+entities the patch copied and had not removed yet cannot survive into it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from batchscore import redis_layout as layout
+from batchscore import storage as st
+from batchscore.sinks import delta
+from batchscore.sinks.publication import Target, head
+from batchscore.sinks.redis import RedisVersions, Version
+from batchscore.storage import Storage
+
+log = logging.getLogger(__name__)
+
+#: The most entities a patch reads on the driver (the served and the new snapshot, keys + scores).
+PATCH_MAX_ROWS = 20_000_000
+#: Above this share of entities written or removed, a full load from the executors is cheaper.
+PATCH_MAX_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Patch:
+    """What a patch load did."""
+
+    base: str  # the served version it started from
+    written: int  # entities new or with other scores
+    removed: int  # entities no longer in the content
+    counts: dict[int, int]  # bucket -> entities of the new version
+
+
+def patch_base(store: RedisVersions, target: Target, version: Version) -> tuple[Version, list[str]] | None:
+    """The served version a load of ``version`` may start from, with the Delta files it holds; None
+    when a full load is needed (see the module docstring)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(store.r, RedisCluster):
+        return None
+    pub = head(target.table, target.storage)
+    record = store.served_record()
+    if pub is None or pub.delta_version is None or record is None or record.get("seq") != pub.seq:
+        return None
+    base = store.complete(pub.redis_version, pub.digest)
+    if base is None or store.current() != base.vid or base.buckets != version.buckets or base.vid == version.vid:
+        return None
+    if store.meta(base.vid).get("columns") != ",".join(target.columns):
+        return None
+    if base.count > PATCH_MAX_ROWS or version.count > PATCH_MAX_ROWS:
+        return None
+    return base, delta.files_at(target.table, pub.delta_version, target.storage)
+
+
+def patch_load(store: RedisVersions, target: Target, version: Version, base: Version, base_files: list[str],
+               staged_files: list[str], *, url: str) -> Patch | None:
+    """Build ``version`` as ``base`` patched to the content of ``staged_files`` (steps 1-4 of the
+    module docstring); None, with nothing written, when the content differs too much or its keys
+    repeat."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from batchscore.udfs.redis_load import bucket_ids, make_loader
+
+    key, cols = target.key, list(target.columns)
+    new = _snapshot(staged_files, key, cols, target.storage)
+    if new.num_rows != version.count or pc.count_distinct(new["k"]).as_py() != new.num_rows:
+        return None  # the full load counts (and names) duplicate keys
+    old = _snapshot(base_files, key, cols, target.storage)
+    if old.num_rows != base.count:
+        return None
+    joined = new.join(old, keys="k", join_type="left outer", right_suffix="_old", use_threads=True)
+    differs = np.zeros(joined.num_rows, dtype=bool)
+    for c in cols:
+        was = joined[f"{c}_old"]
+        now_bits = _bits(joined[c])
+        old_bits = _bits(was.fill_null(0))
+        differs |= (now_bits != old_bits) | _nulls(was)
+    changed = joined.filter(pa.array(differs)).select(["k", *cols])
+    gone = old.join(new.select(["k"]), keys="k", join_type="left anti").column("k")
+    if changed.num_rows + len(gone) > PATCH_MAX_SHARE * max(1, version.count):
+        return None
+
+    store.annotate(version.vid, patch_of=base.vid)  # a full load that takes over empties the version first
+    store.copy_buckets(base, version)                                                            # 1. copy
+    if changed.num_rows:                                                                         # 2. write
+        loader = make_loader(url, store.ns, version.vid, version.buckets, cols, fence=store.fence())
+        for _ in loader(iter(changed.to_batches())):
+            pass
+    removed = 0
+    if len(gone):                                                                                # 3. remove
+        ids = bucket_ids(gone.combine_chunks() if isinstance(gone, pa.ChunkedArray) else gone, version.buckets)
+        fields: dict[int, list[bytes]] = {}
+        for b, k in zip(ids.tolist(), gone.to_pylist(), strict=True):
+            fields.setdefault(int(b), []).append(k.encode())
+        removed = store.remove_fields(version.vid, fields)
+    keys = new.column("k").combine_chunks()                                                      # 4. check
+    sizes = np.bincount(bucket_ids(keys, version.buckets), minlength=version.buckets)
+    counts = {int(b): int(n) for b, n in enumerate(sizes.tolist()) if n}
+    got = store.bucket_sizes(version.vid, version.buckets)
+    if any(got[b] != counts.get(b, 0) for b in range(version.buckets)):
+        log.warning("%s: the patch of version %s from %s left bucket sizes other than the content's; loading it "
+                    "in full", store.ns, version.vid, base.vid)
+        clear(store, version)
+        return None
+    return Patch(base.vid, changed.num_rows, removed, counts)
+
+
+def clear(store: RedisVersions, version: Version) -> None:
+    """Empty ``version``'s buckets (fenced) before a full load takes over a patch."""
+    store.unlink([layout.data_key(store.ns, version.vid, b) for b in range(version.buckets)],
+                 what=f"empty version {version.vid} before a full load")
+
+
+def _snapshot(files: list[str], key: str, cols: list[str], storage: Storage) -> Any:
+    """Key (as text, as the loader writes it) and score columns of ``files`` as one Arrow table."""
+    import pyarrow as pa
+
+    parts = [st.parquet_file(u, storage).read(columns=[key, *cols]) for u in files]
+    table = pa.concat_tables(parts) if parts else pa.table({key: pa.array([], pa.string()),
+                                                          **{c: pa.array([], pa.float32()) for c in cols}})
+    return table.set_column(0, "k", table.column(0).cast(pa.string())).combine_chunks()
+
+
+def _bits(col: Any) -> Any:
+    """A float column's values as their float32 bit patterns (NaN == NaN, -0.0 != 0.0: what Redis holds)."""
+    import numpy as np
+
+    return np.ascontiguousarray(col.to_numpy(zero_copy_only=False), dtype="<f4").view(np.int32)
+
+
+def _nulls(col: Any) -> Any:
+    import numpy as np
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
