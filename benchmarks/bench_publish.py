@@ -7,6 +7,11 @@
    the per-round ratios publish/redis-cli >= 0.7x.
 2. Bytes per entity from ``INFO memory``: the bucketed layout vs one key per entity (``SET``).
 3. Delta commit time (``deltalake``) for 100k vs 5M rows in the same number of files. Bar: <= 1.5x.
+4. A publish (``jobs.publish.publish``: load, verify, Delta commit, flip) of ``--rows`` entities of
+   which 1 % changed since the served publication: ``outputs.redis.load: auto`` (a patch of the
+   served version) vs ``full``, each into its own redis-server and Delta table, ``--reps`` rounds
+   interleaved. Reported, with the values read back checked against the staged scores; no bar of
+   its own (issue 16's incremental bar is the whole run, ``bench_incremental.py``).
 """
 
 from __future__ import annotations
@@ -152,6 +157,68 @@ def bench_commit(work: Path, rows: int, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def bench_patch(rows: int, work: Path, reps: int) -> dict[str, float]:
+    """Median publish seconds with 1 % of the scores changed since the served run: auto vs full."""
+    from batchscore.jobs import state
+    from batchscore.jobs.publish import publish
+    from batchscore.reader import ScoreReader
+
+    spark = build_session("bench-patch", master="local[2]", conf={"spark.ui.showConsoleProgress": "false"})
+    rng = np.random.default_rng(5)
+    keys = rng.permutation(rows).astype(np.int64) + 10_000_000
+    scores = rng.random(rows, dtype=np.float32)
+    times: dict[str, list[float]] = {"auto": [], "full": []}
+    with LocalRedis() as a, LocalRedis() as f:
+        servers = {"auto": a, "full": f}
+        cfgs = {}
+        for mode in times:
+            path = work / f"patch-{mode}.yaml"
+            path.write_text(yaml.safe_dump({
+                "name": "p", "model": {"uri": str(work / "none.onnx"), "format": "onnx", "version": "v1"},
+                "input": {"path": str(work / "in.parquet"), "key": "user_id", "features": ["a"]},
+                "outputs": {"delta": {"path": str(work / f"patch-{mode}")},
+                            "redis": {"key_prefix": "b", "load": mode, "gc_grace_seconds": 0}},
+                "runtime": {"report_dir": str(work / f"patch-runs-{mode}")}}))
+            cfgs[mode] = load_model_config(path)
+
+        def stage(mode: str, run_id: str, values: np.ndarray, day: int) -> None:
+            cfg = cfgs[mode]
+            d = Path(state.staged_path(cfg, run_id))
+            d.mkdir(parents=True, exist_ok=True)
+            for i, part in enumerate(np.array_split(np.arange(rows), FILES)):
+                pq.write_table(pa.table({"user_id": keys[part], "score": values[part],
+                                         "model_version": pa.array(["v1"] * len(part)),
+                                         "run_id": pa.array([run_id] * len(part))}), d / f"part-{i:05d}.parquet")
+            digest = delta.stage(cfg.outputs.delta.path, run_id).digest
+            state.write_report(cfg, run_id, "score", {"input_rows": rows, "run_date": f"2026-11-{day:02d}",
+                                                      "digest": digest})
+            state.write_report(cfg, run_id, "validation", {"passed": True, "profile": {"columns": {}},
+                                                           "digest": digest})
+
+        for mode in times:  # the served publication, then a warm-up round
+            stage(mode, "p0", scores, 1)
+            publish(spark, cfgs[mode], run_id="p0", redis_url=servers[mode].url)
+        current = scores
+        for i in range(reps + 1):
+            current = current.copy()
+            picked = rng.choice(rows, size=rows // 100, replace=False)
+            current[picked] = rng.random(len(picked), dtype=np.float32)
+            order = list(times) if i % 2 == 0 else list(reversed(times))
+            for mode in order:
+                stage(mode, f"p{i + 1}", current, i + 2)
+                started = time.perf_counter()
+                rep = publish(spark, cfgs[mode], run_id=f"p{i + 1}", redis_url=servers[mode].url)
+                if i:
+                    times[mode].append(time.perf_counter() - started)
+                assert rep.redis_load.startswith("patch of" if mode == "auto" else "full"), rep.redis_load
+            for mode in times:  # what readers get equals the staged scores, on both sides
+                sample = rng.choice(rows, size=200, replace=False)
+                found = ScoreReader(servers[mode].url, prefix="b", pointer_ttl=0).get_many("p", keys[sample].tolist())
+                assert [found[str(k)].value for k in keys[sample]] == current[sample].tolist()  # type: ignore[union-attr]
+    spark.stop()
+    return {m: statistics.median(t) for m, t in times.items()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000, help="entities loaded into Redis")
@@ -162,6 +229,7 @@ def main() -> int:
         work = Path(tmp)
         load = bench_load(args.rows, work, args.reps)
         small, big = (bench_commit(work, n) for n in args.commit_rows)
+        patch = bench_patch(args.rows, work, args.reps)
     rate, pipe_rate = args.rows / load["publish_s"], args.rows / load["pipe_s"]
     rows = [
         ("publish load (Spark local[2] -> Redis)", f"{rate:,.0f} entities/s", f"{load['publish_s']:.2f} s"),
@@ -175,6 +243,9 @@ def main() -> int:
         (f"Delta commit, {args.commit_rows[0]:,} rows", f"{small * 1000:.1f} ms", f"median, {FILES} files"),
         (f"Delta commit, {args.commit_rows[1]:,} rows", f"{big * 1000:.1f} ms", f"median, {FILES} files"),
         ("commit big / small (bar <= 1.5)", f"{big / small:.2f}x", ""),
+        ("publish, 1 % changed, load: full", f"{patch['full']:.2f} s", "load + verify + commit + flip"),
+        ("publish, 1 % changed, load: auto (patch)", f"{patch['auto']:.2f} s",
+         f"{patch['auto'] / patch['full']:.2f}x of full"),
     ]
     print(f"publish benchmark: {args.rows:,} entities, 1 score column")
     for name, value, note in rows:

@@ -95,7 +95,7 @@ class PatchingLoader:
         found = redis_patch.patch_base(store, self.target, version) if cfg.outputs.redis.load == "auto" else None
         if found is not None:
             started = time.perf_counter()
-            patch = redis_patch.patch_load(store, self.target, version, *found, parquet_files(paths, cfg.store),
+            patch = redis_patch.patch_load(store, self.target, version, found, parquet_files(paths, cfg.store),
                                            url=self.url)
             if patch is not None:
                 self.how = f"patch of {patch.base}: {patch.written} written, {patch.removed} removed"

@@ -10,8 +10,8 @@ bit for bit), the new version is instead built on the server and from the driver
    written (``HSET``, the executor loader's RESP encoder run on the driver, fenced per round);
 3. the entities the served version holds but the new content does not are removed (``HDEL``,
    each command fenced);
-4. every bucket's size is checked against the new content's own bucket counts; then the protocol
-   verifies the same counts again before the Delta commit, as after a full load.
+
+then the protocol verifies every bucket's size before the Delta commit, as after a full load.
 
 The diff is computed from the files themselves (the served publication's Delta version and the
 staged run: keys and packed float32 scores, compared bit for bit), never from what the score step
@@ -54,9 +54,18 @@ class Patch:
     counts: dict[int, int]  # bucket -> entities of the new version
 
 
-def patch_base(store: RedisVersions, target: Target, version: Version) -> tuple[Version, list[str]] | None:
-    """The served version a load of ``version`` may start from, with the Delta files it holds; None
-    when a full load is needed (see the module docstring)."""
+@dataclass(frozen=True)
+class Base:
+    """The served version a patch starts from."""
+
+    version: Version
+    files: list[str]  # the Delta files it holds (its publication's Delta version)
+    sizes: list[int]  # entities per bucket
+
+
+def patch_base(store: RedisVersions, target: Target, version: Version) -> Base | None:
+    """The served version a load of ``version`` may start from; None when a full load is needed
+    (see the module docstring)."""
     from redis.cluster import RedisCluster
 
     if isinstance(store.r, RedisCluster):
@@ -65,21 +74,26 @@ def patch_base(store: RedisVersions, target: Target, version: Version) -> tuple[
     record = store.served_record()
     if pub is None or pub.delta_version is None or record is None or record.get("seq") != pub.seq:
         return None
-    base = store.complete(pub.redis_version, pub.digest)
-    if base is None or store.current() != base.vid or base.buckets != version.buckets or base.vid == version.vid:
+    base = store.version(pub.redis_version)
+    if (base is None or base.state not in ("published", "retired", "loaded") or base.digest != pub.digest
+            or store.current() != base.vid or base.buckets != version.buckets or base.vid == version.vid):
         return None
     if store.meta(base.vid).get("columns") != ",".join(target.columns):
         return None
     if base.count > PATCH_MAX_ROWS or version.count > PATCH_MAX_ROWS:
         return None
-    return base, delta.files_at(target.table, pub.delta_version, target.storage)
+    sizes = store.bucket_sizes(base.vid, base.buckets)
+    if sum(sizes) != base.count:  # not whole (expired, evicted, lost): load in full
+        return None
+    return Base(base, delta.files_at(target.table, pub.delta_version, target.storage), sizes)
 
 
-def patch_load(store: RedisVersions, target: Target, version: Version, base: Version, base_files: list[str],
-               staged_files: list[str], *, url: str) -> Patch | None:
-    """Build ``version`` as ``base`` patched to the content of ``staged_files`` (steps 1-4 of the
+def patch_load(store: RedisVersions, target: Target, version: Version, base: Base, staged_files: list[str], *,
+               url: str) -> Patch | None:
+    """Build ``version`` as ``base`` patched to the content of ``staged_files`` (steps 1-3 of the
     module docstring); None, with nothing written, when the content differs too much or its keys
-    repeat."""
+    repeat. The counts it returns are the base's plus the new keys' minus the removed ones'; the
+    protocol's verification then checks every bucket against them."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -88,46 +102,42 @@ def patch_load(store: RedisVersions, target: Target, version: Version, base: Ver
 
     key, cols = target.key, list(target.columns)
     new = _snapshot(staged_files, key, cols, target.storage)
-    if new.num_rows != version.count or pc.count_distinct(new["k"]).as_py() != new.num_rows:
+    if new.num_rows != version.count or len(pc.unique(new["k"])) != new.num_rows:
         return None  # the full load counts (and names) duplicate keys
-    old = _snapshot(base_files, key, cols, target.storage)
-    if old.num_rows != base.count:
+    old = _snapshot(base.files, key, cols, target.storage)
+    if old.num_rows != base.version.count:
         return None
-    joined = new.join(old, keys="k", join_type="left outer", right_suffix="_old", use_threads=True)
-    differs = np.zeros(joined.num_rows, dtype=bool)
+    if new.schema.field("k").type != old.schema.field("k").type:  # the key's type changed: compare as text
+        new, old = (t.set_column(0, "k", t.column(0).cast(pa.string())) for t in (new, old))
+    joined = new.join(old, keys="k", join_type="left outer", right_suffix="_old")
+    added = _nulls(joined[f"{cols[0]}_old"])
+    differs = added.copy()
     for c in cols:
-        was = joined[f"{c}_old"]
-        now_bits = _bits(joined[c])
-        old_bits = _bits(was.fill_null(0))
-        differs |= (now_bits != old_bits) | _nulls(was)
+        differs |= _bits(joined[c]) != _bits(joined[f"{c}_old"].fill_null(0))
     changed = joined.filter(pa.array(differs)).select(["k", *cols])
-    gone = old.join(new.select(["k"]), keys="k", join_type="left anti").column("k")
+    gone = old.join(new.select(["k"]), keys="k", join_type="left anti").column("k").combine_chunks()
     if changed.num_rows + len(gone) > PATCH_MAX_SHARE * max(1, version.count):
         return None
 
-    store.annotate(version.vid, patch_of=base.vid)  # a full load that takes over empties the version first
-    store.copy_buckets(base, version)                                                            # 1. copy
+    store.annotate(version.vid, patch_of=base.version.vid)  # a full load that takes over empties it first
+    store.copy_buckets(base.version, version)                                                    # 1. copy
     if changed.num_rows:                                                                         # 2. write
         loader = make_loader(url, store.ns, version.vid, version.buckets, cols, fence=store.fence())
         for _ in loader(iter(changed.to_batches())):
             pass
     removed = 0
+    counts = np.asarray(base.sizes, dtype=np.int64)
     if len(gone):                                                                                # 3. remove
-        ids = bucket_ids(gone.combine_chunks() if isinstance(gone, pa.ChunkedArray) else gone, version.buckets)
+        ids = bucket_ids(gone.cast(pa.string()), version.buckets)
         fields: dict[int, list[bytes]] = {}
-        for b, k in zip(ids.tolist(), gone.to_pylist(), strict=True):
+        for b, k in zip(ids.tolist(), gone.cast(pa.string()).to_pylist(), strict=True):
             fields.setdefault(int(b), []).append(k.encode())
         removed = store.remove_fields(version.vid, fields)
-    keys = new.column("k").combine_chunks()                                                      # 4. check
-    sizes = np.bincount(bucket_ids(keys, version.buckets), minlength=version.buckets)
-    counts = {int(b): int(n) for b, n in enumerate(sizes.tolist()) if n}
-    got = store.bucket_sizes(version.vid, version.buckets)
-    if any(got[b] != counts.get(b, 0) for b in range(version.buckets)):
-        log.warning("%s: the patch of version %s from %s left bucket sizes other than the content's; loading it "
-                    "in full", store.ns, version.vid, base.vid)
-        clear(store, version)
-        return None
-    return Patch(base.vid, changed.num_rows, removed, counts)
+        counts -= np.bincount(ids, minlength=version.buckets)
+    if added.any():
+        fresh = joined.filter(pa.array(added)).column("k").combine_chunks().cast(pa.string())
+        counts += np.bincount(bucket_ids(fresh, version.buckets), minlength=version.buckets)
+    return Patch(base.version.vid, changed.num_rows, removed, {b: int(n) for b, n in enumerate(counts.tolist()) if n})
 
 
 def clear(store: RedisVersions, version: Version) -> None:
@@ -137,13 +147,14 @@ def clear(store: RedisVersions, version: Version) -> None:
 
 
 def _snapshot(files: list[str], key: str, cols: list[str], storage: Storage) -> Any:
-    """Key (as text, as the loader writes it) and score columns of ``files`` as one Arrow table."""
+    """Key (renamed ``k``, its own type) and score columns of ``files`` as one Arrow table."""
     import pyarrow as pa
 
     parts = [st.parquet_file(u, storage).read(columns=[key, *cols]) for u in files]
-    table = pa.concat_tables(parts) if parts else pa.table({key: pa.array([], pa.string()),
-                                                          **{c: pa.array([], pa.float32()) for c in cols}})
-    return table.set_column(0, "k", table.column(0).cast(pa.string())).combine_chunks()
+    if not parts:
+        return pa.table({"k": pa.array([], pa.string()), **{c: pa.array([], pa.float32()) for c in cols}})
+    table = pa.concat_tables(parts)
+    return table.rename_columns(["k", *cols]).combine_chunks()
 
 
 def _bits(col: Any) -> Any:
