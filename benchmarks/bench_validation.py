@@ -82,7 +82,7 @@ def one_run(cfg_path: str, run_id: str, commit: bool) -> dict[str, float]:
             "model": cfg.name, "model_version": cfg.model.version, "rows": str(staged.total_rows),
             "profile": json.dumps(state.read_report(cfg, run_id, "validation")["profile"], sort_keys=True)})  # type: ignore[index]
     spark.stop()
-    return {"score": t1 - t0, "validate": t2 - t1, "passes": rep.profile["passes"], "mode": rep.mode,
+    return {"score": t1 - t0, "validate": t2 - t1, "passes": rep.profile.passes, "mode": rep.mode,
             "imports": IMPORT_SECONDS[0] if IMPORT_SECONDS else float("nan"),
             **{f"validate_{k}": v for k, v in rep.timings.items()}}
 

@@ -8,7 +8,6 @@ refused (exit 2). Also runnable as ``spark-submit jobs/publish.py ...``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -222,7 +221,7 @@ def publish(
             "model_version": cfg.model.version,
             **commit_metadata(scored.to_json()),  # batchscore.model_registry: name, version, alias, run id, sha256
             # the validated profile travels with the version: the next run's drift reference
-            "profile": json.dumps(validated.profile, sort_keys=True),
+            "profile": validated.profile.dumps(),
         },
     )
     pub = out.publication

@@ -4,9 +4,9 @@ return and write as ``<step>.json`` beside the run (``runtime.report_dir/<model>
 The JSON is the contract with the Airflow environment and any other reader (it never imports
 this module): :meth:`Report.to_json` writes exactly the field names below; :meth:`Report.from_json`
 reads a report back, ignoring keys it does not know (a report written by a newer batchscore) and
-naming the missing ones when a field without a default is absent. The validation ``profile`` stays a
-JSON object (its shape is :func:`batchscore.validation.profile.compute_profile`'s, also stored in the
-Delta commit as the next run's drift reference).
+naming the missing ones when a field without a default is absent. A typed field of its own (the
+validation :class:`~batchscore.validation.profile.Profile`, also stored in the Delta commit as the
+next run's drift reference) goes through that type's own ``to_json``/``from_json``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any, ClassVar, Self
 
 from batchscore.errors import PublishRefusedError
+from batchscore.validation.profile import Profile
 
 __all__ = ["ComparisonReport", "PublishReport", "Report", "RunReport", "ScoreReport", "ValidationReport"]
 
@@ -27,8 +28,12 @@ class Report:
 
     STEP: ClassVar[str] = ""
 
+    #: fields whose value is a typed object with its own JSON round trip (name -> its class)
+    NESTED: ClassVar[dict[str, Any]] = {}
+
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {f.name: (v.to_json() if f.name in self.NESTED else v)
+                for f in dataclasses.fields(self) for v in (getattr(self, f.name),)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, where: str = "") -> Self:
@@ -40,7 +45,8 @@ class Report:
                 f"{where or cls.STEP + '.json'}: the {cls.STEP} report lacks {', '.join(missing)} (written by another "
                 f"batchscore version or edited); rerun `batchscore {'score' if cls.STEP == 'score' else cls.STEP}` "
                 "for this run")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: (cls.NESTED[k].from_json(v) if k in cls.NESTED else v)
+                      for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,9 +92,10 @@ class ValidationReport(Report):
     """The gate's verdict on exactly the staged content of ``digest``."""
 
     STEP: ClassVar[str] = "validation"
+    NESTED: ClassVar[dict[str, Any]] = {"profile": Profile}
     passed: bool
     digest: str
-    profile: dict[str, Any] = field(default_factory=dict)
+    profile: Profile = field(default_factory=Profile)
     model: str = ""
     run_id: str = ""
     model_version: str | None = None

@@ -38,6 +38,7 @@ from batchscore.validation.gate import Judgement, judge
 from batchscore.validation.partials import TaskProfiler
 from batchscore.validation.profile import (
     ColumnPlan,
+    Profile,
     compute_profile,
     intervals_for,
     plan_key,
@@ -90,7 +91,7 @@ def rules_for(cfg: ModelConfig, *, input_rows: int, quarantined: int = 0) -> R.R
     )
 
 
-def load_reference(cfg: ModelConfig) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:
+def load_reference(cfg: ModelConfig) -> tuple[Profile | None, dict[str, Any] | None, str]:
     """(reference profile, where it came from, why there is none): the profile of the last
     *completed* publication (committed to Delta and served by Redis); a commit whose flip never
     happened is not a reference (:func:`batchscore.sinks.publication.reference`)."""
@@ -120,8 +121,8 @@ def load_reference(cfg: ModelConfig) -> tuple[dict[str, Any] | None, dict[str, A
                 "and validation.drift.reset_on_new_model_version is true"
             ),
         )
-    profile = json.loads(raw)
-    if not profile.get("columns"):
+    profile = Profile.loads(raw)
+    if not profile.columns:
         return None, source, f"published version {version} carries an empty profile"
     return profile, source, ""
 
@@ -149,7 +150,7 @@ class Planned:
     """What validating ``cfg`` now would count: the rules, the reference and the per-column plans."""
 
     rules: R.Rules
-    reference: dict[str, Any] | None
+    reference: Profile | None
     source: dict[str, Any] | None
     no_reference: str
     plans: dict[str, ColumnPlan]
@@ -172,13 +173,14 @@ def profiler_for(cfg: ModelConfig) -> TaskProfiler:
                     plan_key(plans))
 
 
-def plans_for(cfg: ModelConfig, rules: R.Rules, reference: dict[str, Any] | None) -> dict[str, ColumnPlan]:
+def plans_for(cfg: ModelConfig, rules: R.Rules, reference: Profile | None) -> dict[str, ColumnPlan]:
     plans = {}
     for c in cfg.outputs.columns:
-        rc = (reference or {}).get("columns", {}).get(c) or {}
-        cuts = (rc.get("hist") or {}).get("cuts")
+        rc = reference.column(c) if reference is not None else None
+        cuts = rc.hist.cuts if rc is not None and rc.hist is not None else ()
         plans[c] = ColumnPlan(
-            cuts=tuple(cuts) if cuts else None, kl_edges=kl_edges(rc) if cuts else None, classes=rules.classes_for(c)
+            cuts=cuts or None, kl_edges=kl_edges(rc) if rc is not None and cuts else None,
+            classes=rules.classes_for(c)
         )
     return plans
 
@@ -355,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"validate {cfg.name}",
             {
                 "run id": run_id,
-                "rows": f"{rep.profile['rows']:,}",
+                "rows": f"{rep.profile.rows:,}",
                 "passed": rep.passed,
                 "mode": rep.mode,
                 "report": state.report_uri(cfg, run_id, "validation.json"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchscore.validation import drift as D
-from batchscore.validation.profile import qkey
+from batchscore.validation.profile import Histogram, Profile, qkey
 from batchscore.validation.rules import LevelName, RuleResult, Rules
 
 
@@ -43,8 +43,8 @@ def _fmt(v: float | None) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
-def absolute_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
-    rows, cols = profile["rows"], profile["columns"]
+def absolute_checks(profile: Profile, rules: Rules) -> list[Check]:
+    rows, cols = profile.rows, profile.columns
     rc = rules.row_count
     out = [
         Check(
@@ -58,7 +58,7 @@ def absolute_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
     ]
     nr = rules.null_rate
     out += [
-        Check("null_rate", c, nr.level, (cols[c]["nulls"] + cols[c]["nans"]) / rows if rows else 0.0, 0.0, nr.max)
+        Check("null_rate", c, nr.level, (cols[c].nulls + cols[c].nans) / rows if rows else 0.0, 0.0, nr.max)
         for c in nr.columns
     ]
     out += finite_checks(profile, rules)
@@ -69,38 +69,38 @@ def absolute_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
     if (rg := rules.range) is not None:
         for c in rg.columns:
             if rg.min is not None:
-                out.append(Check("range_min", c, rg.level, cols[c]["min"], rg.min, None))
+                out.append(Check("range_min", c, rg.level, cols[c].min, rg.min, None))
             if rg.max is not None:
-                out.append(Check("range_max", c, rg.level, cols[c]["max"], None, rg.max))
+                out.append(Check("range_max", c, rg.level, cols[c].max, None, rg.max))
     for name, band in (("mean", rules.mean), ("std", rules.std)):
         if band is not None and (band.min is not None or band.max is not None):
-            out += [Check(name, c, band.level, cols[c][name], band.min, band.max) for c in band.columns]
+            out += [Check(name, c, band.level, getattr(cols[c], name), band.min, band.max) for c in band.columns]
     if (qb := rules.quantiles) is not None:
         for c in qb.columns:
             out += [
-                Check(f"quantile_{qkey(q)}", c, qb.level, cols[c]["quantiles"].get(qkey(q)), lo, hi)
+                Check(f"quantile_{qkey(q)}", c, qb.level, cols[c].quantile(q), lo, hi)
                 for q, lo, hi in qb.bands
             ]
     if (cs := rules.class_share) is not None:
         for c in cs.columns:
-            n = D.finite_rows(cols[c], rows)
+            n = cols[c].finite_rows(rows)
             out += [
-                Check(f"class_share_{qkey(v)}", c, cs.level, cols[c]["classes"][qkey(v)] / n if n else None, lo, hi)
+                Check(f"class_share_{qkey(v)}", c, cs.level, cols[c].classes[qkey(v)] / n if n else None, lo, hi)
                 for v, lo, hi in cs.shares
             ]
     return out
 
 
-def finite_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
+def finite_checks(profile: Profile, rules: Rules) -> list[Check]:
     """One ``finite`` check per output column: the number of ±inf scores, which must be 0.
 
     The profile's statistics leave ±inf out (so they stay finite and JSON), which would let such
     scores through every other rule: this one blocks them. Profiles without the counts have none.
     """
-    rows, cols, fin = profile["rows"], profile["columns"], rules.finite
+    rows, cols, fin = profile.rows, profile.columns, rules.finite
     out = []
     for c in fin.columns if fin.columns is not None else tuple(cols):
-        pos, neg = int(cols[c].get("posinf", 0)), int(cols[c].get("neginf", 0))
+        pos, neg = cols[c].posinf, cols[c].neginf
         n = pos + neg
         share = f" ({n / rows:.2%}: {pos:,} +inf, {neg:,} -inf)" if n and rows else ""
         out.append(
@@ -110,17 +110,17 @@ def finite_checks(profile: dict[str, Any], rules: Rules) -> list[Check]:
 
 
 def relative_checks(
-    profile: dict[str, Any], rules: Rules, ref: dict[str, Any] | None
+    profile: Profile, rules: Rules, ref: Profile | None
 ) -> tuple[list[Check], list[RuleResult]]:
     """Checks against the reference (mean/std moves, PSI); skipped entries say why not judged."""
     checks: list[Check] = []
     skipped: list[RuleResult] = []
-    cols = profile["columns"]
+    cols = profile.columns
     for name, band, fn in (("mean_shift", rules.mean, D.mean_shift), ("std_change", rules.std, D.std_change)):
         if band is None or band.max_move is None:
             continue
         for c in band.columns:
-            rc = (ref or {}).get("columns", {}).get(c)
+            rc = ref.column(c) if ref is not None else None
             if rc is None:
                 skipped.append(_skip(name, c, band.level, f"<= {band.max_move}", "no reference"))
             else:
@@ -135,21 +135,27 @@ def relative_checks(
             if why:
                 skipped.append(_skip("psi", c, level, f"<= {t}", why))  # type: ignore[arg-type]
             else:
-                observed = D.psi(ref["columns"][c]["hist"]["counts"], cols[c]["hist"]["counts"])  # type: ignore[index]
+                observed = D.psi(_hist(ref, c).counts, _hist(profile, c).counts)
                 checks.append(Check("psi", c, level, observed, None, t))  # type: ignore[arg-type]
     return checks, skipped
 
 
-def drift_skip_reason(profile: dict[str, Any], ref: dict[str, Any] | None, c: str, min_rows: int) -> str | None:
+def _hist(profile: Profile | None, c: str) -> Histogram:
+    """``c``'s histogram, where :func:`drift_skip_reason` said there is one."""
+    assert profile is not None and (col := profile.column(c)) is not None and col.hist is not None
+    return col.hist
+
+
+def drift_skip_reason(profile: Profile, ref: Profile | None, c: str, min_rows: int) -> str | None:
     if ref is None:
         return "no reference"
-    rc = ref.get("columns", {}).get(c)
-    if rc is None or "hist" not in rc:
+    rc = ref.column(c)
+    if rc is None or rc.hist is None:
         return "the reference has no histogram for this column"
-    n_ref, n = D.finite_rows(rc, ref["rows"]), D.finite_rows(profile["columns"][c], profile["rows"])
+    n_ref, n = rc.finite_rows(ref.rows), profile.columns[c].finite_rows(profile.rows)
     if min(n_ref, n) < min_rows:
         return f"fewer than min_rows={min_rows} values (candidate {n}, reference {n_ref})"
-    if "kl" not in profile["columns"][c]:
+    if profile.columns[c].kl is None:
         return "the candidate was not counted over the reference's bins"
     return None
 
@@ -158,7 +164,7 @@ def _skip(rule: str, column: str, level: LevelName, expected: str, why: str) -> 
     return RuleResult(rule, column, level, True, None, expected, skipped=why)
 
 
-def evaluate(profile: dict[str, Any], rules: Rules, reference: dict[str, Any] | None = None) -> list[RuleResult]:
+def evaluate(profile: Profile, rules: Rules, reference: Profile | None = None) -> list[RuleResult]:
     """Every rule's result, one per (rule, output column, level); skipped drift rules say why."""
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     import great_expectations as gx
@@ -206,7 +212,7 @@ def evaluate(profile: dict[str, Any], rules: Rules, reference: dict[str, Any] | 
 
 
 def _kl_results(
-    profile: dict[str, Any], rules: Rules, ref: dict[str, Any] | None, run: Any, gxe: Any
+    profile: Profile, rules: Rules, ref: Profile | None, run: Any, gxe: Any
 ) -> list[RuleResult]:
     import pandas as pd
 
@@ -218,8 +224,9 @@ def _kl_results(
         if why:
             out += [_skip("kl", c, lv, f"<= {t}", why) for lv, t in levels]  # type: ignore[arg-type]
             continue
-        assert ref is not None
-        part = D.kl_partition(ref["columns"][c], tuple(profile["columns"][c]["kl"]["edges"]))
+        cand, rc = profile.columns[c], ref.column(c) if ref is not None else None
+        assert rc is not None and cand.kl is not None
+        part = D.kl_partition(rc, cand.kl.edges)
         h = dr.tail_holdout
         exps = [
             gxe.ExpectColumnKLDivergenceToBeLessThan(
@@ -234,7 +241,7 @@ def _kl_results(
         ]
         if not exps:
             continue
-        frame = pd.DataFrame({"x": D.kl_sample(profile["columns"][c])})
+        frame = pd.DataFrame({"x": D.kl_sample(cand)})
         by_threshold = {float(r.expectation_config.kwargs["threshold"]): r for r in run(f"kl_{i}", frame, exps)}
         for lv, t in levels:
             r = by_threshold[float(t)]
@@ -284,7 +291,7 @@ class Judgement:
         return {r.column: r.observed for r in self.results if r.rule == "psi" and not r.skipped and r.column}
 
 
-def judge(profile: dict[str, Any], rules: Rules, reference: dict[str, Any] | None = None) -> Judgement:
+def judge(profile: Profile, rules: Rules, reference: Profile | None = None) -> Judgement:
     """Every rule judged against ``profile`` (and ``reference`` for the drift rules); the verdict."""
     results = evaluate(profile, rules, reference)
     _, blocks, warns = decision(results)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from batchscore.validation.profile import ColumnProfile, Profile
 from batchscore.validation.rules import RuleResult
 
 MAX_PLOTTED_COLUMNS = 12
@@ -27,21 +29,21 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def _display_edges(cuts: list[float], *cols: dict[str, Any] | None) -> list[float]:
-    lows = [c["min"] for c in cols if c and _finite(c.get("min"))]
-    highs = [c["max"] for c in cols if c and _finite(c.get("max"))]
+def _display_edges(cuts: Sequence[float], *cols: ColumnProfile | None) -> list[float]:
+    lows = [c.min for c in cols if c is not None and c.min is not None and _finite(c.min)]
+    highs = [c.max for c in cols if c is not None and c.max is not None and _finite(c.max)]
     pad = max(abs(cuts[-1] - cuts[0]) / max(len(cuts), 1), abs(cuts[0]) * 1e-3, 1e-3)
     lo = min(lows) if lows and min(lows) < cuts[0] else cuts[0] - pad
     hi = max(highs) if highs and max(highs) > cuts[-1] else cuts[-1] + pad
     return [lo, *cuts, hi]
 
 
-def _density(counts: list[int], edges: list[float]) -> list[float]:
+def _density(counts: Sequence[int], edges: list[float]) -> list[float]:
     total = sum(counts) or 1
     return [n / total / (b - a) for n, a, b in zip(counts, edges[:-1], edges[1:], strict=True)]
 
 
-def plot_histograms(path: Path, profile: dict[str, Any], reference: dict[str, Any] | None,
+def plot_histograms(path: Path, profile: Profile, reference: Profile | None,
                     psi: dict[str, float | None], *, title: str, thresholds: str) -> Path:
     """Write ``path``: per output column, the reference (filled) and candidate (line) densities over
     the frozen bins, with the PSI in each panel's title."""
@@ -51,20 +53,21 @@ def plot_histograms(path: Path, profile: dict[str, Any], reference: dict[str, An
     import matplotlib.pyplot as plt
 
     # a column is drawn over finite cuts only (a profile's are; this keeps odd ones from crashing the plot)
-    cols = [c for c, s in profile["columns"].items()
-            if (cuts := s.get("hist", {}).get("cuts")) and all(map(_finite, cuts))][:MAX_PLOTTED_COLUMNS]
+    cols = [c for c, s in profile.columns.items()
+            if s.hist is not None and s.hist.cuts and all(map(_finite, s.hist.cuts))][:MAX_PLOTTED_COLUMNS]
     n = max(len(cols), 1)
     fig, axes = plt.subplots(n, 1, figsize=(8, 3.2 * n), squeeze=False)
     for ax, c in zip(axes[:, 0], cols, strict=False):
-        cand = profile["columns"][c]
-        ref = (reference or {}).get("columns", {}).get(c)
-        cuts = cand["hist"]["cuts"]
+        cand = profile.columns[c]
+        ref = reference.column(c) if reference is not None else None
+        assert cand.hist is not None
+        cuts = cand.hist.cuts
         edges = _display_edges(cuts, cand, ref)
-        if ref and ref.get("hist", {}).get("cuts") == cuts:
-            ax.stairs(_density(ref["hist"]["counts"], edges), edges, fill=True, alpha=0.35, color="tab:blue",
-                      label=f"reference ({sum(ref['hist']['counts']):,} rows)")
-        ax.stairs(_density(cand["hist"]["counts"], edges), edges, color="tab:red", linewidth=2,
-                  label=f"candidate ({sum(cand['hist']['counts']):,} rows)")
+        if ref is not None and ref.hist is not None and ref.hist.cuts == cuts:
+            ax.stairs(_density(ref.hist.counts, edges), edges, fill=True, alpha=0.35, color="tab:blue",
+                      label=f"reference ({sum(ref.hist.counts):,} rows)")
+        ax.stairs(_density(cand.hist.counts, edges), edges, color="tab:red", linewidth=2,
+                  label=f"candidate ({sum(cand.hist.counts):,} rows)")
         p = psi.get(c)
         ax.set_title(
             f"{c}: PSI {p:.4f} ({thresholds})" if p is not None else f"{c}: PSI n/a (no reference: first run or reset)"

@@ -287,12 +287,14 @@ def test_16_a_commit_that_was_never_served_is_not_the_reference_and_reconcile_fi
     rc, out = _finish(start_publish(path, "r1", redis_url, BATCHSCORE_CRASH_AT="after_delta_commit"))
     assert rc == -signal.SIGKILL, out
     profile, source, _ = load_reference(cfg)
-    assert source is not None and source["run_id"] == "r0" and profile["columns"]["score"]["mean"] == 0.5
+    assert source is not None and source["run_id"] == "r0"
+    assert profile is not None and profile.columns["score"].mean == 0.5
     wait_lock_expired(redis_url)
     assert reconcile_job.main(["--model-config", str(path)]) == 0
     assert_converged(redis_url, cfg, "r1")
     profile, source, _ = load_reference(cfg)
-    assert source is not None and source["run_id"] == "r1" and profile["columns"]["score"]["mean"] == 1.5
+    assert source is not None and source["run_id"] == "r1"
+    assert profile is not None and profile.columns["score"].mean == 1.5
     capsys.readouterr()
     assert reconcile_job.main(["--model-config", str(path)]) == 0
     assert "in-sync" in capsys.readouterr().out

@@ -56,9 +56,9 @@ def test_first_run_passes_on_absolute_rules_and_freezes_bins(spark: Any, vconfig
     assert rep.mode_reason.startswith("first run")
     drift = [r for r in rep.rules if r["rule"] in ("psi", "kl")]
     assert len(drift) == 4 and all(r["skipped"] == "no reference" for r in drift)
-    col = rep.profile["columns"]["score"]
+    col = rep.profile.to_json()["columns"]["score"]
     x = scores(1).astype(np.float64)
-    assert rep.profile["rows"] == N and col["nulls"] == col["nans"] == 0
+    assert rep.profile.rows == N and col["nulls"] == col["nans"] == 0
     assert col["min"] == pytest.approx(x.min()) and col["max"] == pytest.approx(x.max())
     assert col["mean"] == pytest.approx(x.mean(), rel=1e-6) and col["std"] == pytest.approx(x.std(ddof=1), rel=1e-6)
     assert col["quantiles"]["0.5"] == pytest.approx(np.quantile(x, 0.5), abs=2e-3)
@@ -69,7 +69,7 @@ def test_first_run_passes_on_absolute_rules_and_freezes_bins(spark: Any, vconfig
     assert all(abs(n / N - 0.05) < 0.005 for n in col["hist"]["counts"])
     exact = np.histogram(x, bins=[-np.inf, *cuts, np.inf])[0]
     assert np.abs(np.asarray(col["hist"]["counts"]) - exact).max() <= 2 * N / 2000
-    assert rep.profile["passes"] == 1
+    assert rep.profile.passes == 1
     assert _png_size(rep.histogram_png)[0] > 300
 
 
@@ -87,8 +87,8 @@ def test_stable_passes_shifted_is_blocked_and_the_reference_stays_the_last_publi
     stage(cfg, "b", scores(2))
     rep = validate(spark, cfg, run_id="b")
     assert rep.passed and rep.mode == "drift" and rep.reference["run_id"] == "a"
-    assert rep.profile["passes"] == 1
-    assert rep.profile["columns"]["score"]["hist"]["cuts"] == published["columns"]["score"]["hist"]["cuts"]
+    assert rep.profile.passes == 1
+    assert list(rep.profile.columns["score"].hist.cuts) == published["columns"]["score"]["hist"]["cuts"]  # type: ignore[union-attr]
     assert _rule(rep, "psi", "block")["observed"] < 0.02 and _rule(rep, "kl", "block")["passed"]
 
     # the mean moved by 0.3 sigma: PSI above the block threshold, rejected, nothing published
@@ -106,7 +106,7 @@ def test_stable_passes_shifted_is_blocked_and_the_reference_stays_the_last_publi
                                                       "model_version": "v1"}
     publish(spark, cfg, run_id="c", redis_url=redis_url)
     assert DeltaTable(table).version() == 1
-    assert json.loads(DeltaTable(table).history()[0]["batchscore.profile"]) == rep_c.profile
+    assert json.loads(DeltaTable(table).history()[0]["batchscore.profile"]) == rep_c.profile.to_json()
 
 
 @pytest.mark.integration
@@ -148,9 +148,9 @@ def test_nan_scores_are_blocked(spark: Any, vconfig: Any) -> None:
     rej = _rejected(spark, cfg, "nans")
     nr = _rule(rej, "null_rate", "block")
     assert nr["observed"] == pytest.approx(0.01) and not nr["passed"]
-    assert rej.profile["columns"]["score"]["nans"] == N // 100
+    assert rej.profile.columns["score"].nans == N // 100
     # NaN never leaks into the statistics
-    assert rej.profile["columns"]["score"]["max"] == pytest.approx(float(np.nanmax(x)))
+    assert rej.profile.columns["score"].max == pytest.approx(float(np.nanmax(x)))
 
 
 def test_band_rules_and_a_warn_level_failure_do_not_block(spark: Any, vconfig: Any) -> None:
@@ -209,7 +209,7 @@ def test_inf_scores_are_rejected_by_the_gate_with_exit_3_not_a_crash(
 def test_spark_profile_counts_inf_per_column_and_computes_every_statistic_over_finite_values(spark: Any) -> None:
     from batchscore.validation.drift import kl_edges
     from batchscore.validation.gate import decision, evaluate
-    from batchscore.validation.profile import ColumnPlan, compute_profile
+    from batchscore.validation.profile import ColumnPlan, ColumnProfile, compute_profile
     from batchscore.validation.rules import NullRate, RowCount, Rules, ValueRange
 
     n = 4000
@@ -219,12 +219,14 @@ def test_spark_profile_counts_inf_per_column_and_computes_every_statistic_over_f
                                "bad double, good double")
     df = df.repartition(3)
     ref_col = {"min": 0.0, "max": 1.0, "hist": {"cuts": [0.2, 0.4], "counts": [1, 1, 1]}}
-    plans = {"bad": ColumnPlan(), "good": ColumnPlan(cuts=(0.2, 0.4), kl_edges=kl_edges(ref_col))}
+    edges = kl_edges(ColumnProfile.from_json(ref_col))
+    plans = {"bad": ColumnPlan(), "good": ColumnPlan(cuts=(0.2, 0.4), kl_edges=edges)}
     prof = compute_profile(df, plans, bins=10)
-    json.dumps(prof, allow_nan=False)  # plain JSON: no inf or NaN anywhere
-    b, g = prof["columns"]["bad"], prof["columns"]["good"]
+    pj = prof.to_json()
+    json.dumps(pj, allow_nan=False)  # plain JSON: no inf or NaN anywhere
+    b, g = pj["columns"]["bad"], pj["columns"]["good"]
     fin = bad[np.isfinite(bad)]
-    assert prof["rows"] == n and (b["posinf"], b["neginf"], b["nans"]) == (10, 4, 8)
+    assert prof.rows == n and (b["posinf"], b["neginf"], b["nans"]) == (10, 4, 8)
     assert (g["posinf"], g["neginf"], g["nans"]) == (0, 0, 0)
     assert b["min"] == pytest.approx(fin.min()) and b["max"] == pytest.approx(fin.max())
     assert b["mean"] == pytest.approx(fin.mean()) and b["std"] == pytest.approx(fin.std(ddof=1))

@@ -11,7 +11,7 @@ from scipy.stats import entropy
 
 from batchscore.validation import drift as D
 from batchscore.validation.gate import decision, evaluate
-from batchscore.validation.profile import cut_intervals, kl_intervals
+from batchscore.validation.profile import ColumnProfile, Profile, cut_intervals, kl_intervals
 from batchscore.validation.rules import Drift, NullRate, RowCount, Rules, ValueRange
 
 
@@ -35,17 +35,17 @@ def _col(values: np.ndarray, cuts: list[float], ref: dict[str, Any] | None = Non
            "std": float(x.std(ddof=1)) if len(x) > 1 else None, "quantiles": {},
            "hist": {"cuts": cuts, "counts": count(cut_intervals(cuts))}}
     if ref is not None:
-        edges = D.kl_edges(ref)
+        edges = D.kl_edges(ColumnProfile.from_json(ref))
         assert edges is not None
         col["kl"] = {"edges": list(edges), "counts": count(kl_intervals(edges))}
     return col
 
 
-def _profiles(ref_x: np.ndarray, cand_x: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+def _profiles(ref_x: np.ndarray, cand_x: np.ndarray) -> tuple[Profile, Profile]:
     cuts = sorted(set(np.quantile(ref_x, np.arange(1, 20) / 20).tolist()))
     ref = {"rows": len(ref_x), "columns": {"score": _col(ref_x, cuts)}}
     cand = {"rows": len(cand_x), "columns": {"score": _col(cand_x, cuts, ref["columns"]["score"])}}
-    return ref, cand
+    return Profile.from_json(ref), Profile.from_json(cand)
 
 
 def _rules(n: int, **drift: Any) -> Rules:
@@ -64,11 +64,12 @@ def test_kl_sample_reproduces_the_candidates_binned_counts() -> None:
     rng = np.random.default_rng(0)
     ref_x, cand_x = rng.beta(2, 5, 5000), rng.beta(2, 5, 3000) * 1.3  # some candidate values above ref max
     _, cand = _profiles(ref_x, cand_x)
-    col = cand["columns"]["score"]
+    col = cand.columns["score"]
     sample = D.kl_sample(col)
-    edges = col["kl"]["edges"]
+    assert col.kl is not None
+    edges = col.kl.edges
     got = [int((sample < edges[0]).sum()), *np.histogram(sample, edges)[0].tolist(), int((sample > edges[-1]).sum())]
-    assert got == col["kl"]["counts"] and col["kl"]["counts"][-1] > 0
+    assert got == list(col.kl.counts) and col.kl.counts[-1] > 0
     scaled = D.kl_sample(col, cap=1000)
     assert len(scaled) == 1000
 
@@ -83,8 +84,8 @@ def test_stable_candidate_passes_and_kl_equals_scipy_with_the_tail_holdout() -> 
     assert {r.level for r in kl} == {"warn", "block"}
     # KL(candidate || reference) over [below, bins, above], reference weights scaled by (1 - h), tails h/2
     h = 0.005
-    c = cand["columns"]["score"]["kl"]["counts"]
-    w = np.asarray(ref["columns"]["score"]["hist"]["counts"], float)
+    c = cand.columns["score"].kl.counts  # type: ignore[union-attr]
+    w = np.asarray(ref.columns["score"].hist.counts, float)  # type: ignore[union-attr]
     expected = np.concatenate([[h / 2], w / w.sum() * (1 - h), [h / 2]])
     want = entropy(np.asarray(c, float) / sum(c), expected)
     assert kl[0].observed == pytest.approx(want, rel=1e-4)
@@ -106,7 +107,7 @@ def test_constant_candidate_is_blocked_by_psi_and_a_finite_kl() -> None:
 
 def test_all_nan_scores_fail_every_absolute_rule_instead_of_passing_vacuously() -> None:
     x = np.full(5000, np.nan)
-    cand = {"rows": 5000, "columns": {"score": {**_col(x, []), "hist": {"cuts": [], "counts": [0]}}}}
+    cand = Profile.from_json({"rows": 5000, "columns": {"score": {**_col(x, []), "hist": {"cuts": [], "counts": [0]}}}})
     results = evaluate(cand, _rules(5000), None)
     passed, blocks, _ = decision(results)
     assert not passed

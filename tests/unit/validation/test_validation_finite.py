@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from batchscore.validation import drift as D
 from batchscore.validation.gate import decision, evaluate
 from batchscore.validation.partials import (
     finish,
@@ -20,7 +19,7 @@ from batchscore.validation.partials import (
     quantiles,
     sketch_bin_counts,
 )
-from batchscore.validation.profile import cut_intervals
+from batchscore.validation.profile import Profile, cut_intervals
 from batchscore.validation.report import format_table, plot_histograms
 from batchscore.validation.rules import Finite, NullRate, RowCount, Rules, ValueRange
 
@@ -86,7 +85,7 @@ def test_inf_scores_block_with_one_finite_result_per_column_and_a_clear_descript
     rng = np.random.default_rng(1)
     bad, good = rng.beta(2, 5, 2000), rng.beta(2, 5, 2000)
     bad[:8], bad[8:12] = np.inf, -np.inf
-    profile = {"rows": 2000, "columns": {"score": _col(bad), "other": _col(good)}}
+    profile = Profile.from_json({"rows": 2000, "columns": {"score": _col(bad), "other": _col(good)}})
     results = evaluate(profile, _rules(2000, ("score", "other")), None)
     fin = {r.column: r for r in results if r.rule == "finite"}
     assert set(fin) == {"score", "other"}  # always on, every output column, without being configured
@@ -107,7 +106,7 @@ def test_finite_rule_passes_on_finite_scores_and_on_profiles_without_the_counts(
     x = np.random.default_rng(2).beta(2, 5, 1000)
     col = _col(x)
     del col["posinf"], col["neginf"]  # a reference published before the counts existed
-    results = evaluate({"rows": 1000, "columns": {"score": col}}, _rules(1000), None)
+    results = evaluate(Profile.from_json({"rows": 1000, "columns": {"score": col}}), _rules(1000), None)
     assert decision(results)[0]
     fin = next(r for r in results if r.rule == "finite")
     assert fin.passed and fin.observed == 0 and fin.detail == "0 of 1,000 scores are ±inf"
@@ -116,10 +115,10 @@ def test_finite_rule_passes_on_finite_scores_and_on_profiles_without_the_counts(
 def test_finite_rule_can_name_columns_and_drift_counts_only_finite_rows() -> None:
     x = np.full(10, 0.5)
     x[:3] = np.inf
-    profile = {"rows": 10, "columns": {"score": _col(x), "other": _col(x)}}
+    profile = Profile.from_json({"rows": 10, "columns": {"score": _col(x), "other": _col(x)}})
     rules = Rules(RowCount(10), NullRate(0.0), finite=Finite(columns=("other",)))
     assert [(r.column, r.passed) for r in evaluate(profile, rules, None) if r.rule == "finite"] == [("other", False)]
-    assert D.finite_rows(profile["columns"]["score"], 10) == 7
+    assert profile.columns["score"].finite_rows(10) == 7
 
 
 def test_the_plot_does_not_crash_on_inf_in_a_profile(tmp_path: Path) -> None:
@@ -127,7 +126,8 @@ def test_the_plot_does_not_crash_on_inf_in_a_profile(tmp_path: Path) -> None:
     ok = _col(x)
     odd = {**_col(x), "min": -math.inf, "max": math.inf}  # as an unfixed profile held them
     inf_cuts = {**_col(x), "hist": {"cuts": [0.2, math.inf], "counts": [1, 2, 3]}}
-    profile = {"rows": 500, "columns": {"a": odd, "b": inf_cuts, "c": ok}}
-    png = plot_histograms(tmp_path / "v.png", profile, {"rows": 500, "columns": {"a": odd}}, {"a": 0.1},
+    profile = Profile.from_json({"rows": 500, "columns": {"a": odd, "b": inf_cuts, "c": ok}})
+    ref = Profile.from_json({"rows": 500, "columns": {"a": odd}})
+    png = plot_histograms(tmp_path / "v.png", profile, ref, {"a": 0.1},
                           title="t", thresholds="-")
     assert png.stat().st_size > 1000
