@@ -197,7 +197,7 @@ class Plan:
         from batchscore.udfs.feature_hash import row_hashes
 
         spec = self.cfg.input
-        if not source.files:
+        if not source.files or source.constants:  # partition values: not in the files' row groups
             return None
         names = [spec.key, *(spec.features or [str(spec.feature_array)])]
         phys = source.physical or {}
@@ -228,7 +228,7 @@ class Plan:
         spec, width = self.cfg.input, self.cfg.input.n_features
         if source.files is not None:
             fragments = plan_fragments(source.files, parallelism=self.spark.sparkContext.defaultParallelism,
-                                       storage=self.cfg.store, deleted=source.deleted)
+                                       storage=self.cfg.store, deleted=source.deleted, constants=source.constants)
             return hashes_from_files(self.spark, fragments, key=spec.key, key_type=source.schema[spec.key].dataType,
                                      features=spec.features, feature_array=spec.feature_array, width=width,
                                      storage=self.cfg.store, physical=source.physical or None)

@@ -35,6 +35,9 @@ class InputScan:
     delta_version: int | None = None  # the pinned version of a Delta input
     #: file URI -> the sorted row positions its Delta deletion vector removed (numpy int64); the tasks skip them
     deleted: dict[str, Any] = field(default_factory=dict)
+    #: file URI -> {column: (arrow type name, value)}: the key/feature columns a Delta table keeps as
+    #: partition values, not in its files; the tasks add them (:func:`batchscore.udfs.fragments.plan_fragments`)
+    constants: dict[str, dict[str, tuple[str, Any]]] = field(default_factory=dict)
 
     @property
     def deleted_rows(self) -> int:
@@ -147,26 +150,61 @@ def _open_delta(spark: SparkSession, spec: InputTable, storage: Storage, source:
     files = [st.normalize(u) for u in dt.file_uris()]
     if not files:
         raise InputDataError(f"{where}: Delta table has no data files (empty input)")
-    needed_parts = [c for c in _needed(spec) if c in partitions]
-    if spec.read == "spark" or needed_parts:
+    if spec.read == "spark":
         if deleted:
             raise InputDataError(
                 f"{where}: {len(deleted)} file(s) carry deletion vectors, which Spark's Parquet scan would not "
-                + ("apply; keep the key and features as data columns so the tasks read the files (they apply them)"
-                   if needed_parts else f"apply; use input.read: auto in {source} (the tasks apply them)")
+                f"apply; use input.read: auto in {source} (the tasks apply them)"
             )
-        if spec.read == "files" or not st.is_local(spec.path) or physical:
+        if not st.is_local(spec.path) or physical:
             raise InputDataError(
-                f"{where}: column(s) {needed_parts} are Delta partition columns, which the tasks do not "
-                f"read; keep the key and features as data columns, or set input.read: spark in {source}"
-                if needed_parts
-                else f"{where}: input.read: spark needs a local Delta table without "
-                f"column mapping; use input.read: auto in {source}"
+                f"{where}: input.read: spark needs a local Delta table without column mapping; use input.read: auto "
+                f"in {source}"
             )
         # exactly the pinned version's files; hive-style partition values from their paths
         df = spark.read.option("basePath", st.normalize(spec.path)).parquet(*files)
         return InputScan(spec.path, df.schema, None, df, delta_version=version)
-    return InputScan(spec.path, _spark_schema(arrow), files, physical=physical, delta_version=version, deleted=deleted)
+    needed_parts = [c for c in _needed(spec) if c in partitions]
+    constants = _partition_values(dt, spec, needed_parts, arrow, files, physical, source) if needed_parts else {}
+    return InputScan(spec.path, _spark_schema(arrow), files, physical=physical, delta_version=version, deleted=deleted,
+                     constants=constants)
+
+
+def _partition_values(dt: Any, spec: InputTable, columns: list[str], arrow: Any, files: list[str],
+                      physical: dict[str, str], source: str) -> dict[str, dict[str, tuple[str, Any]]]:
+    """File URI -> {column: (arrow type name, value)} of the key/feature ``columns`` the Delta table
+    keeps as partition values (typed by delta-rs from the log's add actions)."""
+    from urllib.parse import unquote
+
+    import pyarrow as pa
+
+    where = f"input table {spec.path}"
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    root = st.normalize(spec.path)
+    paths = [st.normalize(p) if "://" in p or p.startswith("/") else st.join(root, unquote(p))
+             for p in actions.column("path").to_pylist()]
+    if set(paths) != set(files):  # same snapshot, same order: delta-rs lists the files as it lists the actions
+        if len(paths) != len(files):
+            raise InputDataError(f"{where}: the Delta log's add actions do not match its files; re-run, or set "
+                                 f"input.read: spark in {source}")
+        paths = files
+    out: dict[str, dict[str, tuple[str, Any]]] = {p: {} for p in paths}
+    for c in columns:
+        t = arrow.field(c).type
+        try:
+            ok = pa.type_for_alias(str(t)) == t
+        except ValueError:
+            ok = False
+        name = next((n for n in (f"partition.{physical.get(c, c)}", f"partition.{c}") if n in actions.column_names),
+                    None)
+        if not ok or name is None:
+            raise InputDataError(
+                f"{where}: partition column '{c}' ({t}) cannot be filled in by the scoring tasks; keep it as a "
+                f"data column, or set input.read: spark in {source}"
+            )
+        for p, v in zip(paths, actions.column(name).to_pylist(), strict=True):
+            out[p][c] = (str(t), v)
+    return out
 
 
 def _deleted_rows(dt: Any, spec: InputTable, storage: Storage) -> dict[str, Any]:
@@ -201,7 +239,7 @@ def input_frame(spark: SparkSession, scan: InputScan, columns: list[str], *, sto
     assert scan.files is not None
     return files_frame(
         spark, scan.files, _ST([scan.schema[c] for c in columns]), storage=storage, physical=scan.physical or None,
-        deleted=scan.deleted or None,
+        deleted=scan.deleted or None, constants=scan.constants or None,
     )
 
 

@@ -104,16 +104,16 @@ def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef | Mo
                    batch_size=cfg.scoring.batch_size, loads=loads, sink=sink, hashed=hashed,
                    screen=screen_for(cfg) if sink is not None else None)
     if isinstance(df, InputScan):
-        scan, files, physical, deleted = df.df, df.files, df.physical, df.deleted
+        scan, files, physical, deleted, constants = df.df, df.files, df.physical, df.deleted, df.constants
         key_type = df.schema[spec.key].dataType
     else:
-        scan, files, physical, deleted = df, direct_files(spec, source=cfg.source), {}, {}
+        scan, files, physical, deleted, constants = df, direct_files(spec, source=cfg.source), {}, {}, {}
         key_type = df.schema[spec.key].dataType
     spark = SparkSession.getActiveSession()
     assert spark is not None
     if files is not None:
         fragments = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism, storage=cfg.store,
-                                   deleted=deleted)
+                                   deleted=deleted, constants=constants)
         pred = with_predictions_from_files(spark, fragments, ref, key=spec.key, key_type=key_type, storage=cfg.store,
                                            physical=physical or None, only_keys=only_keys,
                                            **options)  # type: ignore[arg-type]

@@ -6,7 +6,9 @@ core (more when they would exceed ≈ 128 MB, Spark's default ``maxPartitionByte
 (paths + row-group ids); inside the task :func:`read_fragments` reads it with pyarrow (one thread:
 the task's CPU budget is one core) through any store :mod:`batchscore.storage` reaches.
 Rows a Delta deletion vector removed (``deleted``: a file's 0-based row positions) are planned with
-their fragment, as positions within its row groups, and dropped as the task reads them.
+their fragment, as positions within its row groups, and dropped as the task reads them. Columns
+a file does not store because they are Delta partition columns (``constants``: a file's value of
+each, typed by an Arrow type name) travel with the fragment too and are added as constant columns.
 :func:`files_frame` is the generic use (a DataFrame of some columns of some files); scoring
 straight from files is :mod:`batchscore.udfs.file_scan`, the Redis load reads staged files the same way.
 """
@@ -37,7 +39,8 @@ OUTPUT_ROWS = 65_536  # rows per batch read (large slices: per-batch costs of py
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
 _PART = StructType([StructField("path", StringType(), False),
                     StructField("row_groups", ArrayType(IntegerType(), False), False),
-                    StructField("deleted", ArrayType(LongType(), False), True)])
+                    StructField("deleted", ArrayType(LongType(), False), True),
+                    StructField("constants", StringType(), True)])  # JSON {column: [arrow type, value]}
 _DESCRIPTOR = StructType([StructField("parts", ArrayType(_PART, False), False)])
 
 
@@ -49,11 +52,15 @@ class Fragment:
     rows: int  # the rows read: those of its row groups minus the deleted ones
     #: per part: the positions (0-based, in the concatenation of its row groups) a deletion vector removed
     deleted: tuple[tuple[int, ...], ...] = ()
+    #: per part: JSON ``{column: [arrow type name, value]}`` of the columns its file does not store
+    #: (Delta partition values), or None
+    constants: tuple[str | None, ...] = ()
 
 
 def plan_fragments(files: Sequence[str], *, parallelism: int = 1, max_bytes: int = DEFAULT_TARGET_BYTES,
                    min_bytes: int = 4 * 1024 * 1024, storage: Storage = DEFAULT,
-                   deleted: Mapping[str, Any] | None = None) -> list[Fragment]:
+                   deleted: Mapping[str, Any] | None = None,
+                   constants: Mapping[str, Mapping[str, tuple[str, Any]]] | None = None) -> list[Fragment]:
     """The files' row groups, in order, cut into ``n`` fragments of about equal bytes (row groups
     are the unit; a fragment may span files, as Spark packs small files into one partition).
 
@@ -64,7 +71,11 @@ def plan_fragments(files: Sequence[str], *, parallelism: int = 1, max_bytes: int
 
     ``deleted``: file -> the sorted 0-based row positions a Delta deletion vector removed (numpy
     int64 arrays or sequences); they travel with the fragment holding them and are never read.
+    ``constants``: file -> ``{column: (arrow type name, value)}`` of columns the file does not store
+    (a Delta table's partition values); the task adds them to every batch of that file.
     """
+    import json
+
     import numpy as np
 
     groups: list[tuple[str, int, int, int, int]] = []  # path, row group, bytes, rows, first row in the file
@@ -105,9 +116,11 @@ def plan_fragments(files: Sequence[str], *, parallelism: int = 1, max_bytes: int
                 parts[-1][2].extend((pos[(pos >= first) & (pos < first + rows)] - first + offset).tolist())
             offset += rows
         removed = tuple(tuple(d) for _, _, d in parts)
+        consts = tuple(json.dumps({c: list(tv) for c, tv in constants[p].items()}) if constants and constants.get(p)
+                       else None for p, _, _ in parts)
         out.append(Fragment(tuple((p, tuple(ids)) for p, ids, _ in parts),
                             sum(g[3] for g in bucket) - sum(len(d) for d in removed),
-                            removed if any(removed) else ()))
+                            removed if any(removed) else (), consts if any(consts) else ()))
     return out
 
 
@@ -121,7 +134,8 @@ def physical_columns(path: str, storage: Storage = DEFAULT) -> set[str]:
 def fragment_frame(spark: SparkSession, fragments: Sequence[Fragment]) -> DataFrame:
     """One row per fragment (its paths and row-group ids), one fragment per partition: map it with
     ``mapInArrow`` and :func:`read_fragments` so each task reads its own fragment."""
-    rows = [([(path, list(ids), list(f.deleted[j]) if f.deleted and f.deleted[j] else None)
+    rows = [([(path, list(ids), list(f.deleted[j]) if f.deleted and f.deleted[j] else None,
+               f.constants[j] if f.constants else None)
               for j, (path, ids) in enumerate(f.parts)],) for f in fragments]
     return spark.createDataFrame(spark.sparkContext.parallelize(rows, max(1, len(rows))), _DESCRIPTOR)
 
@@ -133,13 +147,15 @@ def read_fragments(descriptors: Iterator[pa.RecordBatch], columns: list[str], *,
     name, in order, ``rows`` at a time (pyarrow, one thread: the task's CPU budget is one core),
     through ``storage`` (local disk or an object store), without the rows a deletion vector
     removed. ``physical``: logical -> stored column name (Delta column mapping); batches carry the
-    logical names.
+    logical names. A part's ``constants`` (partition values) fill the columns its file lacks.
     Large slices: per-batch costs of pyarrow and of what follows add up at 1k rows."""
     from batchscore.storage import guard, parquet_file
 
-    stored = [(physical or {}).get(c, c) for c in columns]
     for b in descriptors:
         for part in (p for parts in b.column(0).to_pylist() for p in parts):
+            consts = _constants(part.get("constants"), rows)
+            read = [c for c in columns if c not in consts]
+            stored = [(physical or {}).get(c, c) for c in read]
             parquet = parquet_file(part["path"], storage)
             keep = _keep_mask(parquet, part["row_groups"], part.get("deleted"))
             at = 0
@@ -151,7 +167,27 @@ def read_fragments(descriptors: Iterator[pa.RecordBatch], columns: list[str], *,
                         rb, at = rb.filter(pa.array(keep[at : at + n])), at + n
                         if not rb.num_rows:
                             continue
-                    yield rb if stored == columns else pa.RecordBatch.from_arrays(rb.columns, names=columns)
+                    if consts:
+                        got = dict(zip(read, rb.columns, strict=True))
+                        yield pa.RecordBatch.from_arrays(
+                            [got[c] if c in got else consts[c].slice(0, rb.num_rows) for c in columns], names=columns)
+                    else:
+                        yield rb if stored == columns else pa.RecordBatch.from_arrays(rb.columns, names=columns)
+
+
+def _constants(text: str | None, rows: int) -> dict[str, pa.Array]:
+    """A part's constant columns, each ``rows`` long (batches take a slice): its partition values."""
+    if not text:
+        return {}
+    import json
+
+    import numpy as np
+
+    out = {}
+    for c, (type_name, value) in json.loads(text).items():
+        one = pa.array([value], type=pa.type_for_alias(type_name))
+        out[c] = one.take(pa.array(np.zeros(rows, dtype=np.int64)))
+    return out
 
 
 def _keep_mask(parquet: Any, row_groups: Sequence[int], deleted: Sequence[int] | None) -> Any:
@@ -166,7 +202,8 @@ def _keep_mask(parquet: Any, row_groups: Sequence[int], deleted: Sequence[int] |
 
 
 def files_frame(spark: SparkSession, files: Sequence[str], schema: StructType, *, storage: Storage = DEFAULT,
-                physical: dict[str, str] | None = None, deleted: Mapping[str, Any] | None = None) -> DataFrame:
+                physical: dict[str, str] | None = None, deleted: Mapping[str, Any] | None = None,
+                constants: Mapping[str, Mapping[str, tuple[str, Any]]] | None = None) -> DataFrame:
     """A DataFrame of ``schema``'s columns of the Parquet ``files``, read by the tasks themselves
     through ``storage`` (no Hadoop connector: works for any store :mod:`batchscore.storage`
     reaches). For validation and key checks over files Spark cannot read itself."""
@@ -179,5 +216,6 @@ def files_frame(spark: SparkSession, files: Sequence[str], schema: StructType, *
         for rb in read_fragments(batches, names, storage=storage, physical=physical):
             yield rb if rb.schema.equals(want) else rb.cast(want)
 
-    frags = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism, storage=storage, deleted=deleted)
+    frags = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism, storage=storage, deleted=deleted,
+                           constants=constants)
     return fragment_frame(spark, frags).mapInArrow(read, schema)

@@ -25,14 +25,15 @@ from tests.integration.test_incremental import FEATS, WIDTH, Table, _check, _run
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
 
-def _write_delta(table: Table, path: Path) -> None:
-    """The table as a Delta table of two files (two commits), row groups of 700 rows."""
+def _write_delta(table: Table, path: Path, *, partition_by: list[str] | None = None) -> None:
+    """The table as a Delta table of two commits (two files, or one per partition value and
+    commit), row groups of 700 rows."""
     keys = sorted(table.rows)
     x = np.stack([table.rows[k] for k in keys])
     arrow = pa.table({"user_id": pa.array(keys, pa.int64()), **{f: pa.array(x[:, j]) for j, f in enumerate(FEATS)}})
     props = WriterProperties(max_row_group_size=700)
     half = arrow.num_rows // 2
-    write_deltalake(str(path), arrow.slice(0, half), writer_properties=props)
+    write_deltalake(str(path), arrow.slice(0, half), writer_properties=props, partition_by=partition_by)
     write_deltalake(str(path), arrow.slice(half), mode="append", writer_properties=props)
 
 
@@ -100,6 +101,31 @@ def test_rows_deleted_by_deletion_vectors_are_never_scored_or_published(
     more = _delete(table, src, {0: [0, 2499, *range(700, 1400)]}, storage_type="i")
     rep = _run(spark, cfg_path, redis_url, "d2")
     assert rep.input_deleted_rows == gone + more and rep.staged_rows == 5000 - gone - more
+    _check(spark, cfg_path, model, table, redis_url)
+
+
+def test_a_feature_kept_as_a_partition_column_is_filled_in_by_the_tasks(
+        spark: Any, redis_url: str, tmp_path: Path) -> None:
+    """A feature the Delta table keeps as a partition value (not in its files): the tasks add it
+    from the log's add actions, with deletion vectors applied and incremental runs reusing rows."""
+    model = write_onnx_mlp(tmp_path / "m.onnx", (WIDTH, 16, 1), seed=33)
+    table = Table(3000, seed=7)
+    for k in table.rows:  # the last feature takes 3 values: one partition each
+        table.rows[k][-1] = np.float32(k % 3 - 1.5)
+    src = tmp_path / "features"
+    _write_delta(table, src, partition_by=[FEATS[-1]])
+    dt = DeltaTable(str(src))
+    assert dt.metadata().partition_columns == [FEATS[-1]] and len(dt.file_uris()) == 6  # 3 values x 2 commits
+    assert FEATS[-1] not in pq.read_schema(dt.file_uris()[0].removeprefix("file://")).names
+    cfg_path = _config(tmp_path, src, model, incremental=True)
+    first = _run(spark, cfg_path, redis_url, "p0")
+    assert first.input_rows == first.staged_rows == 3000
+    _check(spark, cfg_path, model, table, redis_url)  # Delta and Redis equal ONNX Runtime bit for bit
+
+    gone = _delete(table, src, {0: [0, 5, 6], 2: list(range(10, 60))})
+    rep = _run(spark, cfg_path, redis_url, "p1")
+    assert rep.input_deleted_rows == gone == 53 and rep.scoring_mode == "incremental"
+    assert rep.rows_dropped == gone and rep.rows_rescored == 0 and rep.rows_reused == 3000 - gone
     _check(spark, cfg_path, model, table, redis_url)
 
 

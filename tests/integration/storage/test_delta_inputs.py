@@ -34,7 +34,7 @@ def _model_scores(model: Path, table: pa.Table, feats: list[str]) -> dict[int, f
     return dict(zip(table["user_id"].to_pylist(), out[:, 0].tolist(), strict=True))
 
 
-@pytest.mark.parametrize("layout", ["column-mapping", "partitioned", "deletion-vectors"])
+@pytest.mark.parametrize("layout", ["column-mapping", "partitioned", "deletion-vectors", "feature-partition"])
 def test_a_delta_input_on_s3_is_read_through_its_log(spark: Any, make_config: Any, s3_bucket: str,
                                                     s3_env: dict[str, str], tmp_path: Path, layout: str) -> None:
     from deltalake import write_deltalake
@@ -43,11 +43,16 @@ def test_a_delta_input_on_s3_is_read_through_its_log(spark: Any, make_config: An
     feats = local["input"]["features"]
     table = pq.read_table(local["input"]["path"])
     table = table.append_column("region", pa.array(["eu" if i % 3 else "us" for i in range(table.num_rows)]))
+    if layout == "feature-partition":  # a feature kept as a partition value, not in the files: the tasks add it
+        at = table.schema.get_field_index(feats[-1])
+        table = table.set_column(at, feats[-1], pa.array([i % 3 - 1.0 for i in range(table.num_rows)],
+                                                         table.schema.field(at).type))
     uri = f"{s3_bucket}/features-delta"
     opts = st.Storage().options(uri)
     half = table.num_rows // 2
     kw: dict[str, Any] = ({"configuration": {"delta.columnMapping.mode": "name"}} if layout == "column-mapping"
-                          else {"partition_by": ["region"]} if layout == "partitioned" else {})
+                          else {"partition_by": ["region"]} if layout == "partitioned"
+                          else {"partition_by": [feats[-1]]} if layout == "feature-partition" else {})
     write_deltalake(uri, table.slice(0, half), storage_options=opts, **kw)
     write_deltalake(uri, table.slice(half), storage_options=opts, mode="append")
     version = 1
@@ -64,6 +69,8 @@ def test_a_delta_input_on_s3_is_read_through_its_log(spark: Any, make_config: An
     if layout == "column-mapping":  # the files store col-<uuid> names, not the features' names
         first = dt.file_uris()[0]
         assert not set(feats) & set(st.parquet_file(first).schema_arrow.names)
+    if layout == "feature-partition":
+        assert all(feats[-1] not in st.parquet_file(u).schema_arrow.names for u in dt.file_uris())
     upload(Path(local["model"]["uri"]), f"{s3_bucket}/model.onnx", {})
     cfg_d = {**local, "model": {**local["model"], "uri": f"{s3_bucket}/model.onnx"},
              "input": {**local["input"], "path": uri, "format": "delta"},

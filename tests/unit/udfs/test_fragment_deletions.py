@@ -15,7 +15,8 @@ from batchscore.udfs.fragments import Fragment, plan_fragments, read_fragments
 
 def _descriptor(frag: Fragment) -> pa.RecordBatch:
     """The row :func:`fragment_frame` gives a task, as the Arrow batch ``mapInArrow`` hands it."""
-    parts = [{"path": p, "row_groups": list(ids), "deleted": list(frag.deleted[j]) if frag.deleted else None}
+    parts = [{"path": p, "row_groups": list(ids), "deleted": list(frag.deleted[j]) if frag.deleted else None,
+              "constants": frag.constants[j] if frag.constants else None}
              for j, (p, ids) in enumerate(frag.parts)]
     return pa.RecordBatch.from_pylist([{"parts": parts}])
 
@@ -50,3 +51,24 @@ def test_no_deletions_plan_as_before(tmp_path: Path) -> None:
     plain = plan_fragments([str(path)], parallelism=3, min_bytes=1)
     assert plain == plan_fragments([str(path)], parallelism=3, min_bytes=1, deleted={str(path): []})
     assert all(f.deleted == () for f in plain) and sum(f.rows for f in plain) == 500
+
+
+def test_partition_values_fill_the_columns_a_file_does_not_store(tmp_path: Path) -> None:
+    """Columns a Delta table keeps as partition values: each file's value, typed, on every row of
+    that file, in the asked column order, with deleted rows still dropped."""
+    files, consts = [], {}
+    for f, (region, bucket) in enumerate([("eu", 1.5), ("us", None), ("eu", -2.0)]):
+        path = tmp_path / f"part-{f}.parquet"
+        pq.write_table(pa.table({"id": np.arange(f * 1000, f * 1000 + 300, dtype=np.int64)}), path,
+                       row_group_size=70)
+        files.append(str(path))
+        consts[str(path)] = {"region": ("string", region), "bucket": ("float", bucket)}
+    frags = plan_fragments(files, parallelism=4, min_bytes=1, deleted={files[2]: [0, 299]}, constants=consts)
+    rows = [r for frag in frags for rb in read_fragments(iter([_descriptor(frag)]), ["bucket", "id", "region"], rows=64)
+            for r in rb.to_pylist()]
+    assert len(rows) == 898 and sum(f.rows for f in frags) == 898
+    want = {f: (b, r) for f, (r, b) in enumerate([("eu", 1.5), ("us", None), ("eu", -2.0)])}
+    assert all((r["bucket"], r["region"]) == want[r["id"] // 1000] for r in rows)
+    assert {r["id"] for r in rows} == set(range(300)) | set(range(1000, 1300)) | set(range(2001, 2299))
+    batch = next(read_fragments(iter([_descriptor(frags[0])]), ["id", "bucket"], rows=64))
+    assert batch.schema.field("bucket").type == pa.float32() and batch.num_rows <= 64
