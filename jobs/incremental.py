@@ -7,16 +7,20 @@ hash). A run then goes:
 1. **The reference**: the last publication's Delta version (the table's head, what readers are
    served). None yet, ``--full``, a reference without the hash columns, a different artifact or
    ``model.version``, or a different key type: everything is scored, as without this option.
-2. **Hash pass**: the tasks read the input (the same file or Spark path as scoring) and compute
-   each row's hash, no model.
-3. **Plan**: a full outer join of the hashes with the reference's (key, hash, model, outputs)
-   sorts every row into *reused* (same key, hash, artifact and model version), *changed*, *new*,
-   and the reference's keys that left the input, *dropped*.
-4. **Score and copy**: when changed + new rows are at most :data:`MAX_SHARE` of the input (and at
-   most :data:`MAX_KEYS`), the scoring pass reads the input again and scores only their keys (and
-   null keys, which the checks must see); the reused rows are copied, hash and outputs as
-   published, by a second set of tasks into the same staged run. Above that share, everything is
-   scored (filtering would save less than it costs).
+2. **One pass** (the input read as files, a reference of up to :data:`TASK_ROWS` rows): the
+   reference's key, hash and outputs are broadcast to the scoring tasks; each task hashes its rows
+   and takes the published outputs of every row whose key and hash the reference holds, scores
+   the others, and writes its whole share (:mod:`batchscore.udfs.reuse`). The counts come from the
+   kept attempts' tallies. A sample of the input (one row group) that shows more than
+   :data:`EARLY_SHARE` changed skips it: everything is scored.
+3. Otherwise (Spark's scan, or a larger reference) **a hash pass and a join**: the tasks compute
+   each row's hash, no model; a full outer join with the reference's (key, hash, outputs) (in Arrow
+   on the driver up to :data:`DRIVER_ROWS` rows, else Spark's) sorts every row into *reused* (same
+   key and hash), *changed*, *new*, and the reference's keys that left the input, *dropped*. When
+   changed + new rows are at most :data:`MAX_SHARE` of the input (and at most :data:`MAX_KEYS`),
+   the scoring pass reads the input again and scores only their keys (and null keys, which the
+   checks must see); the reused rows are copied, hash and outputs as published, into the same
+   staged run. Above that share, everything is scored.
 
 Every publication is still a complete snapshot: the staged run holds one row per input row (so
 the duplicate and null key checks still hold), reused scores keep their exact float32 bits, and
@@ -54,6 +58,9 @@ MAX_KEYS = 5_000_000
 DRIVER_ROWS = 20_000_000
 #: When a sample of the input shows more than this share changed or new, the plan is skipped.
 EARLY_SHARE = 0.8
+#: A reference of up to this many rows read as files is broadcast to the scoring tasks, which reuse
+#: its unchanged rows as they score (one pass: :mod:`batchscore.udfs.reuse`); above, the plan joins.
+TASK_ROWS = 5_000_000
 
 _IN_H, _IN_P, _PH = "__bs_in_input", "__bs_in_reference", "__bs_reference_hash"
 
@@ -149,6 +156,10 @@ class Plan:
             self.full_reason = f"≈{share:.0%} of a sample of the input changed or new, above {EARLY_SHARE:.0%}"
             log.info("score %s: incremental: scoring every row (%s)", self.cfg.name, self.full_reason)
             return [score_fn(source).collect()]
+        if source.files is not None and ref.num_rows <= TASK_ROWS:
+            jobs = self._stage_in_tasks(source, ref, score_fn)
+            if jobs is not None:
+                return jobs
         hashes = self._hashes(source).toArrow()
         h = hashes.append_column(_IN_H, pa.array(np.ones(hashes.num_rows, dtype=bool)))
         p = ref.rename_columns([key, _PH, *cols]).append_column(_IN_P, pa.array(np.ones(ref.num_rows, dtype=bool)))
@@ -180,6 +191,39 @@ class Plan:
             table = pa.table({key: kept[key], HASH: kept[_PH], **{n: pc.cast(kept[n], pa.float32()) for n in cols}})
             jobs.append([r for b in writer(iter(table.to_batches(max_chunksize=1 << 20))) for r in b.to_pylist()])
         return jobs
+
+    def _stage_in_tasks(self, source: InputScan, ref: Any, score_fn: ScoreFn) -> list[list[Any]] | None:
+        """One pass: the reference (key, hash, outputs) broadcast to the scoring tasks, which take
+        its outputs for every row whose key and hash it holds and score the others; the counts come
+        from the kept attempts' tallies. None (use the join plan) when the reference's keys are not
+        unique (a publication's are: something outside batchscore wrote that table)."""
+        import json
+
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        key, cols = self.cfg.input.key, list(self.cfg.outputs.columns)
+        key_type = _key_arrow_type(source, self.cfg)
+        table = pa.table({key: pc.cast(ref.column(key), key_type), HASH: ref.column(HASH),
+                          **{c: pc.cast(ref.column(c), pa.float32()) for c in cols}})
+        if pc.count_distinct(table.column(key), mode="all").as_py() != table.num_rows:
+            return None
+        from batchscore.udfs.reuse import reference as as_reference
+
+        reference = self.spark.sparkContext.broadcast(as_reference(table))
+        try:
+            rows = score_fn(source, reuse=reference).collect()
+        finally:
+            reference.unpersist()
+        per_task = {int(r["partition"]): r["tally"] for r in rows if r["tally"]}
+        t = {k: sum(json.loads(v)[k] for v in per_task.values()) for k in ("rows", "found", "reused")}
+        self.counted = {"reused": t["reused"], "changed": t["found"] - t["reused"], "new": t["rows"] - t["found"],
+                        "dropped": table.num_rows - t["found"], "null_keys": 0}
+        c = self.counted
+        log.info("score %s: incremental against Delta version %s in the scoring pass: %s reused, %s changed, "
+                 "%s new, %s dropped", self.cfg.name, self.reference_version, f"{c['reused']:,}",
+                 f"{c['changed']:,}", f"{c['new']:,}", f"{c['dropped']:,}")
+        return [rows]
 
     def _reference_table(self, columns: list[str]) -> Any:
         import pyarrow as pa

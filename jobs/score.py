@@ -90,14 +90,15 @@ def screen_for(cfg: ModelConfig) -> Screen | None:
 
 def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef | Models, *, run_id: str,
                  scored_at: datetime, loads: Any = None, sink: Sink | None = None, hashed: bool = False,
-                 only_keys: Any = None, columns: list[str] | None = None) -> DataFrame:
+                 only_keys: Any = None, reuse: Any = None, columns: list[str] | None = None) -> DataFrame:
     """The staged output: key, the output columns (float32), model_version, run_id, scored_at;
     with a ``sink`` (:class:`batchscore.udfs.staged_write.StagedWriter`), each task writes those rows itself
     and the frame is the sink's report (one row per file written).
 
     ``df``: the input (:func:`batchscore.jobs.inputs.open_input`; a DataFrame is Spark's scan of a local
     table). When its files can be read by the tasks (``input.read: auto|files``) they read them
-    themselves (:mod:`batchscore.udfs.file_scan`), else Spark's scan feeds them.
+    themselves (:mod:`batchscore.udfs.file_scan`), else Spark's scan feeds them. ``only_keys`` and
+    ``reuse``: an incremental run's plan (:mod:`batchscore.jobs.incremental`); ``reuse`` needs files.
     """
     spec = cfg.input
     options = dict(features=spec.features, feature_array=spec.feature_array, columns=columns or cfg.outputs.columns,
@@ -115,10 +116,10 @@ def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef | Mo
         fragments = plan_fragments(files, parallelism=spark.sparkContext.defaultParallelism, storage=cfg.store,
                                    deleted=deleted, constants=constants)
         pred = with_predictions_from_files(spark, fragments, ref, key=spec.key, key_type=key_type, storage=cfg.store,
-                                           physical=physical or None, only_keys=only_keys,
+                                           physical=physical or None, only_keys=only_keys, reuse=reuse,
                                            **options)  # type: ignore[arg-type]
     else:
-        assert scan is not None
+        assert scan is not None and reuse is None
         if only_keys is not None:  # incremental: these keys (and null keys, for the checks) are scored
             import pyarrow as pa
 
@@ -178,9 +179,9 @@ def stage_predictions(source: InputScan, cfg: ModelConfig, ref: ModelRef | Model
     columns = challengers.frame_columns(cfg, sides) if sides else None
     try:
         if plan is not None:
-            jobs = plan.stage(source, writer, lambda df, only_keys=None: scored_frame(
+            jobs = plan.stage(source, writer, lambda df, only_keys=None, reuse=None: scored_frame(
                 df, cfg, ref, run_id=run_id, scored_at=scored_at, loads=loads, sink=writer, hashed=hashed,
-                only_keys=only_keys))
+                only_keys=only_keys, reuse=reuse))
         else:
             jobs = [scored_frame(source, cfg, ref, run_id=run_id, scored_at=scored_at, loads=loads, sink=writer,
                                  hashed=hashed, columns=columns).collect()]

@@ -62,10 +62,13 @@ def with_predictions_from_files(
     screen: Screen | None = None,
     hashed: bool = False,
     only_keys: Any = None,
+    reuse: Any = None,
 ) -> DataFrame:
     """``key`` + one float column per output for every row of ``fragments`` (one task each);
     ``physical``: the names the files store the columns under (Delta column mapping) when they
-    differ;
+    differ; ``reuse`` (incremental scoring, with ``hashed`` and a sink): a broadcast of the
+    reference's key, feature hash and outputs, whose unchanged rows the tasks take instead of
+    scoring them (:mod:`batchscore.udfs.reuse`);
     with a ``sink`` (see :func:`batchscore.udfs.scoring.with_predictions`), what the sink yields.
 
     ``key_type``: the key's Spark type as Spark's own scan reports it; the key read by pyarrow is
@@ -96,10 +99,29 @@ def with_predictions_from_files(
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         rejected: list[pa.RecordBatch] = []
-        pieces = screened_pieces(keyed(batches), to_matrix, screen=screen, rejected=rejected, hashed=hashed)
-        yield from scored_batches(ref, pieces, names=names, batch_size=batch_size, loads=loads, prefetch=prefetch,
-                                  hashed=hashed, screen=screen, rejected=rejected)
+        if reuse is None:
+            pieces = screened_pieces(keyed(batches), to_matrix, screen=screen, rejected=rejected, hashed=hashed)
+            yield from scored_batches(ref, pieces, names=names, batch_size=batch_size, loads=loads,
+                                      prefetch=prefetch, hashed=hashed, screen=screen, rejected=rejected)
+            return
+        from batchscore.udfs import reuse as R
 
+        lookup, tally = R.lookup_for(reuse), R.Tally()
+        side: list[pa.RecordBatch] = []
+        pieces = R.reusing(
+            screened_pieces(R.counted(keyed(batches), lookup, tally), to_matrix, screen=screen, rejected=rejected,
+                            hashed=True), lookup, tally, side, names)
+        for b in scored_batches(ref, pieces, names=names, batch_size=batch_size, loads=loads, prefetch=prefetch,
+                                hashed=True, screen=screen, rejected=rejected):
+            yield b
+            while side:
+                yield side.pop(0)
+        while side:
+            yield side.pop(0)
+        yield R.tally_batch(tally)
+
+    if reuse is not None and not (hashed and sink is not None):
+        raise ValueError("reuse needs hashed=True and a sink (the staged writer records the task's counts)")
     return fragment_frame(spark, fragments).mapInArrow(*sunk(score, schema, sink))
 
 

@@ -28,10 +28,11 @@ from batchscore.storage import DEFAULT, Storage
 REPORT = StructType([StructField("file", StringType(), False), StructField("rows", LongType(), False),
                      StructField("bytes", LongType(), False), StructField("partition", LongType(), False),
                      StructField("attempt", LongType(), False), StructField("sha256", StringType(), False),
-                     StructField("kind", StringType(), False), StructField("partial", StringType(), True)])
+                     StructField("kind", StringType(), False), StructField("partial", StringType(), True),
+                     StructField("tally", StringType(), True)])
 _REPORT_ARROW = pa.schema([("file", pa.string()), ("rows", pa.int64()), ("bytes", pa.int64()),
                            ("partition", pa.int64()), ("attempt", pa.int64()), ("sha256", pa.string()),
-                           ("kind", pa.string()), ("partial", pa.string())])
+                           ("kind", pa.string()), ("partial", pa.string()), ("tally", pa.string())])
 
 
 SCORES, QUARANTINE = "scores", "quarantine"
@@ -125,6 +126,7 @@ class StagedWriter:
 
         from batchscore.testing import crashpoint
         from batchscore.udfs.quarantine import is_rejects
+        from batchscore.udfs.reuse import tally_of
 
         ctx = TaskContext.get()
         part, attempt = (ctx.partitionId(), ctx.taskAttemptId()) if ctx is not None else (0, 0)
@@ -134,8 +136,12 @@ class StagedWriter:
         shadows = [(sh, _File(self, sh.run_path, name)) for sh in self.shadows]
         cut = self.shadows[0].start if self.shadows else None
         chunks: dict[str, list[Any]] = {}
+        tally = None  # incremental scoring in the task: its counts (batchscore.udfs.reuse)
         try:
             for b in batches:
+                if (t := tally_of(b)) is not None:
+                    tally = t
+                    continue
                 if is_rejects(b):
                     if rejects is None:
                         raise RuntimeError("a task set rows aside but the writer has no quarantine_path")
@@ -165,7 +171,7 @@ class StagedWriter:
         crashpoint.reached("after_staged_write")  # fault tests: the attempt dies after writing its file
         prof = self.profiler(chunks) if self.profiler is not None and done[0][1] is not None else None
         rows = [{"file": name, "rows": n, "bytes": size, "partition": part, "attempt": attempt, "sha256": sha,
-                 "kind": kind, "partial": prof if kind == SCORES else None}
+                 "kind": kind, "partial": prof if kind == SCORES else None, "tally": tally}
                 for kind, written_ in done if written_ is not None for n, size, sha in [written_]]
         if rows:
             yield pa.RecordBatch.from_pylist(rows, schema=_REPORT_ARROW)

@@ -106,13 +106,15 @@ def _check(spark: Any, cfg_path: Path, model: Path, table: Table, redis_url: str
     assert online == {k: float(want[k]) for k in want}
 
 
-@pytest.mark.parametrize("where", ["driver", "spark"])
+@pytest.mark.parametrize("where", ["tasks", "driver", "spark"])
 def test_four_runs_publish_what_a_full_rescoring_publishes(spark: Any, redis_url: str, tmp_path: Path, where: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from batchscore.jobs import incremental
 
     if where == "spark":  # the plan for references too big for the driver: Spark's join
         monkeypatch.setattr(incremental, "DRIVER_ROWS", 0)
+    if where == "driver":  # references too big to broadcast to the tasks: the join in Arrow on the driver
+        monkeypatch.setattr(incremental, "TASK_ROWS", 0)
     model = write_onnx_mlp(tmp_path / "m.onnx", (WIDTH, 16, 1), seed=21)
     table = Table(4000)
     feats = tmp_path / "f.parquet"
