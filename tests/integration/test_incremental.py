@@ -205,3 +205,29 @@ def test_incremental_with_quarantine_sets_aside_rows_that_went_bad(spark: Any, r
     _check(spark, cfg_path, model, table, redis_url)  # published: everything but the two bad rows
     q = DeltaTable(str(tmp_path / "pred_quarantine")).to_pyarrow_table().to_pylist()
     assert sorted((r["key"], r["run_id"]) for r in q) == [("3", "q1"), ("4", "q1")] and len(bad) == 2
+
+
+def test_a_task_killed_after_writing_its_file_in_an_incremental_run_counts_and_publishes_once(
+        spark: Any, redis_url: str, tmp_path: Path) -> None:
+    """The one-pass plan's counts come from the attempts Spark kept: an attempt SIGKILLed after
+    writing its file (retried: local[2,4]) adds nothing to them or to the publication."""
+    from tests.integration.publish.conftest import start_cli
+
+    model = write_onnx_mlp(tmp_path / "m.onnx", (WIDTH, 16, 1), seed=26)
+    table = Table(3000, seed=9)
+    feats = tmp_path / "f.parquet"
+    cfg_path = _config(tmp_path, table.write(feats), model)
+    _run(spark, cfg_path, redis_url, "k0")
+    changed = table.change(0.02, added=11, removed=6)
+    table.write(feats)
+    marker = tmp_path / "killed-once"
+    proc = start_cli("run", cfg_path, redis_url, "--run-id", "k1", "--master", "local[2,4]",
+                     BATCHSCORE_KILL_TASK_ONCE=f"after_staged_write:{marker}")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert marker.exists()  # an attempt really died after writing its file
+    rep = state.read(load_model_config(cfg_path), "k1", ScoreReport)
+    assert rep is not None and rep.scoring_mode == "incremental"
+    assert (rep.rows_reused, rep.rows_rescored, rep.rows_new, rep.rows_dropped) == (
+        3000 - 6 - len(changed), len(changed), 11, 6)
+    _check(spark, cfg_path, model, table, redis_url)
