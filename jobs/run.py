@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_model_config(args.model_config)
         run_id = state.check_run_id(args.run_id or state.new_run_id(args.run_date))
         url = cfg.redis_url()
+        prefetch_imports()  # as `batchscore validate` does: GX + matplotlib load while the JVM starts
         spark = session_for(cfg, "run", master=args.master, verbose=args.verbose)
         rep = run(spark, cfg, run_id=run_id, run_date=args.run_date, redis_url=url, full=args.full)
         entry.summary(
