@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["Tally", "Lookup", "tally_batch", "tally_of"]
+__all__ = ["Lookup", "Tally", "counted", "lookup_for", "reference", "reusing", "tally_batch", "tally_of"]
 
 _MARK = b"batchscore.tally"
 
