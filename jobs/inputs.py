@@ -183,11 +183,11 @@ def _partition_values(dt: Any, spec: InputTable, columns: list[str], arrow: Any,
     root = st.normalize(spec.path)
     paths = [st.normalize(p) if "://" in p or p.startswith("/") else st.join(root, unquote(p))
              for p in actions.column("path").to_pylist()]
-    if set(paths) != set(files):  # same snapshot, same order: delta-rs lists the files as it lists the actions
-        if len(paths) != len(files):
-            raise InputDataError(f"{where}: the Delta log's add actions do not match its files; re-run, or set "
-                                 f"input.read: spark in {source}")
-        paths = files
+    if set(paths) != set(files):  # never guess which file a partition value belongs to
+        odd = sorted(set(paths) ^ set(files))[:3]
+        raise InputDataError(f"{where}: the Delta log's add actions do not name the same files as its snapshot "
+                             f"(e.g. {odd}); keep the key and features as data columns, or set input.read: spark "
+                             f"in {source}")
     out: dict[str, dict[str, tuple[str, Any]]] = {p: {} for p in paths}
     for c in columns:
         t = arrow.field(c).type
