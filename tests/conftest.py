@@ -17,6 +17,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `tests.s3_fixtures` importable however pytest was started (the Airflow env too)
     sys.path.insert(0, str(REPO))
+# Every JVM the tests start (the session below, spark-submit and CLI subprocesses) is short-lived:
+# C1-only JIT and the serial GC cut a local[2] start plus a small job by ~15-20 % on the 2-core VM
+# (19.3/17.2 s -> 14.6/15.5 s). Test-only: user runs keep the JVM's defaults.
+os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 pytest_plugins = ["tests.s3_fixtures"]  # s3_server, s3_env, s3_bucket, s3_server_private (SeaweedFS)
 N_FEATURES = 8
 

@@ -15,6 +15,7 @@ read back with deltalake) are real. After every step:
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -43,7 +44,8 @@ KEYS = np.arange(400, dtype=np.int64) * 11
 POINTS = ["after_redis_load", "after_delta_commit", "after_flip", "during_gc", "rollback_after_restore", "mid_load"]
 SEEDS = [1, 2, 3]
 STEPS = 200
-BUDGET_S = 80.0  # per seed; the whole campaign stays well under 5 minutes
+# per seed (BATCHSCORE_CAMPAIGN_BUDGET_S changes it); at 30 s seed 1 missed some fault kinds on the 2-core VM
+BUDGET_S = float(os.environ.get("BATCHSCORE_CAMPAIGN_BUDGET_S", "80"))
 GRACE_S = 0.5  # > the polling reader's longest read, so GC never deletes a version under it
 
 
