@@ -17,12 +17,38 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `tests.s3_fixtures` importable however pytest was started (the Airflow env too)
     sys.path.insert(0, str(REPO))
-# Every JVM the tests start (the session below, spark-submit and CLI subprocesses) is short-lived:
-# C1-only JIT and the serial GC cut a local[2] start plus a small job by ~15-20 % on the 2-core VM
-# (19.3/17.2 s -> 14.6/15.5 s). Test-only: user runs keep the JVM's defaults.
-os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 pytest_plugins = ["tests.s3_fixtures"]  # s3_server, s3_env, s3_bucket, s3_server_private (SeaweedFS)
 N_FEATURES = 8
+
+
+def _job_python() -> str | None:
+    """An interpreter whose pyspark ships Spark's jars: this one, or the job env's (the DAG tests)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyspark")
+    if spec is not None and spec.origin and (Path(spec.origin).parent / "jars").is_dir():
+        return sys.executable
+    job_env = os.environ.get("BATCHSCORE_JOB_ENV")
+    candidate = Path(job_env, "bin", "python") if job_env else None
+    return str(candidate) if candidate is not None and candidate.is_file() else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every JVM the tests start (the session fixture, spark-submit and CLI subprocesses) is
+    short-lived: C1-only JIT, the serial GC and a class-data-sharing archive of Spark's classes
+    (batchscore.testing.jvm_archive) take a local[2] start plus a small job from ~10 s to ~5 s on
+    the 2-core VM. Built once (~40 s) when a selected test is outside tests/unit. Test-only: user
+    runs keep the JVM's defaults; a SPARK_SUBMIT_OPTS already set is left as it is."""
+    if "SPARK_SUBMIT_OPTS" in os.environ:
+        return
+    from batchscore.testing import jvm_archive
+
+    unit = REPO / "tests" / "unit"
+    python = _job_python()
+    needs_jvm = any(unit not in Path(str(item.path)).parents for item in items)
+    archive = jvm_archive.ensure_archive(REPO / ".batchscore" / "cache" / "jvm-cds", python=python) \
+        if needs_jvm and python is not None else None
+    os.environ["SPARK_SUBMIT_OPTS"] = jvm_archive.java_options(archive)
 
 
 @pytest.fixture(scope="session")

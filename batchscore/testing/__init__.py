@@ -9,9 +9,11 @@
   their ground truth (ONNX Runtime run directly).
 - :mod:`batchscore.testing.delta_dv`: marks rows of a Delta table deleted with deletion vectors
   written per the Delta protocol (no Delta writer available here produces them), for the input tests.
+- :mod:`batchscore.testing.jvm_archive`: a class-data-sharing archive of Spark's classes that the
+  test JVMs start from (about half a local[2] start's time), built once per JDK and Spark.
 
 Nothing here is imported by the reader or the jobs unless asked (the demo starts servers; the
 publish protocol calls :func:`crashpoint.reached`, a no-op in production).
 """
 
-__all__ = ["crashpoint", "delta_dv", "demo_data", "local_redis", "local_s3"]
+__all__ = ["crashpoint", "delta_dv", "demo_data", "jvm_archive", "local_redis", "local_s3"]
