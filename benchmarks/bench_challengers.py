@@ -138,7 +138,7 @@ def main() -> int:
     args = p.parse_args()
     ok = True
     if not args.skip_scoring:
-        from batchscore.jobs.session import build_session
+        from batchscore.jobs._session import build_session
 
         spark = build_session("bench-challengers", master="local[2]",
                               conf={"spark.ui.showConsoleProgress": "false", "spark.sql.shuffle.partitions": "2"})

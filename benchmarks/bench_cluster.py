@@ -56,7 +56,7 @@ from bench_publish import load_and_verify, write_run  # noqa: E402
 
 from batchscore import redis_layout as layout  # noqa: E402
 from batchscore.config import ModelConfig, load_model_config  # noqa: E402
-from batchscore.jobs.session import build_session  # noqa: E402
+from batchscore.jobs._session import build_session  # noqa: E402
 from batchscore.redis_conn import connect  # noqa: E402
 from batchscore.sinks import delta  # noqa: E402
 from batchscore.sinks.redis import RedisVersions  # noqa: E402

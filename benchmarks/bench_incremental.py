@@ -154,7 +154,7 @@ class Phases:
 
 
 def bench_incremental(spark: Any, work: Path, rows: int, reps: int) -> list[dict[str, Any]]:
-    from batchscore.jobs import state
+    from batchscore.jobs import _state as state
     from batchscore.jobs.reports import ScoreReport
     from batchscore.jobs.run import run
 
@@ -218,7 +218,7 @@ def median(values: list[float]) -> float:
 def bench_quarantine(spark: Any, work: Path, data: Path, reps: int) -> dict[str, Any]:
     import shutil
 
-    from batchscore.jobs import state
+    from batchscore.jobs import _state as state
     from batchscore.jobs.score import score
 
     cfgs = {"plain": config(work, "plain", "light", data, on_invalid="fail"),
@@ -260,7 +260,7 @@ def main() -> int:
     args = p.parse_args()
     if args.quick:
         args.rows, args.reps, args.quarantine_reps, args.quarantine_rows = 100_000, 2, 3, 100_000
-    from batchscore.jobs.session import build_session
+    from batchscore.jobs._session import build_session
 
     conf = {"spark.ui.showConsoleProgress": "false", "spark.sql.shuffle.partitions": str(args.shuffle_partitions)}
     spark = build_session("bench-incremental", master="local[2]", conf=conf)

@@ -281,7 +281,7 @@ def main() -> int:
             write_onnx_mlp(p, SHAPES[n][0])
     rows = {"wide": args.wide_rows, "array": args.array_rows}  # the others: --rows
 
-    from batchscore.jobs.session import build_session
+    from batchscore.jobs._session import build_session
 
     spark = build_session("batchscore-bench-inference", master="local[2]",
                           conf={"spark.ui.showConsoleProgress": "false"})

@@ -57,7 +57,7 @@ def config(work: Path, model: str, data: Path) -> Path:
 
 def score_core(spark: object, cfg: object) -> float:
     """Seconds of the scoring core alone: the same scored frame into the ``noop`` sink."""
-    from batchscore.jobs.inputs import read_input
+    from batchscore.jobs._inputs import read_input
     from batchscore.jobs.score import check_artifact, scored_frame
 
     ref = check_artifact(cfg)  # type: ignore[arg-type]
@@ -91,7 +91,7 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=5_000_000)
     p.add_argument("--models", nargs="+", default=["light", "heavy"], choices=sorted(MODELS))
     args = p.parse_args()
-    from batchscore.jobs.session import build_session
+    from batchscore.jobs._session import build_session
 
     data = make_data(args.rows)
     spark = build_session("bench-pipeline", master="local[2]", conf={"spark.ui.showConsoleProgress": "false",

@@ -36,8 +36,8 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 from batchscore import redis_layout as layout  # noqa: E402
 from batchscore.config import load_model_config  # noqa: E402
+from batchscore.jobs._session import build_session  # noqa: E402
 from batchscore.jobs.publish import load_version  # noqa: E402
-from batchscore.jobs.session import build_session  # noqa: E402
 from batchscore.redis_conn import connect  # noqa: E402
 from batchscore.sinks import delta  # noqa: E402
 from batchscore.sinks.redis import RedisVersions  # noqa: E402
@@ -159,7 +159,7 @@ def bench_commit(work: Path, rows: int, repeats: int = 5) -> float:
 
 def bench_patch(rows: int, work: Path, reps: int) -> dict[str, float]:
     """Median publish seconds with 1 % of the scores changed since the served run: auto vs full."""
-    from batchscore.jobs import state
+    from batchscore.jobs import _state as state
     from batchscore.jobs.publish import publish
     from batchscore.reader import ScoreReader
 

@@ -135,7 +135,7 @@ PROFILED = {  # --profile: driver-side calls timed in both cases (module, names)
                            "open_input", "parquet_file", "sha256", "check_reachable"),
     "batchscore.sinks.delta": ("stage_dir", "content_digest", "publications", "committed_version", "is_table",
                                "history", "commit", "write_manifest", "null_count", "add_actions"),
-    "batchscore.jobs.state": ("write_report", "write_file", "read_report", "invalidate"),
+    "batchscore.jobs._state": ("write_report", "write_file", "read_report", "invalidate"),
     "batchscore.jobs.score": ("resolve_artifact", "check_artifact", "open_input", "check_input", "stage_predictions",
                    "check_staged_keys", "plan_fragments"),
     "batchscore.jobs.validate": ("load_reference", "staged_frame", "compute_profile", "evaluate", "plot_histograms"),
@@ -329,7 +329,7 @@ def main() -> int:
             locations[f"local:{m}"] = str(OUT / f"{m}.onnx")
             locations[f"s3:{m}"] = f"s3://{BUCKET}/models/{m}.onnx"
 
-        from batchscore.jobs.session import build_session
+        from batchscore.jobs._session import build_session
 
         spark = build_session("bench-storage", master="local[2]", conf={"spark.ui.showConsoleProgress": "false",
                                                                         "spark.sql.shuffle.partitions": "2"})

@@ -62,9 +62,9 @@ def write_config(rows: int) -> Path:
 def one_run(cfg_path: str, run_id: str, commit: bool) -> dict[str, float]:
     """Child process: score + validate one run (and commit it as the reference when asked)."""
     from batchscore.config import load_model_config
-    from batchscore.jobs import state
+    from batchscore.jobs import _state as state
+    from batchscore.jobs._session import build_session
     from batchscore.jobs.score import score
-    from batchscore.jobs.session import build_session
     from batchscore.jobs.validate import IMPORT_SECONDS, prefetch_imports, validate
     from batchscore.sinks import delta
 

@@ -5,8 +5,9 @@
 run_id=...)``) with everything as parameters. This layer may import every other one
 (``batchscore.udfs``, ``batchscore.validation``, the base package); nothing imports it but the CLI.
 
-Internal modules (no stable API): ``entry`` (arguments, summaries, exit codes), ``state`` (run ids
-and reports), ``inputs`` (opening and checking the input), ``session`` (the SparkSession builder).
+Private modules (underscored, no stable API): ``_entry`` (arguments, summaries, exit codes),
+``_state`` (run ids and reports), ``_inputs`` (opening and checking the input), ``_session`` (the
+SparkSession builder).
 """
 
 __all__ = ["backfill", "demo", "gc", "history", "publish", "reconcile", "rollback", "run", "score", "validate"]

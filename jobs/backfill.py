@@ -26,10 +26,11 @@ from pyspark.sql import SparkSession
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError
 from batchscore.exit import exit_now
-from batchscore.jobs import entry, state
-from batchscore.jobs.inputs import check_input, check_keys, input_frame, open_input
+from batchscore.jobs import _entry as entry
+from batchscore.jobs import _state as state
+from batchscore.jobs._inputs import check_input, check_keys, input_frame, open_input
+from batchscore.jobs._session import session_for
 from batchscore.jobs.score import check_artifact, stage_predictions
-from batchscore.jobs.session import session_for
 from batchscore.sinks import history, publication
 from batchscore.testing import crashpoint
 from batchscore.udfs.model_cache import load_accumulator

@@ -4,7 +4,7 @@ Each challenger is scored, validated and published as its own model config
 (:meth:`batchscore.config.ModelConfig.challenger`: ``<model>@<name>``, its own Delta table and Redis
 namespace, its own rules) from the same scoring pass as the champion: every task runs each batch
 through every model (:class:`batchscore.udfs.scoring.Models`) and writes one file per model, of the
-same name and with the same rows in the same order (:class:`batchscore.udfs.staged_write.Shadow`),
+same name and with the same rows in the same order (:class:`batchscore.udfs._staged_write.Shadow`),
 so the champion-vs-challenger comparison pairs files instead of joining on the key
 (:mod:`batchscore.jobs.compare`). A challenger is only ever served through a split
 (``batchscore split``); ``batchscore promote`` makes its published scores the champion's.
@@ -18,12 +18,12 @@ from typing import Any
 
 from batchscore import storage as st
 from batchscore.config import ModelConfig
-from batchscore.jobs import state
+from batchscore.jobs import _state as state
 from batchscore.jobs.reports import ScoreReport
 from batchscore.sinks import delta
+from batchscore.udfs._staged_write import Shadow, written
 from batchscore.udfs.model_ref import ModelRef
 from batchscore.udfs.scoring import Models
-from batchscore.udfs.staged_write import Shadow, written
 
 __all__ = ["Side", "sides_for", "stage_shadows"]
 

@@ -24,7 +24,7 @@ import numpy as np
 from batchscore import storage as st
 from batchscore.config import Challenger, ModelConfig
 from batchscore.errors import PublishRefusedError
-from batchscore.jobs import state
+from batchscore.jobs import _state as state
 from batchscore.jobs.reports import ComparisonReport, ScoreReport
 from batchscore.sinks import delta
 from batchscore.validation.compare import Accumulator, Thresholds, judge

@@ -29,7 +29,8 @@ from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError
 from batchscore.exit import exit_now
-from batchscore.jobs import entry, state
+from batchscore.jobs import _entry as entry
+from batchscore.jobs import _state as state
 from batchscore.jobs.publish import lazy_loader, publish_target
 from batchscore.jobs.targets import store_of
 from batchscore.sinks import delta, publication

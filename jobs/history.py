@@ -17,7 +17,7 @@ from typing import Any
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import BatchscoreError
 from batchscore.exit import exit_now
-from batchscore.jobs import entry
+from batchscore.jobs import _entry as entry
 from batchscore.jobs.targets import store_of
 from batchscore.sinks import delta, publication
 from batchscore.sinks.redis import RedisVersions

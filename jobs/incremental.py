@@ -41,7 +41,7 @@ from pyspark.sql import functions as F
 
 from batchscore import storage as st
 from batchscore.config import ModelConfig
-from batchscore.jobs.inputs import InputScan
+from batchscore.jobs._inputs import InputScan
 from batchscore.sinks import delta
 from batchscore.udfs.feature_hash import COLUMN as HASH
 from batchscore.udfs.model_ref import ModelRef
@@ -237,7 +237,7 @@ class Plan:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        from batchscore.udfs.arrow_input import features_matrix
+        from batchscore.udfs._arrow_input import features_matrix
         from batchscore.udfs.feature_hash import row_hashes
 
         spec = self.cfg.input
@@ -265,8 +265,8 @@ class Plan:
     # -- the plan ------------------------------------------------------------------------------
 
     def _hashes(self, source: InputScan) -> DataFrame:
+        from batchscore.udfs._fragments import plan_fragments
         from batchscore.udfs.file_scan import hashes_from_files
-        from batchscore.udfs.fragments import plan_fragments
         from batchscore.udfs.scoring import hashes_frame
 
         spec, width = self.cfg.input, self.cfg.input.n_features
@@ -283,7 +283,7 @@ class Plan:
     def _reference(self) -> DataFrame:
         from pyspark.sql.pandas.types import from_arrow_schema
 
-        from batchscore.udfs.fragments import files_frame
+        from batchscore.udfs._fragments import files_frame
 
         names = [self.cfg.input.key, HASH, *self.cfg.outputs.columns]  # artifact and version: checked by plan_for
         schema = from_arrow_schema(_select(self.reference_schema, names))

@@ -25,11 +25,12 @@ from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
 from batchscore.exit import exit_now
-from batchscore.jobs import entry, state
+from batchscore.jobs import _entry as entry
+from batchscore.jobs import _state as state
+from batchscore.jobs._session import session_for
 from batchscore.jobs.compare import last_comparison
 from batchscore.jobs.publish import publish
 from batchscore.jobs.reports import PublishReport, ScoreReport, ValidationReport
-from batchscore.jobs.session import session_for
 from batchscore.sinks import delta, publication
 
 

@@ -21,17 +21,19 @@ from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import PublishRefusedError
 from batchscore.exit import exit_now
-from batchscore.jobs import entry, redis_patch, state
+from batchscore.jobs import _entry as entry
+from batchscore.jobs import _state as state
+from batchscore.jobs import redis_patch
+from batchscore.jobs._session import session_for
 from batchscore.jobs.reports import PublishReport, ScoreReport, ValidationReport
-from batchscore.jobs.session import session_for
 from batchscore.jobs.targets import store_of, target_of
 from batchscore.redis_conn import connect
 from batchscore.registry import check_alias_unchanged, commit_metadata
 from batchscore.sinks import delta, publication, redis_preflight
 from batchscore.sinks.redis import RedisVersions, Version
 from batchscore.storage import DEFAULT, Storage
-from batchscore.udfs.fragments import fragment_frame, plan_fragments, read_fragments
-from batchscore.udfs.redis_load import make_loader
+from batchscore.udfs._fragments import fragment_frame, plan_fragments, read_fragments
+from batchscore.udfs._redis_load import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ def lazy_loader(cfg: ModelConfig, url: str, master: str | None = None) -> public
     version, a reconcile or a gc need no Spark)."""
 
     def load(paths: list[str], version: Version, fence: tuple[str, str]) -> dict[int, int]:
-        from batchscore.jobs.session import session_for
+        from batchscore.jobs._session import session_for
 
         spark = session_for(cfg, "load", master=master)
         return load_version(spark, cfg, paths, url, version, fence)

@@ -14,7 +14,7 @@ from typing import Any
 
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.exit import exit_now
-from batchscore.jobs import entry
+from batchscore.jobs import _entry as entry
 from batchscore.jobs.publish import lazy_loader, publish_target
 from batchscore.jobs.targets import store_of
 from batchscore.sinks import publication

@@ -98,7 +98,7 @@ def patch_load(store: RedisVersions, target: Target, version: Version, base: Bas
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from batchscore.udfs.redis_load import bucket_ids, make_loader
+    from batchscore.udfs._redis_load import bucket_ids, make_loader
 
     key, cols = target.key, list(target.columns)
     new = _snapshot(staged_files, key, cols, target.storage)

@@ -10,11 +10,12 @@ from pyspark.sql import SparkSession
 
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.exit import exit_now
-from batchscore.jobs import entry, state
+from batchscore.jobs import _entry as entry
+from batchscore.jobs import _state as state
+from batchscore.jobs._session import session_for
 from batchscore.jobs.publish import _require_validated, publish
 from batchscore.jobs.reports import RunReport
 from batchscore.jobs.score import add_full_flag, score
-from batchscore.jobs.session import session_for
 from batchscore.jobs.validate import prefetch_imports, validate
 from batchscore.redis_conn import connect
 from batchscore.sinks import delta

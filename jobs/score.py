@@ -19,27 +19,29 @@ from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import InputDataError, ModelError, PublishRefusedError
 from batchscore.exit import exit_now
-from batchscore.jobs import challengers, entry, incremental, state
-from batchscore.jobs.inputs import (
+from batchscore.jobs import _entry as entry
+from batchscore.jobs import _state as state
+from batchscore.jobs import challengers, incremental
+from batchscore.jobs._inputs import (
     InputScan,
     check_input,
     check_staged_keys,
     direct_files,
     open_input,
 )
+from batchscore.jobs._session import session_for
 from batchscore.jobs.reports import ScoreReport
-from batchscore.jobs.session import session_for
 from batchscore.sinks import delta, quarantine
 from batchscore.sinks.delta import StagedRun
+from batchscore.udfs._fragments import plan_fragments
+from batchscore.udfs._staged_write import QUARANTINE, StagedWriter, partials, written
 from batchscore.udfs.backends import check_model, load_backend
 from batchscore.udfs.device import resolve_device
 from batchscore.udfs.file_scan import with_predictions_from_files
-from batchscore.udfs.fragments import plan_fragments
 from batchscore.udfs.model_cache import cpu_fallbacks, load_accumulator
 from batchscore.udfs.model_ref import ModelRef, hash_bytes, read_artifact
 from batchscore.udfs.quarantine import Screen
 from batchscore.udfs.scoring import Models, Sink, with_predictions
-from batchscore.udfs.staged_write import QUARANTINE, StagedWriter, partials, written
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +94,10 @@ def scored_frame(df: DataFrame | InputScan, cfg: ModelConfig, ref: ModelRef | Mo
                  scored_at: datetime, loads: Any = None, sink: Sink | None = None, hashed: bool = False,
                  only_keys: Any = None, reuse: Any = None, columns: list[str] | None = None) -> DataFrame:
     """The staged output: key, the output columns (float32), model_version, run_id, scored_at;
-    with a ``sink`` (:class:`batchscore.udfs.staged_write.StagedWriter`), each task writes those rows itself
+    with a ``sink`` (:class:`batchscore.udfs._staged_write.StagedWriter`), each task writes those rows itself
     and the frame is the sink's report (one row per file written).
 
-    ``df``: the input (:func:`batchscore.jobs.inputs.open_input`; a DataFrame is Spark's scan of a local
+    ``df``: the input (:func:`batchscore.jobs._inputs.open_input`; a DataFrame is Spark's scan of a local
     table). When its files can be read by the tasks (``input.read: auto|files``) they read them
     themselves (:mod:`batchscore.udfs.file_scan`), else Spark's scan feeds them. ``only_keys`` and
     ``reuse``: an incremental run's plan (:mod:`batchscore.jobs.incremental`); ``reuse`` needs files.

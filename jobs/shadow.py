@@ -17,7 +17,7 @@ from pyspark.sql import SparkSession
 
 from batchscore.config import Challenger, ModelConfig
 from batchscore.errors import ValidationRejectedError
-from batchscore.jobs import state
+from batchscore.jobs import _state as state
 from batchscore.jobs.compare import compare
 from batchscore.jobs.reports import ComparisonReport, ValidationReport
 

@@ -2,7 +2,7 @@
 
 The reference is the profile of the last *published* version (stored in the Delta commit's
 metadata by ``publish``); a rejected candidate is never committed, so it never becomes one. With no
-published version, or a new model version when ``batchscore.validation.drift.reset_on_new_model_version``,
+published version, or a new model version when ``batchscore.validation._drift.reset_on_new_model_version``,
 the run is judged on the absolute rules only and the report says so. A ``block`` failure rejects
 the run (exit code 3) and nothing is published; ``warn`` failures are reported. Writes
 ``validation.json`` and ``validation.png`` beside the run's other reports. Also runnable as
@@ -27,15 +27,16 @@ from batchscore import storage as st
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ConfigError, PublishRefusedError, ValidationRejectedError
 from batchscore.exit import exit_now
-from batchscore.jobs import entry, state
+from batchscore.jobs import _entry as entry
+from batchscore.jobs import _state as state
+from batchscore.jobs._session import session_for
 from batchscore.jobs.reports import ScoreReport, ValidationReport
-from batchscore.jobs.session import session_for
 from batchscore.jobs.targets import store_of
 from batchscore.sinks import delta, publication
 from batchscore.validation import rules as R
-from batchscore.validation.drift import kl_edges
+from batchscore.validation._drift import kl_edges
+from batchscore.validation._partials import TaskProfiler
 from batchscore.validation.gate import Judgement, judge
-from batchscore.validation.partials import TaskProfiler
 from batchscore.validation.profile import (
     ColumnPlan,
     Profile,
@@ -221,13 +222,13 @@ def prefetch_imports() -> threading.Thread:
 
 def staged_frame(spark: SparkSession, staged: delta.StagedRun, store: Any, columns: list[str]) -> Any:
     """``columns`` of the staged run as a DataFrame: Spark's own Parquet scan on local disk; on an
-    object store the tasks read those columns through pyarrow (:func:`batchscore.udfs.fragments.files_frame`)."""
+    object store the tasks read those columns through pyarrow (:func:`batchscore.udfs._fragments.files_frame`)."""
     if st.is_local(staged.table):
         return spark.read.parquet(*staged.uris()).select(*columns)
     import pyarrow as pa
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    from batchscore.udfs.fragments import files_frame
+    from batchscore.udfs._fragments import files_frame
 
     return files_frame(
         spark, staged.uris(), from_arrow_schema(pa.schema([staged.schema.field(c) for c in columns])), storage=store

@@ -4,9 +4,9 @@ The public entry is :func:`predict_udf` (:mod:`batchscore.udfs.predict`): a mode
 iterator UDF applied to columns. The jobs use :func:`~batchscore.udfs.scoring.with_predictions`
 and :func:`~batchscore.udfs.file_scan.with_predictions_from_files` (DataFrame -> key + scores on
 ``mapInArrow``). Never imports the driver side, the validation gate, pydantic or redis (the Redis
-load, :mod:`batchscore.udfs.redis_load`, alone talks to Redis); model libraries are imported
-lazily inside the backends. Internal modules: ``arrow_input`` (Arrow -> float32 matrix),
-``staged_write``, ``fragments``, ``redis_load``.
+load, :mod:`batchscore.udfs._redis_load`, alone talks to Redis); model libraries are imported
+lazily inside the backends. Private modules (underscored): ``_arrow_input`` (Arrow -> float32
+matrix), ``_staged_write``, ``_fragments``, ``_redis_load``.
 """
 
 from typing import Any

@@ -1,8 +1,8 @@
 """Scoring straight from the input's Parquet files: Spark schedules, the Python worker reads.
 
 For a plain Parquet or Delta table (on local disk or any store :mod:`batchscore.storage` reaches)
-the tasks read their own fragments (:mod:`batchscore.udfs.fragments`) instead of Spark's scan, build
-the float32 matrix with :mod:`batchscore.udfs.arrow_input`, score it with the cached model and
+the tasks read their own fragments (:mod:`batchscore.udfs._fragments`) instead of Spark's scan, build
+the float32 matrix with :mod:`batchscore.udfs._arrow_input`, score it with the cached model and
 return key + scores: the same rows and values as the Spark scan path
 (:func:`batchscore.udfs.scoring.with_predictions`), without the JVM side of the data.
 """
@@ -18,14 +18,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructField, StructType
 
 from batchscore.storage import DEFAULT, Storage
-from batchscore.udfs.arrow_input import features_matrix
-from batchscore.udfs.feature_hash import COLUMN as HASH
-from batchscore.udfs.fragments import (
+from batchscore.udfs._arrow_input import features_matrix
+from batchscore.udfs._fragments import (
     Fragment,
     fragment_frame,
     plan_fragments,
     read_fragments,
 )
+from batchscore.udfs.feature_hash import COLUMN as HASH
 from batchscore.udfs.model_ref import ModelRef
 from batchscore.udfs.quarantine import Screen
 from batchscore.udfs.scoring import (

@@ -46,7 +46,7 @@ from pyspark.sql.types import DataType, FloatType, StructField, StructType
 from batchscore import storage as st
 from batchscore.errors import ConfigError, InputDataError
 from batchscore.storage import DEFAULT, Storage
-from batchscore.udfs.arrow_input import features_matrix
+from batchscore.udfs._arrow_input import features_matrix
 from batchscore.udfs.model_ref import ModelRef, hash_bytes, read_artifact
 from batchscore.udfs.scoring import score_pieces
 

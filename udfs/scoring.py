@@ -8,7 +8,7 @@
 
 Both read the model from the worker's :data:`batchscore.udfs.model_cache.CACHE` (loaded once per Python
 worker, not per task or batch; the closure captures only the picklable :class:`ModelRef`), turn
-each Arrow batch into one float32 matrix (``batchscore.udfs.arrow_input``), re-cut the rows into batches of
+each Arrow batch into one float32 matrix (``batchscore.udfs._arrow_input``), re-cut the rows into batches of
 exactly ``batch_size`` across Arrow batches, and, when the model runs on a GPU (``prefetch``),
 convert the next batch in a second thread while the model runs on the current one.
 
@@ -37,7 +37,7 @@ from pyspark.sql.types import ArrayType, DoubleType, FloatType, LongType, Struct
 
 from batchscore.errors import InputDataError, ModelError
 from batchscore.udfs import model_cache
-from batchscore.udfs.arrow_input import (
+from batchscore.udfs._arrow_input import (
     Packing,
     Piece,
     assemble,
@@ -294,7 +294,7 @@ def with_predictions(
     """``df``'s ``key`` and the model's outputs, one float column per name in ``columns``.
 
     ``sink``: consumes the scored batches inside the same task (e.g. writes them to storage,
-    :class:`batchscore.udfs.staged_write.StagedWriter`); the frame is then what the sink yields.
+    :class:`batchscore.udfs._staged_write.StagedWriter`); the frame is then what the sink yields.
     ``screen``: bad rows are set aside for the sink (:mod:`batchscore.udfs.quarantine`; needs a
     sink); ``hashed``: a ``feature_hash`` column follows the key (:mod:`batchscore.udfs.feature_hash`)."""
     width = len(features) if features else (ref.n_features or 0)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from batchscore.validation.drift import psi
+from batchscore.validation._drift import psi
 from batchscore.validation.rules import LevelName, RuleResult
 
 __all__ = ["Accumulator", "Metrics", "Thresholds", "judge"]

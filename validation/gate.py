@@ -3,7 +3,7 @@
 The expensive part, the profile, is one Spark aggregation (:mod:`batchscore.validation.profile`). Here GX
 asserts every rule over a one-row metrics table derived from it (one metric column per check,
 ``severity`` critical for ``block``, warning for ``warn``), and runs its KL-divergence expectation
-over each drifted column's binned sample (:func:`batchscore.validation.drift.kl_sample`): no Spark job is
+over each drifted column's binned sample (:func:`batchscore.validation._drift.kl_sample`): no Spark job is
 started, which keeps the gate cheap whatever the batch size.
 """
 
@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from batchscore.validation import drift as D
+from batchscore.validation import _drift as D
 from batchscore.validation.profile import Histogram, Profile, qkey
 from batchscore.validation.rules import LevelName, RuleResult, Rules
 

@@ -7,7 +7,7 @@ range). So a ±inf score is counted (and blocked by the ``finite`` rule) without
 inf or NaN. Nothing exact-distinct, nothing collected but a few KB.
 
 One Spark job reads only the output columns: ``mapInArrow`` computes a partial per partition with
-numpy in the (already warm) Python workers (:mod:`batchscore.validation.partials`) and the driver merges
+numpy in the (already warm) Python workers (:mod:`batchscore.validation._partials`) and the driver merges
 them: counts and moments exactly, quantiles from mergeable rank sketches (rank error <= 0.05%).
 Without a reference for a column its bins are frozen from this run's quantiles and counted from
 the same pass's sketches (each count within 0.1 % of the rows), not from a second pass (why this
@@ -27,8 +27,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
-from batchscore.validation.partials import Interval, finish, merge, partial, sketch_bin_counts
-from batchscore.validation.partials import quantiles as sketch_quantiles
+from batchscore.validation._partials import Interval, finish, merge, partial, sketch_bin_counts
+from batchscore.validation._partials import quantiles as sketch_quantiles
 
 __all__ = ["ColumnPlan", "ColumnProfile", "Histogram", "KLCounts", "Profile", "compute_profile", "plan_key",
            "profile_from_partials"]

@@ -18,8 +18,8 @@ from deltalake import DeltaTable
 from batchscore import ScoreReader
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
+from batchscore.jobs import _state as state
 from batchscore.jobs import run as run_job
-from batchscore.jobs import state
 from batchscore.jobs.reports import ComparisonReport, PublishReport
 from batchscore.testing.demo_data import write_features, write_onnx_mlp
 

@@ -26,8 +26,8 @@ from batchscore import ScoreReader
 from batchscore import redis_layout as layout
 from batchscore.config import ModelConfig, load_model_config
 from batchscore.errors import ModelError
+from batchscore.jobs import _state as state
 from batchscore.jobs import run as run_job
-from batchscore.jobs import state
 from batchscore.registry import check_alias_unchanged
 from batchscore.testing.demo_data import write_onnx_mlp
 

@@ -27,7 +27,7 @@ def test_the_wheel_holds_only_batchscore(wheel: Path) -> None:
     tops = {n.split("/")[0] for n in names}
     assert tops == {"batchscore", wheel.name.split("-py3")[0] + ".dist-info"}, tops
     for module in ("batchscore/jobs/score.py", "batchscore/udfs/predict.py", "batchscore/validation/gate.py",
-                   "batchscore/testing/local_redis.py", "batchscore/udfs/redis_load.py"):
+                   "batchscore/testing/local_redis.py", "batchscore/udfs/_redis_load.py"):
         assert module in names, module
     assert not any("/tests/" in n or n.startswith(("jobs/", "udfs/", "validation/")) for n in names)
 

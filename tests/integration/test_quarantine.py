@@ -212,7 +212,7 @@ def test_allow_nan_scores_nan_features_instead(spark: Any, redis_url: str, tmp_p
 
 
 def state_report(cfg: Any, run_id: str) -> Any:
-    from batchscore.jobs import state
+    from batchscore.jobs import _state as state
     from batchscore.jobs.reports import ScoreReport
 
     rep = state.read(cfg, run_id, ScoreReport)

@@ -4,7 +4,7 @@ so a lazy import cannot sneak a dependency past the rule).
 - ``batchscore.jobs`` (driver side: one module per verb) may import every other layer; nothing
   imports it but ``batchscore.cli``, which dispatches to it.
 - ``batchscore.udfs`` (executor side: what runs inside Spark tasks) never imports the driver side,
-  the validation gate, pydantic or redis (``udfs/redis_load.py``, the executor half of the Redis
+  the validation gate, pydantic or redis (``udfs/_redis_load.py``, the executor half of the Redis
   load, alone talks to Redis).
 - ``batchscore.validation`` (the gate) never imports the jobs, the executors, pydantic, redis or
   model libraries.
@@ -35,7 +35,7 @@ LAYERS: dict[str, tuple[Path, set[str]]] = {
 }
 ALLOWED = {
     ("batchscore (base)", "cli.py"): {"batchscore.jobs"},
-    ("batchscore.udfs", "redis_load.py"): {"redis"},
+    ("batchscore.udfs", "_redis_load.py"): {"redis"},
 }
 
 

@@ -62,7 +62,7 @@ def _hset_reference(key: bytes, fields: list[bytes], values: list[bytes]) -> byt
 def test_resp_fields_of_any_row_range_are_the_hset_arguments() -> None:
     import pyarrow as pa
 
-    from batchscore.udfs.redis_load import resp_fields
+    from batchscore.udfs._redis_load import resp_fields
 
     keys = ["a", "bb", "", "ünïcödé", "x" * 300, "k5", "\r\n"]
     scores = np.arange(14, dtype="<f4").reshape(7, 2)
@@ -79,7 +79,7 @@ def test_resp_fields_of_any_row_range_are_the_hset_arguments() -> None:
 def test_vectorized_buckets_equal_the_readers_bucket_of() -> None:
     import pyarrow as pa
 
-    from batchscore.udfs.redis_load import bucket_ids
+    from batchscore.udfs._redis_load import bucket_ids
 
     rng = np.random.default_rng(5)
     keys = ["", "a", "ünïcödé-ключ", "x" * 300, *(str(i) for i in rng.integers(-10**12, 10**12, 3000)),

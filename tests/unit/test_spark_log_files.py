@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from batchscore.jobs import session
+from batchscore.jobs import _session as session
 
 
 def test_log_files_are_rotated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -47,7 +47,7 @@ def test_vectors_are_current() -> None:
 def test_bucket_of_and_the_loaders_vectorized_buckets_match_the_vectors() -> None:
     import pyarrow as pa
 
-    from batchscore.udfs.redis_load import bucket_ids
+    from batchscore.udfs._redis_load import bucket_ids
 
     v = _load("buckets.json")
     keys = [c["key"] for c in v["cases"]]

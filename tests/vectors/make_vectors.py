@@ -5,7 +5,7 @@
 
 Every value is derived from the code the publisher and the Python reader run:
 :mod:`batchscore.redis_layout` (keys, identities, buckets, score packing), pyarrow's cast of an
-integer key column to strings (what :func:`batchscore.udfs.redis_load.make_loader` hashes) and
+integer key column to strings (what :func:`batchscore.udfs._redis_load.make_loader` hashes) and
 :class:`batchscore.sinks.publication.Publication` (the ``{ns}:publication`` record). Nothing random:
 the output is the same on every run, so ``--check`` (and tests/unit/test_vectors.py) catch a layout
 change that was not carried into the vectors (and so into every other language's reader).

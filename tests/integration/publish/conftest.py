@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[3]
 def stage_run(cfg: Any, run_id: str, keys: np.ndarray, scores: np.ndarray, *, passed: bool = True,
               run_date: str = "2026-11-22", profile: dict[str, Any] | None = None) -> None:
     """Write run ``run_id`` as the score and validate steps would: Parquet + reports."""
-    from batchscore.jobs import state
+    from batchscore.jobs import _state as state
 
     d = Path(state.staged_path(cfg, run_id))
     d.mkdir(parents=True, exist_ok=True)
@@ -165,7 +165,7 @@ def inproc_loader(url: str, ns: str, key: str, columns: list[str], *,
     ``paths``: a :data:`publication.Loader` for tests that drive the protocol without Spark.
     ``interrupt()`` returning an exception makes the load stop after its first batch and raise it
     (a task dying mid-load)."""
-    from batchscore.udfs.redis_load import make_loader
+    from batchscore.udfs._redis_load import make_loader
 
     def load(paths: list[str], version: Any, fence: tuple[str, str]) -> dict[int, int]:
         files = [f for p in paths for f in (sorted(Path(p).glob("*.parquet")) if Path(p).is_dir() else [Path(p)])]

@@ -248,7 +248,7 @@ def test_max_age_marks_or_raises_in_both_readers(redis_server: LocalRedis, tmp_p
 @pytest.mark.spark
 def test_the_score_reports_scored_at_reaches_the_readers(spark: Any, make_config: Any, redis_url: str) -> None:
     from batchscore.config import load_model_config
-    from batchscore.jobs import state
+    from batchscore.jobs import _state as state
     from batchscore.jobs.publish import publish
 
     cfg = load_model_config(make_config(outputs={"redis": {"ttl_seconds": 900, "gc_grace_seconds": 60}}))
@@ -285,7 +285,7 @@ def test_the_score_reports_scored_at_reaches_the_readers(spark: Any, make_config
 def test_the_expiry_is_set_on_every_master_of_a_cluster(redis_cluster: str, tmp_path: Path) -> None:
     from redis.cluster import RedisCluster
 
-    from batchscore.udfs.redis_load import make_loader
+    from batchscore.udfs._redis_load import make_loader
 
     rc = RedisCluster.from_url(redis_cluster)
     ns = "ttl:m"

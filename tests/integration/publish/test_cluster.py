@@ -11,7 +11,7 @@ from redis.cluster import RedisCluster
 
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
-from batchscore.jobs import state
+from batchscore.jobs import _state as state
 from batchscore.jobs.publish import publish
 from batchscore.jobs.rollback import rollback
 from batchscore.reader import AsyncScoreReader, ScoreReader

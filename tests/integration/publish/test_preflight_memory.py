@@ -22,7 +22,7 @@ from batchscore.errors import EXIT_BAD_INPUT, PublishRefusedError
 from batchscore.redis_conn import connect
 from batchscore.sinks import redis_preflight as pf
 from batchscore.testing.local_redis import LocalRedis
-from batchscore.udfs.redis_load import make_loader
+from batchscore.udfs._redis_load import make_loader
 
 pytestmark = pytest.mark.integration
 

@@ -22,11 +22,11 @@ from deltalake import DeltaTable
 from batchscore import redis_layout as layout
 from batchscore.config import load_model_config
 from batchscore.errors import PublishRefusedError, SupersededError
+from batchscore.jobs import _state as state
 from batchscore.jobs import gc as gc_job
 from batchscore.jobs import publish as publish_job
 from batchscore.jobs import reconcile as reconcile_job
 from batchscore.jobs import rollback as rollback_job
-from batchscore.jobs import state
 from batchscore.jobs.publish import publish
 from batchscore.reader import ScoreReader
 from batchscore.sinks import delta, publication

@@ -17,8 +17,8 @@ from deltalake import QueryBuilder
 
 from batchscore import storage as st
 from batchscore.config import load_model_config
+from batchscore.jobs import _state as state
 from batchscore.jobs import score as score_job
-from batchscore.jobs import state
 from batchscore.sinks import delta
 from tests.integration.storage.conftest import delta_table, upload
 

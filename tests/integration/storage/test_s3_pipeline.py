@@ -14,11 +14,11 @@ import pytest
 from batchscore import ScoreReader
 from batchscore import storage as st
 from batchscore.config import load_model_config
+from batchscore.jobs import _state as state
 from batchscore.jobs import backfill as backfill_job
 from batchscore.jobs import history as history_job
 from batchscore.jobs import rollback as rollback_job
 from batchscore.jobs import run as run_job
-from batchscore.jobs import state
 from tests.integration.storage.conftest import delta_table, local_scores
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]

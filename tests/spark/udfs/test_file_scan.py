@@ -17,10 +17,10 @@ from deltalake import write_deltalake
 
 from batchscore.config import load_model_config
 from batchscore.errors import InputDataError
-from batchscore.jobs.inputs import direct_files, read_input
+from batchscore.jobs._inputs import direct_files, read_input
 from batchscore.jobs.score import scored_frame
 from batchscore.testing.demo_data import mlp_forward, mlp_weights
-from batchscore.udfs.fragments import plan_fragments
+from batchscore.udfs._fragments import plan_fragments
 from batchscore.udfs.model_ref import model_ref
 
 pytestmark = pytest.mark.spark

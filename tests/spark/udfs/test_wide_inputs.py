@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchscore.testing.demo_data import write_onnx_mlp
-from batchscore.udfs.arrow_input import features_matrix
+from batchscore.udfs._arrow_input import features_matrix
 from batchscore.udfs.model_ref import model_ref
 from batchscore.udfs.scoring import output_schema, scored_batches, with_predictions
 

@@ -52,7 +52,7 @@ def stage(cfg: Any, run_id: str, values: np.ndarray | dict[str, np.ndarray]) -> 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from batchscore.jobs import state
+    from batchscore.jobs import _state as state
 
     cols = values if isinstance(values, dict) else {"score": values}
     n = len(next(iter(cols.values())))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from batchscore.config import load_model_config
-from batchscore.jobs import state
+from batchscore.jobs import _state as state
 from batchscore.jobs.score import score
 from batchscore.jobs.validate import planned, staged_frame, validate
 from batchscore.sinks import delta

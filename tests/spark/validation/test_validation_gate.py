@@ -19,7 +19,7 @@ from deltalake import DeltaTable
 
 from batchscore import redis_layout as layout
 from batchscore.errors import EXIT_REJECTED, ValidationRejectedError
-from batchscore.jobs import state
+from batchscore.jobs import _state as state
 from batchscore.jobs.publish import publish
 from batchscore.jobs.reports import ValidationReport
 from batchscore.jobs.validate import validate
@@ -207,7 +207,7 @@ def test_inf_scores_are_rejected_by_the_gate_with_exit_3_not_a_crash(
 
 
 def test_spark_profile_counts_inf_per_column_and_computes_every_statistic_over_finite_values(spark: Any) -> None:
-    from batchscore.validation.drift import kl_edges
+    from batchscore.validation._drift import kl_edges
     from batchscore.validation.gate import decision, evaluate
     from batchscore.validation.profile import ColumnPlan, ColumnProfile, compute_profile
     from batchscore.validation.rules import NullRate, RowCount, Rules, ValueRange

@@ -13,8 +13,8 @@ from deltalake import DeltaTable
 
 from batchscore.config import load_model_config
 from batchscore.errors import EXIT_REJECTED
+from batchscore.jobs import _state as state
 from batchscore.jobs import run as run_job
-from batchscore.jobs import state
 from batchscore.jobs import validate as validate_job
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration]

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchscore.udfs.fragments import Fragment, plan_fragments, read_fragments
+from batchscore.udfs._fragments import Fragment, plan_fragments, read_fragments
 
 
 def _descriptor(frag: Fragment) -> pa.RecordBatch:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from batchscore.errors import InputDataError
-from batchscore.udfs.arrow_input import features_matrix, matrix_from_list
+from batchscore.udfs._arrow_input import features_matrix, matrix_from_list
 from batchscore.udfs.feature_hash import row_hashes
 from batchscore.udfs.quarantine import SCHEMA, Screen, is_rejects
 

@@ -15,7 +15,7 @@ from batchscore.testing.demo_data import (
     mlp_weights,
     write_onnx_mlp,
 )
-from batchscore.udfs.arrow_input import (
+from batchscore.udfs._arrow_input import (
     Packing,
     assemble,
     features_matrix,

@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from batchscore.jobs.reports import ValidationReport
-from batchscore.validation.partials import partial
+from batchscore.validation._partials import partial
 from batchscore.validation.profile import (
     ColumnPlan,
     ColumnProfile,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import entropy
 
-from batchscore.validation import drift as D
+from batchscore.validation import _drift as D
 from batchscore.validation.gate import decision, evaluate
 from batchscore.validation.profile import ColumnProfile, Profile, cut_intervals, kl_intervals
 from batchscore.validation.rules import Drift, NullRate, RowCount, Rules, ValueRange

@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from batchscore.validation.gate import decision, evaluate
-from batchscore.validation.partials import (
+from batchscore.validation._partials import (
     finish,
     merge,
     partial,
     quantiles,
     sketch_bin_counts,
 )
+from batchscore.validation.gate import decision, evaluate
 from batchscore.validation.profile import Profile, cut_intervals
 from batchscore.validation.report import format_table, plot_histograms
 from batchscore.validation.rules import Finite, NullRate, RowCount, Rules, ValueRange

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from batchscore.validation.partials import SKETCH_POINTS, partial, sketch_bin_counts
+from batchscore.validation._partials import SKETCH_POINTS, partial, sketch_bin_counts
 
 
 def _exact(x: np.ndarray, cuts: list[float]) -> list[int]:

@@ -136,7 +136,7 @@ def _finite(v: float | None) -> float | None:
 @dataclass(frozen=True)
 class TaskProfiler:
     """The validation profile's partial of the rows one scoring task writes, computed as it writes
-    them (the task's :class:`batchscore.udfs.staged_write.StagedWriter` calls it with the output
+    them (the task's :class:`batchscore.udfs._staged_write.StagedWriter` calls it with the output
     columns' Arrow arrays), so ``validate`` needs no pass over the staged scores when its plan is
     still ``plan_key``. ``intervals``/``classes``: per output column."""
 

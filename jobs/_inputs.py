@@ -36,7 +36,7 @@ class InputScan:
     #: file URI -> the sorted row positions its Delta deletion vector removed (numpy int64); the tasks skip them
     deleted: dict[str, Any] = field(default_factory=dict)
     #: file URI -> {column: (arrow type name, value)}: the key/feature columns a Delta table keeps as
-    #: partition values, not in its files; the tasks add them (:func:`batchscore.udfs.fragments.plan_fragments`)
+    #: partition values, not in its files; the tasks add them (:func:`batchscore.udfs._fragments.plan_fragments`)
     constants: dict[str, dict[str, tuple[str, Any]]] = field(default_factory=dict)
 
     @property
@@ -229,12 +229,12 @@ def _deleted_rows(dt: Any, spec: InputTable, storage: Storage) -> dict[str, Any]
 
 def input_frame(spark: SparkSession, scan: InputScan, columns: list[str], *, storage: Storage = DEFAULT) -> DataFrame:
     """``columns`` of the input as a DataFrame: Spark's scan, or the tasks reading the files
-    themselves (any store) when Spark cannot (:func:`batchscore.udfs.fragments.files_frame`)."""
+    themselves (any store) when Spark cannot (:func:`batchscore.udfs._fragments.files_frame`)."""
     if scan.df is not None:
         return scan.df.select(*columns)
     from pyspark.sql.types import StructType as _ST
 
-    from batchscore.udfs.fragments import files_frame
+    from batchscore.udfs._fragments import files_frame
 
     assert scan.files is not None
     return files_frame(
@@ -261,7 +261,7 @@ def _refuse_deletion_vectors(dt: Any, spec: InputTable) -> None:
     if "deletionVectors" in (dt.protocol().reader_features or []) and _deleted_rows(dt, spec, DEFAULT):
         raise InputDataError(
             f"input table {spec.path}: files carry deletion vectors, which a plain Parquet scan does not apply; "
-            "open it with batchscore.jobs.inputs.open_input (the scoring tasks apply them)"
+            "open it with batchscore.jobs._inputs.open_input (the scoring tasks apply them)"
         )
 
 
@@ -282,7 +282,7 @@ def direct_files(spec: InputTable, *, source: str = "the model config") -> list[
         files = [u for u, _ in st.list_files(path, suffix=".parquet")] if not st.is_file(path) else [path]
     if not files:
         return None
-    from batchscore.udfs.fragments import physical_columns
+    from batchscore.udfs._fragments import physical_columns
 
     missing = [c for c in _needed(spec) if c not in physical_columns(files[0])]
     if missing:

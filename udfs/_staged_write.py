@@ -40,7 +40,7 @@ SCORES, QUARANTINE = "scores", "quarantine"
 
 class Profiler(Protocol):
     """What computes the validation profile's partial of the rows a task writes (one JSON text),
-    from the output columns' arrays: :class:`batchscore.validation.partials.TaskProfiler`."""
+    from the output columns' arrays: :class:`batchscore.validation._partials.TaskProfiler`."""
 
     @property
     def columns(self) -> tuple[str, ...]: ...
