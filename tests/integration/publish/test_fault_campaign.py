@@ -44,8 +44,16 @@ KEYS = np.arange(400, dtype=np.int64) * 11
 POINTS = ["after_redis_load", "after_delta_commit", "after_flip", "during_gc", "rollback_after_restore", "mid_load"]
 SEEDS = [1, 2, 3]
 STEPS = 200
-# per seed (BATCHSCORE_CAMPAIGN_BUDGET_S changes it); at 30 s seed 1 missed some fault kinds on the 2-core VM
-BUDGET_S = float(os.environ.get("BATCHSCORE_CAMPAIGN_BUDGET_S", "80"))
+# Each seed opens with one step of every kind (roll, crash point), so a short budget still covers
+# them all: a publish, one that dies after its load (its run stays pending), that run re-scored, a
+# retry, a rollback, a rejected run, gc, reconcile, a Redis restart, a lock taken over (refused), then a crash
+# at each remaining point. Random steps follow until the budget is spent.
+OPENING: list[tuple[float, str | None]] = [
+    (0.1, None), (0.1, "after_redis_load"), (0.51, None), (0.4, None), (0.6, None), (0.53, None), (0.75, None),
+    (0.85, None), (0.9, None), (0.99, None), (0.1, "after_delta_commit"), (0.1, "after_flip"), (0.75, "during_gc"),
+    (0.6, "rollback_after_restore"), (0.1, "mid_load")]
+# per seed, after the opening (BATCHSCORE_CAMPAIGN_BUDGET_S changes it)
+BUDGET_S = float(os.environ.get("BATCHSCORE_CAMPAIGN_BUDGET_S", "40"))
 GRACE_S = 0.5  # > the polling reader's longest read, so GC never deletes a version under it
 
 
@@ -97,10 +105,13 @@ class World:
         publication.publish(self.store(), self.target, staged, run_id=run_id, run_date="2026-11-22",
                             validated_digest=validated, metadata={}, loader=loader_for(self.server.url, self.crash))
 
-    def step(self) -> str:
+    def step(self, forced: tuple[float, str | None] | None = None) -> str:
+        """One step: random, or ``forced`` as (roll, crash point) for the opening that covers every kind."""
         roll = self.rng.random()
         if self.rng.random() < 0.2:
             self.crash["at"] = self.rng.choice(POINTS)
+        if forced is not None:
+            roll, self.crash["at"] = forced
         try:
             if roll < 0.35 or not self.runs:
                 run_id, staged = self.stage()
@@ -126,12 +137,17 @@ class World:
                 pubs = delta.publications(self.table)
                 if not pubs:
                     return "no rollback target"
-                to = self.rng.choice(pubs)["delta_version"]
+                # the opening rolls back to the oldest publication, so a restore really happens
+                to = pubs[-1]["delta_version"] if forced is not None else self.rng.choice(pubs)["delta_version"]
                 publication.rollback(self.store(), self.target, to_version=to,
                                      loader=loader_for(self.server.url, self.crash))
                 return f"rollback to {to}"
             if roll < 0.8:
-                publication.gc(self.store(), self.target, keep=self.rng.choice([0, 1]), grace_s=GRACE_S,
+                keep = self.rng.choice([0, 1])
+                if forced is not None:  # the opening's gc deletes something: replaced versions past the grace
+                    keep = 0
+                    time.sleep(GRACE_S)
+                publication.gc(self.store(), self.target, keep=keep, grace_s=GRACE_S,
                                loader=loader_for(self.server.url, self.crash))
                 return "gc"
             if roll < 0.88:
@@ -227,7 +243,10 @@ def test_fault_campaign(seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         log: list[str] = []
         started = time.monotonic()
         try:
-            for _ in range(STEPS):
+            for forced in OPENING:
+                log.append(world.step(forced))
+                world.check(log)
+            for _ in range(STEPS - len(OPENING)):
                 if time.monotonic() - started > BUDGET_S:
                     break
                 log.append(world.step())
@@ -237,6 +256,9 @@ def test_fault_campaign(seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPat
             t.join(timeout=5)
         assert not problems, problems[:5]
         kinds = {entry.split()[0] for entry in log}
-        # the campaign ran its faults
-        assert {"publish", "retry", "rescore", "rollback", "crash", "redis"} <= kinds, log
+        # the campaign ran its faults (refused: the rejected run and the try whose lock was taken over)
+        assert {"publish", "retry", "rescore", "rollback", "refused:", "gc", "reconcile", "crash",
+                "redis"} <= kinds, log
+        crashed = {entry.removeprefix("crash at ") for entry in log if entry.startswith("crash at ")}
+        assert set(POINTS) <= crashed, (crashed, log)  # a crash at every point, mid-load included
         assert len(log) >= 40, f"only {len(log)} steps in {BUDGET_S} s"
