@@ -71,7 +71,7 @@ lint: env
 	$(VPY) -m mypy
 
 test: env mlflow-env lint
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q --durations=20
 	@if grep -q '^test-dags:' mk/airflow.mk 2>/dev/null; then $(MAKE) --no-print-directory test-dags; fi
 
 bench: env
