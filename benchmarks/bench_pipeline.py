@@ -92,8 +92,11 @@ def main() -> int:
     p.add_argument("--models", nargs="+", default=["light", "heavy"], choices=sorted(MODELS))
     args = p.parse_args()
     from batchscore.jobs._session import build_session
+    from batchscore.jobs.validate import prefetch_imports
 
     data = make_data(args.rows)
+    # where `batchscore run`'s main starts them: GX + matplotlib import while the JVM starts
+    prefetch_imports()
     spark = build_session("bench-pipeline", master="local[2]", conf={"spark.ui.showConsoleProgress": "false",
                                                                      "spark.sql.shuffle.partitions": "2"})
     ok = True
