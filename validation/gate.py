@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from batchscore.validation import _drift as D
 from batchscore.validation.profile import Histogram, Profile, qkey
@@ -176,16 +176,17 @@ def evaluate(profile: Profile, rules: Rules, reference: Profile | None = None) -
     checks = absolute_checks(profile, rules) + rel
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = ctx.data_sources.add_pandas("batchscore")
+    # One asset and one batch definition serve every frame (the frame is a batch parameter): each
+    # asset or definition added re-serializes the context's whole config.
+    asset = ctx.data_sources.add_pandas("batchscore").add_dataframe_asset("profile")
+    whole = asset.add_batch_definition_whole_dataframe("run")
 
-    def run(asset: str, frame: Any, expectations: list[Any]) -> list[Any]:
-        batch = (
-            source.add_dataframe_asset(asset)
-            .add_batch_definition_whole_dataframe("run")
-            .get_batch(batch_parameters={"dataframe": frame})
-        )
+    def run(
+        asset: str, frame: Any, expectations: list[Any], result_format: Literal["BOOLEAN_ONLY", "SUMMARY"] = "SUMMARY"
+    ) -> list[Any]:
+        batch = whole.get_batch(batch_parameters={"dataframe": frame})
         res = batch.validate(
-            gx.ExpectationSuite(name=f"batchscore_{asset}", expectations=expectations), result_format="SUMMARY"
+            gx.ExpectationSuite(name=f"batchscore_{asset}", expectations=expectations), result_format=result_format
         )
         for r in res.results:
             info = r.exception_info or {}
@@ -201,7 +202,8 @@ def evaluate(profile: Profile, rules: Rules, reference: Profile | None = None) -
         gxe.ExpectColumnValuesToBeBetween(column=f"m{i}", min_value=k.min, max_value=k.max, severity=_severity(k.level))  # type: ignore[arg-type]
         for i, k in enumerate(checks)
     ]
-    by_column = {r.expectation_config.kwargs["column"]: r for r in (run("metrics", frame, exps) if checks else [])}
+    judged = run("metrics", frame, exps, "BOOLEAN_ONLY") if checks else []
+    by_column = {r.expectation_config.kwargs["column"]: r for r in judged}
     for i, k in enumerate(checks):
         r = by_column[f"m{i}"]
         # A missing metric (every score NaN: no min, no PSI) is a failure, never a pass.

@@ -11,6 +11,7 @@ from batchscore.validation.profile import ColumnProfile, Profile
 from batchscore.validation.rules import RuleResult
 
 MAX_PLOTTED_COLUMNS = 12
+PANEL_INCHES = 3.2  # the height of one column's panel
 
 
 def format_table(results: list[RuleResult]) -> str:
@@ -43,6 +44,16 @@ def _density(counts: Sequence[int], edges: list[float]) -> list[float]:
     return [n / total / (b - a) for n, a, b in zip(counts, edges[:-1], edges[1:], strict=True)]
 
 
+def _margins(n: int) -> dict[str, float]:
+    """Subplot parameters for ``n`` stacked panels: room, in inches, for the figure's title, each
+    panel's title, tick labels and x label, and the y labels."""
+    height = PANEL_INCHES * n
+    top, bottom, gap = 0.75, 0.55, 0.95  # suptitle + first title; x label + ticks; both between panels
+    panel = (height - top - bottom - gap * (n - 1)) / n
+    return {"left": 0.9 / 8, "right": 1 - 0.2 / 8, "top": 1 - top / height, "bottom": bottom / height,
+            "hspace": gap / panel}
+
+
 def plot_histograms(path: Path, profile: Profile, reference: Profile | None,
                     psi: dict[str, float | None], *, title: str, thresholds: str) -> Path:
     """Write ``path``: per output column, the reference (filled) and candidate (line) densities over
@@ -56,7 +67,8 @@ def plot_histograms(path: Path, profile: Profile, reference: Profile | None,
     cols = [c for c, s in profile.columns.items()
             if s.hist is not None and s.hist.cuts and all(map(_finite, s.hist.cuts))][:MAX_PLOTTED_COLUMNS]
     n = max(len(cols), 1)
-    fig, axes = plt.subplots(n, 1, figsize=(8, 3.2 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(8, PANEL_INCHES * n), squeeze=False)
+    fig.subplots_adjust(**_margins(n))  # fixed margins: tight_layout would draw the whole figure once more
     for ax, c in zip(axes[:, 0], cols, strict=False):
         cand = profile.columns[c]
         ref = reference.column(c) if reference is not None else None
@@ -77,8 +89,7 @@ def plot_histograms(path: Path, profile: Profile, reference: Profile | None,
         ax.legend(loc="upper right", fontsize=8)
     if not cols:
         axes[0, 0].text(0.5, 0.5, "no finite scores to plot", ha="center", va="center")
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig.suptitle(title, y=1 - 0.12 / (PANEL_INCHES * n))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
