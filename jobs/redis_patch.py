@@ -96,26 +96,20 @@ def patch_load(store: RedisVersions, target: Target, version: Version, base: Bas
     protocol's verification then checks every bucket against them."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     from batchscore.udfs._redis_load import bucket_ids, make_loader
 
     key, cols = target.key, list(target.columns)
     new = _snapshot(staged_files, key, cols, target.storage)
-    if new.num_rows != version.count or len(pc.unique(new["k"])) != new.num_rows:
-        return None  # the full load counts (and names) duplicate keys
     old = _snapshot(base.files, key, cols, target.storage)
-    if old.num_rows != base.version.count:
+    if new.num_rows != version.count or old.num_rows != base.version.count:
         return None
     if new.schema.field("k").type != old.schema.field("k").type:  # the key's type changed: compare as text
         new, old = (t.set_column(0, "k", t.column(0).cast(pa.string())) for t in (new, old))
-    joined = new.join(old, keys="k", join_type="left outer", right_suffix="_old")
-    added = _nulls(joined[f"{cols[0]}_old"])
-    differs = added.copy()
-    for c in cols:
-        differs |= _bits(joined[c]) != _bits(joined[f"{c}_old"].fill_null(0))
-    changed = joined.filter(pa.array(differs)).select(["k", *cols])
-    gone = old.join(new.select(["k"]), keys="k", join_type="left anti").column("k").combine_chunks()
+    diff = _diff(new, old, cols)
+    if diff is None:
+        return None  # the staged keys repeat: the full load counts (and names) them
+    changed, gone, added = diff
     if changed.num_rows + len(gone) > PATCH_MAX_SHARE * max(1, version.count):
         return None
 
@@ -134,10 +128,36 @@ def patch_load(store: RedisVersions, target: Target, version: Version, base: Bas
             fields.setdefault(int(b), []).append(k.encode())
         removed = store.remove_fields(version.vid, fields)
         counts -= np.bincount(ids, minlength=version.buckets)
-    if added.any():
-        fresh = joined.filter(pa.array(added)).column("k").combine_chunks().cast(pa.string())
+    if len(added):
+        fresh = added.cast(pa.string())
         counts += np.bincount(bucket_ids(fresh, version.buckets), minlength=version.buckets)
     return Patch(base.version.vid, changed.num_rows, removed, {b: int(n) for b, n in enumerate(counts.tolist()) if n})
+
+
+def _diff(new: Any, old: Any, cols: list[str]) -> tuple[Any, Any, Any] | None:
+    """(rows of ``new`` that are new or whose scores differ bit for bit from ``old``'s, keys of
+    ``old`` absent from ``new``, keys of ``new`` absent from ``old``); None when ``new``'s keys
+    repeat. One hash table, of ``old``'s keys (unique: a whole published version): two equal keys
+    of ``new`` either land on the same ``old`` row or are both absent from it."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    index = pd.Index(old.column("k").to_numpy(zero_copy_only=False))
+    if not index.is_unique:
+        return None
+    pos = index.get_indexer(new.column("k").to_numpy(zero_copy_only=False))
+    matched = pos >= 0
+    hits = np.bincount(pos[matched], minlength=old.num_rows)
+    added = new.column("k").filter(pa.array(~matched)).combine_chunks()
+    if (hits > 1).any() or len(pc.unique(added)) != len(added):
+        return None
+    differs = ~matched
+    for c in cols:
+        differs[matched] |= _bits(new.column(c))[matched] != _bits(old.column(c))[pos[matched]]
+    gone = old.column("k").filter(pa.array(hits == 0)).combine_chunks()
+    return new.filter(pa.array(differs)).select(["k", *cols]), gone, added
 
 
 def clear(store: RedisVersions, version: Version) -> None:
@@ -164,8 +184,3 @@ def _bits(col: Any) -> Any:
     return np.ascontiguousarray(col.to_numpy(zero_copy_only=False), dtype="<f4").view(np.int32)
 
 
-def _nulls(col: Any) -> Any:
-    import numpy as np
-    import pyarrow.compute as pc
-
-    return np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
