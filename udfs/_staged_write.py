@@ -131,11 +131,12 @@ class StagedWriter:
         return REPORT
 
     def constants(self, n: int) -> list[tuple[str, pa.Array]]:
+        """The columns every staged row carries, ``n`` rows of each (``pa.repeat``: no Python list per row)."""
         ts = pa.scalar(self.scored_at, type=pa.timestamp("us", tz="UTC"))
-        return [("model_version", pa.array([self.model_version] * n, pa.string()) if n else pa.array([], pa.string())),
-                ("run_id", pa.array([self.run_id] * n, pa.string()) if n else pa.array([], pa.string())),
-                ("scored_at", pa.array([ts.value] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC"))),
-                *([("model_sha256", pa.array([self.model_sha256] * n, pa.string()))] if self.model_sha256 else [])]
+        text = lambda v: pa.repeat(pa.scalar(v, pa.string()), n)  # noqa: E731
+        return [("model_version", text(self.model_version)), ("run_id", text(self.run_id)),
+                ("scored_at", pa.repeat(ts, n)),
+                *([("model_sha256", text(self.model_sha256))] if self.model_sha256 else [])]
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -173,8 +174,8 @@ class StagedWriter:
                 scores.write(pa.RecordBatch.from_arrays([*cols, *(a for _, a in extra)],
                                                         names=[*names, *(n for n, _ in extra)]))
                 for sh, out in shadows:
-                    own = [(n, a) if n != "model_version" else (n, pa.array([sh.model_version] * b.num_rows,
-                                                                             pa.string())) for n, a in extra]
+                    own = [(n, a) if n != "model_version" else (n, pa.repeat(pa.scalar(sh.model_version, pa.string()),
+                                                                             b.num_rows)) for n, a in extra]
                     out.write(pa.RecordBatch.from_arrays(
                         [b.column(0), *b.columns[sh.start:sh.start + len(sh.columns)], *(a for _, a in own)],
                         names=[b.schema.names[0], *sh.columns, *(n for n, _ in own)]))
