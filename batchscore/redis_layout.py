@@ -75,7 +75,12 @@ def parse_version_id(raw: bytes | str) -> tuple[int, str]:
 
 
 def data_key(ns: str, vid: str, bucket: int) -> str:
-    return f"{ns}:v{vid}:b{bucket}"
+    return f"{data_prefix(ns, vid)}{bucket}"
+
+
+def data_prefix(ns: str, vid: str) -> str:
+    """Every data key of version ``vid`` is this prefix followed by its bucket number."""
+    return f"{ns}:v{vid}:b"
 
 
 def data_pattern(ns: str) -> str:

@@ -143,27 +143,32 @@ return #KEYS - 1
 """
 
 
-# KEYS: lock, then (source, destination) data key pairs. ARGV: token. Each destination becomes a
+# KEYS: lock. ARGV: token, the source's and the destination's data key prefixes, the first and the
+# last bucket (key names built here, as in _HLENS: standalone only). Each destination becomes a
 # copy of its source without an expiry (the version is armed later), or is removed when the source
 # holds nothing (an empty bucket), so a retried copy leaves the same buckets. Returns the copies made.
 _COPY = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
 local n = 0
-for i = 2, #KEYS, 2 do
-  if redis.call('COPY', KEYS[i], KEYS[i + 1], 'REPLACE') == 1 then
-    redis.call('PERSIST', KEYS[i + 1])
+for b = tonumber(ARGV[4]), tonumber(ARGV[5]) do
+  local dst = ARGV[3] .. b
+  if redis.call('COPY', ARGV[2] .. b, dst, 'REPLACE') == 1 then
+    redis.call('PERSIST', dst)
     n = n + 1
   else
-    redis.call('UNLINK', KEYS[i + 1])
+    redis.call('UNLINK', dst)
   end
 end
 return n
 """
 
 # KEYS: data keys. Their sizes (read only).
+# ARGV: a version's data key prefix, the first and the last bucket. The key names are built here
+# (standalone servers only: on a Cluster a version's buckets span slots): sending 8k key names a
+# call cost the client more than the server's HLENs.
 _HLENS = """
 local out = {}
-for i = 1, #KEYS do out[i] = redis.call('HLEN', KEYS[i]) end
+for b = tonumber(ARGV[2]), tonumber(ARGV[3]) do out[#out + 1] = redis.call('HLEN', ARGV[1] .. b) end
 return out
 """
 
@@ -254,20 +259,19 @@ class RedisVersions:
         return [_s(v) or "" for v in self.r.zrange(layout.versions_key(self.ns), 0, -1)]
 
     def bucket_sizes(self, vid: str, buckets: int) -> list[int]:
-        """``HLEN`` of every bucket of a version: 1000 buckets per (read-only) script on a
+        """``HLEN`` of every bucket of a version: 4096 buckets per (read-only) script on a
         standalone server, pipelined on a Cluster (a version's buckets span its slots)."""
         from redis.cluster import RedisCluster
 
-        keys = [layout.data_key(self.ns, vid, b) for b in range(buckets)]
         if isinstance(self.r, RedisCluster):
             pipe = self.r.pipeline(transaction=False)
-            for k in keys:
-                pipe.hlen(k)
+            for b in range(buckets):
+                pipe.hlen(layout.data_key(self.ns, vid, b))
             return [int(n) for n in pipe.execute()]
         out: list[int] = []
-        for lo in range(0, len(keys), 1000):
-            batch = keys[lo : lo + 1000]
-            out.extend(int(n) for n in self.r.eval(_HLENS, len(batch), *batch))
+        prefix = layout.data_prefix(self.ns, vid)
+        for lo in range(0, buckets, 4096):
+            out.extend(int(n) for n in self.r.eval(_HLENS, 0, prefix, lo, min(buckets, lo + 4096) - 1))
         return out
 
     def complete(self, vid: str | None, digest: str) -> Version | None:
@@ -458,11 +462,11 @@ class RedisVersions:
         and ``COPY`` stays within one). Returns the buckets copied (empty ones are absent)."""
         assert src.buckets == dst.buckets
         done = 0
+        frm, to = layout.data_prefix(self.ns, src.vid), layout.data_prefix(self.ns, dst.vid)
         for lo in range(0, src.buckets, 250):
-            keys = [k for b in range(lo, min(lo + 250, src.buckets))
-                    for k in (layout.data_key(self.ns, src.vid, b), layout.data_key(self.ns, dst.vid, b))]
-            done += int(self._fenced(self._eval(_COPY, 1 + len(keys), layout.lock_key(self.ns), *keys,
-                                                 self.token or ""), f"copy version {src.vid} into {dst.vid}"))
+            hi = min(lo + 250, src.buckets) - 1
+            done += int(self._fenced(self._eval(_COPY, 1, layout.lock_key(self.ns), self.token or "", frm, to, lo, hi),
+                                     f"copy version {src.vid} into {dst.vid}"))
         return done
 
     def remove_fields(self, vid: str, fields: dict[int, list[bytes]]) -> int:
