@@ -151,13 +151,14 @@ class Plan:
 
         key, cols = self.cfg.input.key, list(self.cfg.outputs.columns)
         ref = self._reference_table([key, HASH, *cols])
-        share = self._sampled_change(source, ref)
+        index = _key_index(ref.column(key))
+        share = self._sampled_change(source, ref, index)
         if share is not None and share > EARLY_SHARE:
             self.full_reason = f"≈{share:.0%} of a sample of the input changed or new, above {EARLY_SHARE:.0%}"
             log.info("score %s: incremental: scoring every row (%s)", self.cfg.name, self.full_reason)
             return [score_fn(source).collect()]
         if source.files is not None and ref.num_rows <= TASK_ROWS:
-            jobs = self._stage_in_tasks(source, ref, score_fn)
+            jobs = self._stage_in_tasks(source, ref, score_fn) if index.is_unique else None
             if jobs is not None:
                 return jobs
         hashes = self._hashes(source).toArrow()
@@ -196,7 +197,8 @@ class Plan:
         """One pass: the reference (key, hash, outputs) broadcast to the scoring tasks, which take
         its outputs for every row whose key and hash it holds and score the others; the counts come
         from the kept attempts' tallies. None (use the join plan) when the reference's keys are not
-        unique (a publication's are: something outside batchscore wrote that table)."""
+        unique (a publication's are: something outside batchscore wrote that table): the caller
+        checks that before."""
         import json
 
         import pyarrow as pa
@@ -206,8 +208,6 @@ class Plan:
         key_type = _key_arrow_type(source, self.cfg)
         table = pa.table({key: pc.cast(ref.column(key), key_type), HASH: ref.column(HASH),
                           **{c: pc.cast(ref.column(c), pa.float32()) for c in cols}})
-        if pc.count_distinct(table.column(key), mode="all").as_py() != table.num_rows:
-            return None
         from batchscore.udfs.reuse import reference as as_reference
 
         reference = self.spark.sparkContext.broadcast(as_reference(table))
@@ -231,9 +231,10 @@ class Plan:
         parts = [st.parquet_file(u, self.cfg.store).read(columns=columns) for u in self.reference_files]
         return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
 
-    def _sampled_change(self, source: InputScan, ref: Any) -> float | None:
+    def _sampled_change(self, source: InputScan, ref: Any, index: Any) -> float | None:
         """The share of changed or new rows in one row group of the input (read on the driver), to
-        skip the plan when nearly everything changed; None when the input is not read as files."""
+        skip the plan when nearly everything changed, looked up in ``index`` (:func:`_key_index` of
+        ``ref``'s keys); None when the input is not read as files or ``ref``'s keys repeat."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -254,13 +255,16 @@ class Plan:
                                 spec.n_features)
         except Exception:  # noqa: BLE001 - a bad row: the plan and the scoring pass handle it
             return None
-        sample = pa.table({spec.key: rg.column(0), "h": pa.array(row_hashes(x), pa.int64())})
-        known = ref.select([spec.key, HASH])
-        if known.schema.field(0).type != sample.schema.field(0).type:
+        keys = rg.column(0).combine_chunks()
+        if keys.type != ref.schema.field(spec.key).type or keys.null_count or not index.is_unique:
             return None
-        hit = sample.join(known, keys=spec.key, join_type="left outer")
-        same = pc.sum(pc.fill_null(pc.equal(hit["h"], hit[HASH]), False)).as_py() or 0
-        return 1 - same / max(1, sample.num_rows)
+        pos = index.get_indexer(keys.to_numpy(zero_copy_only=False))
+        hit = pos >= 0
+        at = np.where(hit, pos, 0)
+        h = ref.column(HASH)
+        known, valid = pc.fill_null(h, 0).to_numpy(), pc.is_valid(h).to_numpy()  # a null hash never matches
+        same = int(np.count_nonzero(hit & valid[at] & (known[at] == row_hashes(x))))
+        return 1 - same / max(1, rg.num_rows)
 
     # -- the plan ------------------------------------------------------------------------------
 
@@ -406,3 +410,13 @@ def _key_arrow_type(source: InputScan, cfg: ModelConfig) -> Any:
     from pyspark.sql.pandas.types import to_arrow_type
 
     return to_arrow_type(source.schema[cfg.input.key].dataType)
+
+
+def _key_index(keys: Any) -> Any:
+    """A pandas hash index over the reference's keys (a pyarrow column): one build serves the
+    sample's lookups and the uniqueness check (``is_unique``), cheaper than Arrow's
+    ``count_distinct`` plus a hash join (1M int64 keys here: 0.02-0.04 s against 0.07-0.19 s for
+    ``count_distinct`` alone)."""
+    import pandas as pd
+
+    return pd.Index(keys.combine_chunks().to_numpy(zero_copy_only=False))
