@@ -8,7 +8,8 @@ hash). A run then goes:
    served). None yet, ``--full``, a reference without the hash columns, a different artifact or
    ``model.version``, or a different key type: everything is scored, as without this option.
 2. **One pass** (the input read as files, a reference of up to :data:`TASK_ROWS` rows): the
-   reference's key, hash and outputs are broadcast to the scoring tasks; each task hashes its rows
+   scoring tasks read the reference's key, hash and outputs from its files (each Python worker
+   once, into a hash index); each task hashes its rows
    and takes the published outputs of every row whose key and hash the reference holds, scores
    the others, and writes its whole share (:mod:`batchscore.udfs.reuse`). The counts come from the
    kept attempts' tallies. A sample of the input (one row group) that shows more than
@@ -58,8 +59,8 @@ MAX_KEYS = 5_000_000
 DRIVER_ROWS = 20_000_000
 #: When a sample of the input shows more than this share changed or new, the plan is skipped.
 EARLY_SHARE = 0.8
-#: A reference of up to this many rows read as files is broadcast to the scoring tasks, which reuse
-#: its unchanged rows as they score (one pass: :mod:`batchscore.udfs.reuse`); above, the plan joins.
+#: A reference of up to this many rows is read by every scoring task's worker, which reuses its
+#: unchanged rows as it scores (one pass: :mod:`batchscore.udfs.reuse`); above, the plan joins.
 TASK_ROWS = 5_000_000
 
 _IN_H, _IN_P, _PH = "__bs_in_input", "__bs_in_reference", "__bs_reference_hash"
@@ -158,9 +159,8 @@ class Plan:
             log.info("score %s: incremental: scoring every row (%s)", self.cfg.name, self.full_reason)
             return [score_fn(source).collect()]
         if source.files is not None and ref.num_rows <= TASK_ROWS:
-            jobs = self._stage_in_tasks(source, ref, score_fn) if index.is_unique else None
-            if jobs is not None:
-                return jobs
+            if index.is_unique:
+                return self._stage_in_tasks(source, ref, score_fn)
         hashes = self._hashes(source).toArrow()
         h = hashes.append_column(_IN_H, pa.array(np.ones(hashes.num_rows, dtype=bool)))
         p = ref.rename_columns([key, _PH, *cols]).append_column(_IN_P, pa.array(np.ones(ref.num_rows, dtype=bool)))
@@ -193,32 +193,25 @@ class Plan:
             jobs.append([r for b in writer(iter(table.to_batches(max_chunksize=1 << 20))) for r in b.to_pylist()])
         return jobs
 
-    def _stage_in_tasks(self, source: InputScan, ref: Any, score_fn: ScoreFn) -> list[list[Any]] | None:
-        """One pass: the reference (key, hash, outputs) broadcast to the scoring tasks, which take
-        its outputs for every row whose key and hash it holds and score the others; the counts come
-        from the kept attempts' tallies. None (use the join plan) when the reference's keys are not
-        unique (a publication's are: something outside batchscore wrote that table): the caller
-        checks that before."""
+    def _stage_in_tasks(self, source: InputScan, ref: Any, score_fn: ScoreFn) -> list[list[Any]]:
+        """One pass: the scoring tasks read the reference (key, hash, outputs: the publication's
+        files, the same ones as ``ref``, the driver's copy) themselves and take its outputs for every
+        row whose key and hash it holds and score the others; the counts come from the kept
+        attempts' tallies. The caller checks first that the reference's keys are unique (a
+        publication's are, unless something outside batchscore wrote that table)."""
         import json
+        import uuid
 
-        import pyarrow as pa
-        import pyarrow.compute as pc
+        from batchscore.udfs.reuse import ReferenceFiles
 
         key, cols = self.cfg.input.key, list(self.cfg.outputs.columns)
-        key_type = _key_arrow_type(source, self.cfg)
-        table = pa.table({key: pc.cast(ref.column(key), key_type), HASH: ref.column(HASH),
-                          **{c: pc.cast(ref.column(c), pa.float32()) for c in cols}})
-        from batchscore.udfs.reuse import reference as as_reference
-
-        reference = self.spark.sparkContext.broadcast(as_reference(table))
-        try:
-            rows = score_fn(source, reuse=reference).collect()
-        finally:
-            reference.unpersist()
+        reference = ReferenceFiles(uuid.uuid4().hex, tuple(self.reference_files), (key, HASH, *cols),
+                                   _key_arrow_type(source, self.cfg), self.cfg.store)
+        rows = score_fn(source, reuse=reference).collect()
         per_task = {int(r["partition"]): r["tally"] for r in rows if r["tally"]}
         t = {k: sum(json.loads(v)[k] for v in per_task.values()) for k in ("rows", "found", "reused")}
         self.counted = {"reused": t["reused"], "changed": t["found"] - t["reused"], "new": t["rows"] - t["found"],
-                        "dropped": table.num_rows - t["found"], "null_keys": 0}
+                        "dropped": ref.num_rows - t["found"], "null_keys": 0}
         c = self.counted
         log.info("score %s: incremental against Delta version %s in the scoring pass: %s reused, %s changed, "
                  "%s new, %s dropped", self.cfg.name, self.reference_version, f"{c['reused']:,}",
@@ -235,7 +228,6 @@ class Plan:
         """The share of changed or new rows in one row group of the input (read on the driver), to
         skip the plan when nearly everything changed, looked up in ``index`` (:func:`_key_index` of
         ``ref``'s keys); None when the input is not read as files or ``ref``'s keys repeat."""
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         from batchscore.udfs._arrow_input import features_matrix

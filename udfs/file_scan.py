@@ -66,8 +66,9 @@ def with_predictions_from_files(
 ) -> DataFrame:
     """``key`` + one float column per output for every row of ``fragments`` (one task each);
     ``physical``: the names the files store the columns under (Delta column mapping) when they
-    differ; ``reuse`` (incremental scoring, with ``hashed`` and a sink): a broadcast of the
-    reference's key, feature hash and outputs, whose unchanged rows the tasks take instead of
+    differ; ``reuse`` (incremental scoring, with ``hashed`` and a sink): the
+    reference's key, feature hash and outputs (:class:`batchscore.udfs.reuse.ReferenceFiles`, or a
+    broadcast of :func:`batchscore.udfs.reuse.reference`), whose unchanged rows the tasks take instead of
     scoring them (:mod:`batchscore.udfs.reuse`);
     with a ``sink`` (see :func:`batchscore.udfs.scoring.with_predictions`), what the sink yields.
 

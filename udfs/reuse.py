@@ -1,8 +1,10 @@
 """Inside a scoring task: incremental scoring in the same pass as the model.
 
-The driver broadcasts the reference (the last publication's key, feature hash and outputs, one
-Arrow table). Each task looks its rows up in it as they come (one hash index per Python worker
-and broadcast, built at the first batch): a row whose key is there with the same feature hash
+The reference is the last publication's key, feature hash and outputs: the driver hands the tasks
+either that Arrow table (:func:`reference`, as a broadcast) or the publication's files to read
+themselves (:class:`ReferenceFiles`, a few hundred bytes in the task closure: cheaper than
+pickling and broadcasting tens of MB). Each task looks its rows up in it as they come (one hash
+index per Python worker and reference, built at the first batch): a row whose key is there with the same feature hash
 takes the published outputs, bit for bit, instead of the model's; the others go on to the model.
 So the input is read once, the model sees only the changed and new rows, and every task writes
 its whole share of the snapshot itself (no hash pass, no join on the driver, no driver-side copy).
@@ -25,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["Lookup", "Tally", "counted", "lookup_for", "reference", "reusing", "tally_batch", "tally_of"]
+__all__ = ["Lookup", "ReferenceFiles", "Tally", "counted", "lookup_for", "reference", "reusing", "tally_batch",
+           "tally_of"]
 
 _MARK = b"batchscore.tally"
 
@@ -70,13 +73,38 @@ def reference(table: pa.Table) -> tuple[str, pa.Table]:
     return uuid.uuid4().hex, table
 
 
+@dataclass(frozen=True)
+class ReferenceFiles:
+    """The reference as the publication's Parquet files, read by each worker: ``columns`` (key,
+    feature hash, outputs) under those names, the key cast to ``key_type`` and the outputs to
+    float32, as the driver's copy of it. ``token`` names this run's reference in the workers' cache."""
+
+    token: str
+    uris: tuple[str, ...]
+    columns: tuple[str, ...]
+    key_type: Any  # a pyarrow type
+    storage: Any  # batchscore.storage.Storage
+
+    def read(self) -> pa.Table:
+        from batchscore import storage as st
+
+        names = list(self.columns)
+        parts = [st.parquet_file(u, self.storage).read(columns=names) for u in self.uris]
+        table = pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.float32()) for c in names})
+        return pa.table({names[0]: pc.cast(table.column(0), self.key_type), names[1]: table.column(1),
+                         **{c: pc.cast(table.column(c), pa.float32()) for c in names[2:]}})
+
+
 def lookup_for(broadcast: Any) -> Lookup:
-    """The worker's index of ``broadcast`` (a Spark broadcast of :func:`reference`), built once;
-    an earlier run's index is dropped."""
-    token, table = broadcast.value if hasattr(broadcast, "value") else broadcast
+    """The worker's index of ``broadcast`` (a Spark broadcast of :func:`reference`, or a
+    :class:`ReferenceFiles`), built once; an earlier run's index is dropped."""
+    if isinstance(broadcast, ReferenceFiles):
+        token, table = broadcast.token, None
+    else:
+        token, table = broadcast.value if hasattr(broadcast, "value") else broadcast
     if token not in _CACHE:
         _CACHE.clear()
-        _CACHE[token] = Lookup(table)
+        _CACHE[token] = Lookup(table if table is not None else broadcast.read())
     return _CACHE[token]
 
 

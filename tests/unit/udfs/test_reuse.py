@@ -50,3 +50,28 @@ def test_a_piece_of_only_reused_rows_is_not_passed_on_and_the_tally_batch_round_
     marker = R.tally_batch(tally)
     assert marker.num_rows == 0 and R.tally_of(marker) == '{"rows": 0, "found": 0, "reused": 2}'
     assert R.tally_of(side[0]) is None
+
+
+def test_a_reference_read_from_its_files_is_the_drivers_copy_cast_once_per_worker(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    from batchscore.storage import DEFAULT
+
+    parts = [pa.table({"id": pa.array([5, 6], pa.int32()), HASH: pa.array([1, 2], pa.int64()),
+                       "score": pa.array([0.1, 0.2], pa.float64()), "extra": pa.array(["a", "b"])}),
+             pa.table({"id": pa.array([7], pa.int32()), HASH: pa.array([None], pa.int64()),
+                       "score": pa.array([0.3], pa.float64()), "extra": pa.array(["c"])})]
+    uris = []
+    for i, t in enumerate(parts):
+        pq.write_table(t, tmp_path / f"p{i}.parquet")
+        uris.append(str(tmp_path / f"p{i}.parquet"))
+    files = R.ReferenceFiles("tok-1", tuple(uris), ("id", HASH, "score"), pa.int64(), DEFAULT)
+    got = files.read()
+    assert got.schema == pa.schema([("id", pa.int64()), (HASH, pa.int64()), ("score", pa.float32())])
+    assert got.column("id").to_pylist() == [5, 6, 7] and got.column(HASH).to_pylist() == [1, 2, None]
+    assert got.column("score").to_numpy().tobytes() == np.array([0.1, 0.2, 0.3], np.float32).tobytes()
+    lookup = R.lookup_for(files)
+    assert R.lookup_for(files) is lookup  # read once per worker and token
+    assert lookup.positions(pa.array([7, 5, 99], pa.int64())).tolist() == [2, 0, -1]
+    assert R.lookup_for(R.ReferenceFiles("tok-2", (uris[0],), ("id", HASH, "score"), pa.int64(), DEFAULT)) \
+        is not lookup  # another run's reference: read again
