@@ -43,11 +43,17 @@ class Tally:
 class Lookup:
     """The reference as a hash index on its keys: ``(key, feature_hash, *outputs)`` columns."""
 
-    def __init__(self, reference: pa.Table) -> None:
+    def __init__(self, reference: pa.Table, *, where: str = "the reference publication") -> None:
         import pandas as pd
+
+        from batchscore.errors import InputDataError
 
         keys = reference.column(0).combine_chunks()
         self.index = pd.Index(keys.to_numpy(zero_copy_only=False))
+        if not self.index.is_unique:  # the hash table get_indexer needs anyway: no extra pass
+            twice = self.index[self.index.duplicated()].tolist()[0]  # a plain int or str
+            raise InputDataError(f"{where} holds key {twice!r} more than once, so its scores cannot be reused; "
+                                 "rescore everything with --full (the next publication is a clean snapshot)")
         h = reference.column(1).combine_chunks()
         self.hashes = pc.fill_null(h, 0).to_numpy(zero_copy_only=False)
         self.hashed = h.is_valid().to_numpy(zero_copy_only=False)  # a null hash is never reused
@@ -104,7 +110,8 @@ def lookup_for(broadcast: Any) -> Lookup:
         token, table = broadcast.value if hasattr(broadcast, "value") else broadcast
     if token not in _CACHE:
         _CACHE.clear()
-        _CACHE[token] = Lookup(table if table is not None else broadcast.read())
+        _CACHE[token] = (Lookup(table) if table is not None
+                         else Lookup(broadcast.read(), where=f"the reference publication ({broadcast.uris[0]}, ...)"))
     return _CACHE[token]
 
 

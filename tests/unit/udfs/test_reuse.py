@@ -75,3 +75,12 @@ def test_a_reference_read_from_its_files_is_the_drivers_copy_cast_once_per_worke
     assert lookup.positions(pa.array([7, 5, 99], pa.int64())).tolist() == [2, 0, -1]
     assert R.lookup_for(R.ReferenceFiles("tok-2", (uris[0],), ("id", HASH, "score"), pa.int64(), DEFAULT)) \
         is not lookup  # another run's reference: read again
+
+
+def test_a_reference_whose_keys_repeat_is_refused_naming_the_key() -> None:
+    from batchscore.errors import InputDataError
+
+    ref = pa.table({"id": pa.array([3, 4, 3], pa.int64()), HASH: pa.array([1, 2, 3], pa.int64()),
+                    "score": pa.array([0.1, 0.2, 0.3], pa.float32())})
+    with pytest.raises(InputDataError, match=r"holds key 3 more than once.*--full"):
+        R.lookup_for(R.reference(ref))
