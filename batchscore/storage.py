@@ -276,6 +276,9 @@ _DENIED = (
     "unauthorized",
 )
 _NO_BUCKET = ("nosuchbucket", "bucket '", "bucket does not exist", "the specified bucket")
+# An HTTP status as a word of its own: request ids (hex) and durations ("in 404.2µs") are not one.
+_STATUS_403 = re.compile(r"(?<![\w.])403(?![\w.])")
+_STATUS_404 = re.compile(r"(?<![\w.])404(?![\w.])")
 
 
 def _endpoint(uri: str, storage: Storage) -> str:
@@ -297,20 +300,22 @@ def storage_error(exc: BaseException, uri: str, what: str, storage: Storage = DE
             f"{uri}: cannot {what}: storage endpoint {_endpoint(uri, storage)} is unreachable "
             f"({first}); check that the store is up and rerun (nothing was published)"
         )
-    if fam == "s3" and (any(s in text for s in _NO_BUCKET) or ("404" in text and "list" in text)):
+    denied = any(s in text for s in _DENIED) or bool(_STATUS_403.search(text))
+    if fam == "s3" and (any(s in text for s in _NO_BUCKET)
+                        or (not denied and "list" in text and _STATUS_404.search(text))):
         bucket = normalize(uri).split("://", 1)[1].split("/", 1)[0]
         return InputDataError(
             f"{uri}: cannot {what}: bucket '{bucket}' does not exist at {_endpoint(uri, storage)}; "
             "create it or fix the location in the model config"
         )
-    if any(s in text for s in _DENIED):
+    if denied:
         names = {
             "s3": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or the storage: section's variables)",
             "gs": "GOOGLE_APPLICATION_CREDENTIALS",
             "abfss": "AZURE_STORAGE_ACCOUNT_KEY or the AZURE_CLIENT_* variables",
         }.get(fam, "the file permissions")
         return ConfigError(f"{uri}: cannot {what}: the store refused the credentials; check {names}")
-    if isinstance(exc, FileNotFoundError) or "not found" in text or "no such" in text or "404" in text:
+    if isinstance(exc, FileNotFoundError) or "not found" in text or "no such" in text or _STATUS_404.search(text):
         return InputDataError(f"{uri}: cannot {what}: not found; check the location in the model config")
     return InputDataError(f"{uri}: cannot {what} ({first})")
 

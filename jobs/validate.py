@@ -259,11 +259,14 @@ def validate(spark: SparkSession, cfg: ModelConfig, *, run_id: str) -> Validatio
     else:  # another plan (the reference moved since scoring), or no partials: one pass over the staged scores
         df = staged_frame(spark, staged, store, list(cfg.outputs.columns))
         profile = compute_profile(df, plan.plans, quantiles=rules.quantiles_needed(), bins=bins)
-    if delta.stage(cfg.outputs.delta.path, run_id, store).digest != staged.digest:
-        raise PublishRefusedError(
-            f"{staged.run_path}: the staged files changed while they were validated; "
-            f"re-score run {run_id} and validate it again"
-        )
+        # The pass read the files after their digest was taken: the judged rows must be those bytes.
+        # (The partials need no second read: they were computed from the rows written, under the
+        # digest just checked.)
+        if delta.stage(cfg.outputs.delta.path, run_id, store).digest != staged.digest:
+            raise PublishRefusedError(
+                f"{staged.run_path}: the staged files changed while they were validated; "
+                f"re-score run {run_id} and validate it again"
+            )
     t1 = time.perf_counter()
     imports.join()
     t_imp = time.perf_counter()

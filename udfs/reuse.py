@@ -59,13 +59,32 @@ class Lookup:
         self.hashed = h.is_valid().to_numpy(zero_copy_only=False)  # a null hash is never reused
         self.outputs = [reference.column(i).combine_chunks() for i in range(2, reference.num_columns)]
         self.fill = "" if pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type) else 0
+        self._last: tuple[pa.Array, np.ndarray] | None = None
 
     def positions(self, keys: pa.Array) -> np.ndarray:
-        """Each key's row in the reference, -1 where absent (a null key is always absent)."""
+        """Each key's row in the reference, -1 where absent (a null key is always absent); read
+        only. The same keys asked twice in a row (a batch counted, then screened with nothing left
+        out) are looked up once."""
+        last = self._last
+        if last is not None and _same_memory(last[0], keys):
+            return last[1]
         pos = self.index.get_indexer(pc.fill_null(keys, self.fill).to_numpy(zero_copy_only=False))
         if keys.null_count:
             pos[~keys.is_valid().to_numpy(zero_copy_only=False)] = -1
-        return np.asarray(pos, dtype=np.int64)
+        pos = np.asarray(pos, dtype=np.int64)
+        pos.flags.writeable = False
+        self._last = (keys, pos)  # the reference to keys keeps its buffers (and their addresses) alive
+        return pos
+
+
+def _same_memory(a: pa.Array, b: pa.Array) -> bool:
+    """``a`` and ``b`` view the same buffers at the same offset and length (so hold the same values)."""
+    if len(a) != len(b) or a.offset != b.offset or a.type != b.type:
+        return False
+    ba, bb = a.buffers(), b.buffers()
+    return len(ba) == len(bb) and all((x is None and y is None) or (x is not None and y is not None
+                                                                   and x.address == y.address and x.size == y.size)
+                                      for x, y in zip(ba, bb, strict=True))
 
 
 _CACHE: dict[str, Lookup] = {}

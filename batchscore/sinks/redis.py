@@ -142,6 +142,14 @@ for i = 2, #KEYS do redis.call('UNLINK', KEYS[i]) end
 return #KEYS - 1
 """
 
+# KEYS: lock. ARGV: token, a version's data key prefix, the first and the last bucket (key names
+# built here, as in _HLENS: standalone only). Returns the buckets named.
+_UNLINK_BUCKETS = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
+for b = tonumber(ARGV[3]), tonumber(ARGV[4]) do redis.call('UNLINK', ARGV[2] .. b) end
+return tonumber(ARGV[4]) - tonumber(ARGV[3]) + 1
+"""
+
 
 # KEYS: lock. ARGV: token, the source's and the destination's data key prefixes, the first and the
 # last bucket (key names built here, as in _HLENS: standalone only). Each destination becomes a
@@ -435,6 +443,20 @@ class RedisVersions:
         """``UNLINK`` ``keys`` in fenced batches of 500."""
         return self._batched(keys, _UNLINK, [], lambda pipe, k: pipe.unlink(k), what=what)
 
+    def unlink_buckets(self, vid: str, buckets: int, *, what: str) -> int:
+        """``UNLINK`` every data key of ``vid``: fenced batches of 4096 buckets named server-side on
+        a standalone server, :meth:`unlink` of the listed keys on a Cluster."""
+        from redis.cluster import RedisCluster
+
+        if isinstance(self.r, RedisCluster):
+            return self.unlink([layout.data_key(self.ns, vid, b) for b in range(buckets)], what=what)
+        prefix, done = layout.data_prefix(self.ns, vid), 0
+        for lo in range(0, buckets, 4096):
+            hi = min(buckets, lo + 4096) - 1
+            done += int(self._fenced(self._eval(_UNLINK_BUCKETS, 1, layout.lock_key(self.ns), self.token or "",
+                                                prefix, lo, hi), what))
+        return done
+
     def _batched(self, keys: list[str], script: str, args: list[str], command: Callable[[Any, str], Any], *,
                  what: str) -> int:
         """Run ``script`` (KEYS: lock + a batch; ARGV: token + ``args``) over ``keys`` in fenced
@@ -484,8 +506,7 @@ class RedisVersions:
 
     def delete(self, vid: str, meta: dict[str, str]) -> None:
         """UNLINK one version's buckets (listed from its metadata, no SCAN), then its control keys."""
-        keys = [layout.data_key(self.ns, vid, b) for b in range(int(meta.get("buckets", 0)))]
-        self.unlink(keys, what=f"delete version {vid}")
+        self.unlink_buckets(vid, int(meta.get("buckets", 0)), what=f"delete version {vid}")
         from batchscore.testing import crashpoint
 
         crashpoint.reached("during_gc")

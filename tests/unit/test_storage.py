@@ -58,6 +58,15 @@ def test_storage_carries_names_and_captured_values_never_shows_them(monkeypatch:
     ("AWS Error NO_SUCH_BUCKET: NoSuchBucket: The specified bucket does not exist", InputDataError,
      "bucket 'data' does not exist"),
     ("Path does not exist 'data/x': Not found", InputDataError, "not found; check the location"),
+    ("Error performing list request: Server returned non-2xx status code: 404 Not Found", InputDataError,
+     "bucket 'data' does not exist"),
+    # A wrong secret on SeaweedFS, as delta-rs reports it: a random request id or a duration that
+    # happens to hold "404" (next to a list request) is not a 404 (a CI run once said "no bucket").
+    ("Kernel error -> Generic S3 error: Error performing list request in 404.311µs - Server returned "
+     "non-2xx status code 403 Forbidden <Error><Code>SignatureDoesNotMatch</Code><RequestId>18EE404E76DC540"
+     "</RequestId><BucketName>data</BucketName></Error>", ConfigError, "refused the credentials"),
+    ("Error performing list request: request id 7C404A: The operation lacked the necessary privileges",
+     ConfigError, "refused the credentials"),
 ])
 def test_store_failures_become_one_line_errors(monkeypatch: pytest.MonkeyPatch, message: str, kind: type,
                                                needle: str) -> None:

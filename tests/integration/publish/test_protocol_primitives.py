@@ -101,9 +101,12 @@ def test_gc_keeps_a_replaced_version_for_the_grace_period(redis_server: LocalRed
     with store.locked("gc", ttl_s=10):
         assert collect(store, keep=0, grace_s=grace) == []  # replaced a moment ago: readers may hold it
         assert store.meta(old)["state"] == "retired"
+        data = store.r.keys(layout.data_prefix(NS, old) + "*")
+        assert data  # the retired version's buckets are still there for its readers
         time.sleep(grace + 0.2)
         assert collect(store, keep=0, grace_s=grace) == [old]
     assert store.meta(old) == {}
+    assert store.r.keys(layout.data_prefix(NS, old) + "*") == []  # every bucket went with it
 
 
 def test_the_lock_is_renewed_while_a_publish_outlives_its_ttl(redis_server: LocalRedis, tmp_path: Path,

@@ -84,3 +84,18 @@ def test_a_reference_whose_keys_repeat_is_refused_naming_the_key() -> None:
                     "score": pa.array([0.1, 0.2, 0.3], pa.float32())})
     with pytest.raises(InputDataError, match=r"holds key 3 more than once.*--full"):
         R.lookup_for(R.reference(ref))
+
+
+def test_the_same_keys_asked_twice_in_a_row_are_looked_up_once_and_new_keys_afresh() -> None:
+    ref = pa.table({"id": pa.array([1, 2, 3], pa.int64()), HASH: pa.array([7, 8, 9], pa.int64()),
+                    "score": pa.array([0.1, 0.2, 0.3], pa.float32())})
+    lookup = R.lookup_for(R.reference(ref))
+    keys = pa.array([3, None, 1, 5], pa.int64())
+    first = lookup.positions(keys)
+    assert first.tolist() == [2, -1, 0, -1]
+    as_field = pa.StructArray.from_arrays([keys, pa.array([0, 0, 0, 0], pa.int64())], names=["key", HASH]).field(0)
+    assert lookup.positions(as_field) is first  # the same buffers: no second lookup
+    assert lookup.positions(keys.slice(1)).tolist() == [-1, 0, -1]  # another view: looked up again
+    assert lookup.positions(pa.array([3, 2, 1, 5], pa.int64())).tolist() == [2, 1, 0, -1]  # equal length, new values
+    with pytest.raises(ValueError):
+        first[0] = 9  # read only: callers cannot corrupt what the next one gets
