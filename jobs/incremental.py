@@ -400,4 +400,3 @@ def _key_arrow_type(source: InputScan, cfg: ModelConfig) -> Any:
     from pyspark.sql.pandas.types import to_arrow_type
 
     return to_arrow_type(source.schema[cfg.input.key].dataType)
-

@@ -4,10 +4,11 @@ The reference is the last publication's key, feature hash and outputs: the drive
 either that Arrow table (:func:`reference`, as a broadcast) or the publication's files to read
 themselves (:class:`ReferenceFiles`, a few hundred bytes in the task closure: cheaper than
 pickling and broadcasting tens of MB). Each task looks its rows up in it as they come (one hash
-index per Python worker and reference, built at the first batch): a row whose key is there with the same feature hash
-takes the published outputs, bit for bit, instead of the model's; the others go on to the model.
-So the input is read once, the model sees only the changed and new rows, and every task writes
-its whole share of the snapshot itself (no hash pass, no join on the driver, no driver-side copy).
+index per Python worker and reference, built at the first batch): a row whose key is there with
+the same feature hash takes the published outputs, bit for bit, instead of the model's; the others
+go on to the model. So the input is read once, the model sees only the changed and new rows, and
+every task writes its whole share of the snapshot itself (no hash pass, no join on the driver, no
+driver-side copy). A reference whose keys repeat is refused as bad input (``--full`` rescores).
 
 The task's counts travel to the driver in a zero-row batch marked by schema metadata
 (:func:`tally_batch`, :func:`tally_of`) that the task's sink records in its report row; the driver
