@@ -23,7 +23,7 @@ import functools
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -451,6 +451,15 @@ def parquet_file(uri: str, storage: Storage = DEFAULT) -> Any:
         # pre_buffer (coalesced parallel range reads) measured slower here: its IO threads compete
         # with the model for the task's core (benchmarks/README.md, "Storage")
         return pq.ParquetFile(open_input(uri, storage))
+
+
+def read_parquet(uris: Sequence[str], columns: list[str], storage: Storage = DEFAULT) -> Any:
+    """``columns`` of the Parquet files ``uris``, concatenated in order (a pyarrow Table; columns
+    without a type when there is no file)."""
+    import pyarrow as pa
+
+    parts = [parquet_file(u, storage).read(columns=columns) for u in uris]
+    return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
 
 
 def sha256(uri: str, storage: Storage = DEFAULT) -> str:

@@ -217,10 +217,7 @@ class Plan:
         return [rows]
 
     def _reference_table(self, columns: list[str]) -> Any:
-        import pyarrow as pa
-
-        parts = [st.parquet_file(u, self.cfg.store).read(columns=columns) for u in self.reference_files]
-        return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
+        return st.read_parquet(self.reference_files, columns, self.cfg.store)
 
     def _sampled_change(self, source: InputScan, ref: Any) -> float | None:
         """The share of changed or new rows in one row group of the input (read on the driver), to

@@ -29,7 +29,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from batchscore import redis_layout as layout
 from batchscore import storage as st
 from batchscore.sinks import delta
 from batchscore.sinks.publication import Target, head
@@ -162,19 +161,16 @@ def _diff(new: Any, old: Any, cols: list[str]) -> tuple[Any, Any, Any] | None:
 
 def clear(store: RedisVersions, version: Version) -> None:
     """Empty ``version``'s buckets (fenced) before a full load takes over a patch."""
-    store.unlink([layout.data_key(store.ns, version.vid, b) for b in range(version.buckets)],
-                 what=f"empty version {version.vid} before a full load")
+    store.unlink_buckets(version.vid, version.buckets, what=f"empty version {version.vid} before a full load")
 
 
 def _snapshot(files: list[str], key: str, cols: list[str], storage: Storage) -> Any:
     """Key (renamed ``k``, its own type) and score columns of ``files`` as one Arrow table."""
     import pyarrow as pa
 
-    parts = [st.parquet_file(u, storage).read(columns=[key, *cols]) for u in files]
-    if not parts:
+    if not files:
         return pa.table({"k": pa.array([], pa.string()), **{c: pa.array([], pa.float32()) for c in cols}})
-    table = pa.concat_tables(parts)
-    return table.rename_columns(["k", *cols]).combine_chunks()
+    return st.read_parquet(files, [key, *cols], storage).rename_columns(["k", *cols]).combine_chunks()
 
 
 def _bits(col: Any) -> Any:

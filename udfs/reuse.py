@@ -115,9 +115,9 @@ class ReferenceFiles:
         from batchscore import storage as st
 
         names = list(self.columns)
-        parts = [st.parquet_file(u, self.storage).read(columns=names) for u in self.uris]
-        table = pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.float32()) for c in names})
-        return pa.table({names[0]: pc.cast(table.column(0), self.key_type), names[1]: table.column(1),
+        table = st.read_parquet(self.uris, names, self.storage)
+        return pa.table({names[0]: pc.cast(table.column(0), self.key_type),
+                         names[1]: pc.cast(table.column(1), pa.int64()),
                          **{c: pc.cast(table.column(c), pa.float32()) for c in names[2:]}})
 
 
