@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,7 +44,8 @@ OPTIONS = {
            "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP"),
     "gs": ("GOOGLE_APPLICATION_CREDENTIALS",),
     "abfss": ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
-              "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID"),
+              "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_STORAGE_ENDPOINT",
+              "AZURE_ALLOW_HTTP"),
 }
 ALL_OPTIONS = tuple(o for opts in OPTIONS.values() for o in opts)
 SECRET_OPTIONS = {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_ACCOUNT_KEY",
@@ -142,6 +144,8 @@ class Storage:
                 out["AWS_REGION"] = _bucket_region(bucket) if "AWS_ENDPOINT_URL" not in out else "us-east-1"
             if out.get("AWS_ENDPOINT_URL", "").startswith("http://"):
                 out.setdefault("AWS_ALLOW_HTTP", "true")
+        if fam == "abfss" and out.get("AZURE_STORAGE_ENDPOINT", "").startswith("http://"):
+            out.setdefault("AZURE_ALLOW_HTTP", "true")  # an emulator (Azurite) or a private endpoint
         return out
 
     def filesystem(self, uri: str) -> tuple[Any, str]:
@@ -226,6 +230,8 @@ def _azure_fs(account: str, opts: tuple[tuple[str, str], ...]) -> Any:
         "account_key": o.get("AZURE_STORAGE_ACCOUNT_KEY"),
         "sas_token": o.get("AZURE_STORAGE_SAS_TOKEN"),
     }
+    if o.get("AZURE_STORAGE_ENDPOINT"):
+        kw.update(_azure_endpoint(account, o["AZURE_STORAGE_ENDPOINT"]))
     if o.get("AZURE_CLIENT_SECRET"):  # a service principal
         kw.update(
             client_id=o.get("AZURE_CLIENT_ID"),
@@ -235,6 +241,24 @@ def _azure_fs(account: str, opts: tuple[tuple[str, str], ...]) -> Any:
     elif o.get("AZURE_CLIENT_ID") and not (kw["account_key"] or kw["sas_token"]):  # a user-assigned managed identity
         kw.update(client_id=o["AZURE_CLIENT_ID"])  # (workload identity's tenant id alone is not a credential)
     return pafs.AzureFileSystem(account_name=account, **{k: v for k, v in kw.items() if v})
+
+
+def _azure_endpoint(account: str, endpoint: str) -> dict[str, str]:
+    """pyarrow's Blob/DFS authority and scheme for ``AZURE_STORAGE_ENDPOINT`` (the URL delta-rs takes):
+    ``http://127.0.0.1:10000/<account>`` (Azurite: the account in the path) or
+    ``https://<account>.blob.<suffix>`` (a sovereign or private cloud: the account in the host)."""
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"AZURE_STORAGE_ENDPOINT: '{parts.scheme}://{parts.netloc}...' is not an http(s) URL; "
+                          "give the Blob endpoint, e.g. https://<account>.blob.core.windows.net")
+    host = parts.netloc
+    if host.startswith(f"{account}.blob."):
+        blob = host[len(account):]  # ".blob.<suffix>": pyarrow puts the account in front
+        dfs = blob.replace(".blob.", ".dfs.", 1)
+    else:
+        blob = dfs = host  # path-style: pyarrow puts the account in the path
+    return {"blob_storage_authority": blob, "dfs_storage_authority": dfs,
+            "blob_storage_scheme": parts.scheme, "dfs_storage_scheme": parts.scheme}
 
 
 @functools.lru_cache(maxsize=4)
@@ -261,6 +285,9 @@ _UNREACHABLE = (
     "dns error",
     "network is unreachable",
     "connect error",
+    "could not resolve",
+    "fail to get a new connection",
+    "name or service not known",
 )
 _DENIED = (
     "accessdenied",
@@ -270,6 +297,8 @@ _DENIED = (
     "403",
     "forbidden",
     "lacked the necessary privileges",
+    "authorizationfailure",
+    "authenticationfailed",
     "invalidtoken",
     "expiredtoken",
     "permission denied",
@@ -277,6 +306,7 @@ _DENIED = (
 )
 _NO_BUCKET = ("nosuchbucket", "bucket '", "bucket does not exist", "the specified bucket")
 # An HTTP status as a word of its own: request ids (hex) and durations ("in 404.2µs") are not one.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STATUS_403 = re.compile(r"(?<![\w.])403(?![\w.])")
 _STATUS_404 = re.compile(r"(?<![\w.])404(?![\w.])")
 
@@ -285,6 +315,8 @@ def _endpoint(uri: str, storage: Storage) -> str:
     fam = scheme(uri)
     if fam == "s3":
         return storage.value("AWS_ENDPOINT_URL") or "the AWS S3 endpoint"
+    if fam == "abfss" and (endpoint := storage.value("AZURE_STORAGE_ENDPOINT")):
+        return endpoint
     return {"gs": "Google Cloud Storage", "abfss": "Azure Storage", "hdfs": "the HDFS namenode"}.get(fam, "local disk")
 
 
@@ -292,8 +324,9 @@ def storage_error(exc: BaseException, uri: str, what: str, storage: Storage = DE
     """One line for a failed store operation on ``uri``: unreachable -> exit 4, denied/missing -> exit 2."""
     if isinstance(exc, BatchscoreError):
         return exc
-    text = " ".join(str(exc).split()).lower()
-    first = " ".join(str(exc).split())[:160]
+    plain = " ".join(_ANSI.sub("", str(exc)).replace("\u21b3", ":").split())  # delta-rs colours its cause chain
+    text = plain.lower()
+    first = plain[:160]
     fam = scheme(uri)
     if any(s in text for s in _UNREACHABLE) and "no such" not in text:
         return InfrastructureError(
@@ -306,6 +339,12 @@ def storage_error(exc: BaseException, uri: str, what: str, storage: Storage = DE
         bucket = normalize(uri).split("://", 1)[1].split("/", 1)[0]
         return InputDataError(
             f"{uri}: cannot {what}: bucket '{bucket}' does not exist at {_endpoint(uri, storage)}; "
+            "create it or fix the location in the model config"
+        )
+    if fam == "abfss" and ("containernotfound" in text or "specified container does not exist" in text):
+        container = normalize(uri).split("://", 1)[1].split("@", 1)[0].split("/", 1)[0]
+        return InputDataError(
+            f"{uri}: cannot {what}: container '{container}' does not exist at {_endpoint(uri, storage)}; "
             "create it or fix the location in the model config"
         )
     if denied:

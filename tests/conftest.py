@@ -17,7 +17,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `tests.s3_fixtures` importable however pytest was started (the Airflow env too)
     sys.path.insert(0, str(REPO))
-pytest_plugins = ["tests.s3_fixtures"]  # s3_server, s3_env, s3_bucket, s3_server_private (SeaweedFS)
+pytest_plugins = [
+    "tests.s3_fixtures",  # s3_server, s3_env, s3_bucket, s3_server_private (SeaweedFS)
+    "tests.azure_fixtures",  # azure_server, azure_env, azure_container (Azurite)
+]
 N_FEATURES = 8
 
 

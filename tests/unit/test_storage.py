@@ -76,6 +76,52 @@ def test_store_failures_become_one_line_errors(monkeypatch: pytest.MonkeyPatch, 
     assert "\n" not in str(err)
 
 
+@pytest.mark.parametrize(("message", "kind", "needle"), [
+    ("Error performing list request - Server returned non-2xx status code 404 Not Found <Error>"
+     "<Code>ContainerNotFound</Code><Message>The specified container does not exist.", InputDataError,
+     "container 'data' does not exist at http://127.0.0.1:9/acct"),
+    ("Azure Error: [AuthorizationFailure] 403 Server failed to authenticate the request.", ConfigError,
+     "check AZURE_STORAGE_ACCOUNT_KEY"),
+    ("[Errno 2] Path does not exist 'data/x'. Detail: [errno 2] No such file or directory", InputDataError,
+     "not found; check the location"),
+])
+def test_azure_store_failures_become_one_line_errors(monkeypatch: pytest.MonkeyPatch, message: str, kind: type,
+                                                     needle: str) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_ENDPOINT", "http://127.0.0.1:9/acct")
+    uri = "abfss://data@acct.dfs.core.windows.net/x"
+    err = st.storage_error(OSError(message), uri, "read")
+    assert isinstance(err, kind) and needle in str(err) and str(err).startswith(f"{uri}: cannot read"), err
+
+
+def test_delta_rs_colours_and_dns_failures_are_plain_one_line_errors() -> None:
+    """delta-rs prints its cause chain with ANSI colours and arrows; a name that does not resolve is unreachable."""
+    err = st.storage_error(OSError("Kernel error -> Generic error \x1b[31m\u21b3\x1b[0m Error performing GET\n"
+                                   "   \x1b[31m\u21b3\x1b[0m error sending request"), "s3://data/x", "read")
+    assert isinstance(err, InfrastructureError) and "\x1b" not in str(err) and "\u21b3" not in str(err)
+    assert "Generic error : Error performing GET : error sending request" in str(err) and "\n" not in str(err)
+    dns = st.storage_error(OSError("Fail to get a new connection for: https://acct.dfs.core.windows.net. Could not "
+                                   "resolve hostname"), "abfss://c@acct.dfs.core.windows.net/x", "list")
+    assert isinstance(dns, InfrastructureError) and "unreachable" in str(dns)
+
+
+def test_an_azure_endpoint_maps_to_pyarrows_authorities(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Path-style (Azurite: the account in the path) and host-style (a sovereign cloud) endpoints; delta-rs
+    gets the same URL, with plain http allowed only for an http:// endpoint."""
+    assert st._azure_endpoint("acct", "http://127.0.0.1:10000/acct") == {
+        "blob_storage_authority": "127.0.0.1:10000", "dfs_storage_authority": "127.0.0.1:10000",
+        "blob_storage_scheme": "http", "dfs_storage_scheme": "http"}
+    assert st._azure_endpoint("acct", "https://acct.blob.core.chinacloudapi.cn") == {
+        "blob_storage_authority": ".blob.core.chinacloudapi.cn", "dfs_storage_authority": ".dfs.core.chinacloudapi.cn",
+        "blob_storage_scheme": "https", "dfs_storage_scheme": "https"}
+    with pytest.raises(ConfigError, match="AZURE_STORAGE_ENDPOINT.*not an http"):
+        st._azure_endpoint("acct", "127.0.0.1:10000")
+    uri = "abfss://c@acct.dfs.core.windows.net/p"
+    monkeypatch.setenv("AZURE_STORAGE_ENDPOINT", "http://127.0.0.1:10000/acct")
+    assert st.Storage().options(uri)["AZURE_ALLOW_HTTP"] == "true"
+    monkeypatch.setenv("AZURE_STORAGE_ENDPOINT", "https://acct.blob.core.chinacloudapi.cn")
+    assert "AZURE_ALLOW_HTTP" not in st.Storage().options(uri)
+
+
 def _cfg(tmp_path: Path, **extra: object) -> Path:
     d = {"name": "m", "model": {"uri": "s3a://b/model.onnx", "format": "onnx", "version": "v1"},
          "input": {"path": "s3a://b/features", "key": "k", "features": ["a"]},

@@ -1,4 +1,5 @@
-"""A model project whose every location is on a real S3 server (SeaweedFS on loopback)."""
+"""A model project whose every location is on a real object store on loopback: S3 (SeaweedFS) or Azure
+Blob Storage (Azurite)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 
 
 def upload(local: Path, uri: str, env: dict[str, str]) -> None:
-    """Copy a local file or folder to ``uri`` through pyarrow's S3 filesystem."""
+    """Copy a local file or folder to ``uri`` through its pyarrow filesystem."""
     import pyarrow.fs as pafs
 
     from batchscore.storage import Storage
@@ -26,34 +27,48 @@ def upload(local: Path, uri: str, env: dict[str, str]) -> None:
             out.write(local.read_bytes())
 
 
-@pytest.fixture
-def s3_project(make_config: Callable[..., Path], s3_bucket: str, s3_env: dict[str, str], tmp_path: Path
-               ) -> Callable[..., Path]:
+def _project(make_config: Callable[..., Path], root: str, input_root: str, tmp_path: Path, name: str
+             ) -> Callable[..., Path]:
     """``make(**overrides)``: a model config whose model, input, Delta table, history table and
-    reports are all under a fresh bucket (``s3a://`` for the input, to exercise the alias). The
-    local copies of the model and features stay under ``tmp_path`` as the reference."""
+    reports are all under ``root`` (the input under ``input_root``, the same place by another
+    name). The local copies of the model and features stay under ``tmp_path`` as the reference."""
 
     def make(**overrides: Any) -> Path:
         local_cfg = yaml.safe_load(
             make_config(**{k: v for k, v in overrides.items() if k in ("rows", "layers", "fmt")}).read_text())
         model, feats = Path(local_cfg["model"]["uri"]), Path(local_cfg["input"]["path"])
-        upload(model, f"{s3_bucket}/models/{model.name}", s3_env)
-        upload(feats, f"{s3_bucket}/features/part-0.parquet", s3_env)
+        upload(model, f"{root}/models/{model.name}", {})
+        upload(feats, f"{root}/features/part-0.parquet", {})
         cfg = {**local_cfg}
-        cfg["model"] = {**cfg["model"], "uri": f"{s3_bucket}/models/{model.name}"}
-        cfg["input"] = {**cfg["input"], "path": f"{s3_bucket.replace('s3://', 's3a://')}/features"}
-        cfg["outputs"] = {**cfg["outputs"], "delta": {"path": f"{s3_bucket}/predictions"},
-                          "history": {"path": f"{s3_bucket}/history"}}
-        cfg["runtime"] = {"report_dir": f"{s3_bucket}/runs"}
+        cfg["model"] = {**cfg["model"], "uri": f"{root}/models/{model.name}"}
+        cfg["input"] = {**cfg["input"], "path": f"{input_root}/features"}
+        cfg["outputs"] = {**cfg["outputs"], "delta": {"path": f"{root}/predictions"},
+                          "history": {"path": f"{root}/history"}}
+        cfg["runtime"] = {"report_dir": f"{root}/runs"}
         for k, v in overrides.items():
             if k not in ("rows", "layers", "fmt"):
                 cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
-        path = tmp_path / "s3-model.yaml"
+        path = tmp_path / name
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         (tmp_path / "local-features.parquet").write_bytes(feats.read_bytes())
         return path
 
     return make
+
+
+@pytest.fixture
+def s3_project(make_config: Callable[..., Path], s3_bucket: str, s3_env: dict[str, str], tmp_path: Path
+               ) -> Callable[..., Path]:
+    """Every location under a fresh bucket (``s3a://`` for the input, to exercise the alias)."""
+    return _project(make_config, s3_bucket, s3_bucket.replace("s3://", "s3a://"), tmp_path, "s3-model.yaml")
+
+
+@pytest.fixture
+def azure_project(make_config: Callable[..., Path], azure_container: str, azure_env: dict[str, str], tmp_path: Path
+                  ) -> Callable[..., Path]:
+    """Every location under a fresh Azurite container (``abfs://`` for the input, to exercise the alias)."""
+    return _project(make_config, azure_container, azure_container.replace("abfss://", "abfs://"), tmp_path,
+                    "azure-model.yaml")
 
 
 def local_scores(cfg_path: Path) -> dict[int, float]:

@@ -1,0 +1,162 @@
+"""``abfss://`` end to end on a real Azure Blob Storage server (Azurite on loopback): the pipeline with
+every location in a container (score, validate, publish, lookup, a second run, rollback, history),
+values read back with deltalake and from Redis equal to the model's own outputs; and bad input (a
+missing container, a wrong account key, a missing object) refused in one line naming the URI and the
+fix, exit 2, nothing published, the key never shown."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import redis
+import yaml
+
+from batchscore import ScoreReader
+from batchscore import redis_layout as layout
+from batchscore import storage as st
+from batchscore.config import load_model_config
+from batchscore.jobs import _state as state
+from batchscore.jobs import history as history_job
+from batchscore.jobs import rollback as rollback_job
+from batchscore.jobs import run as run_job
+from batchscore.testing.local_redis import LocalRedis
+from tests.integration.storage.conftest import delta_table, local_scores, upload
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+
+
+def test_pipeline_on_abfss_reads_back_the_models_scores(spark: Any, azure_project: Any, redis_url: str,
+                                                        tmp_path: Path, azure_env: dict[str, str],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = azure_project(rows=2000)
+    cfg = load_model_config(path)
+    assert cfg.input.path.startswith("abfss://")  # abfs:// is an alias
+    want = local_scores(path)
+
+    first = run_job.run(spark, cfg, run_id="a1", run_date="2026-11-30", redis_url=redis_url)
+    dt = delta_table(cfg.outputs.delta.path)
+    assert dt.version() == first.delta_version == 0
+    got = dt.to_pyarrow_table()
+    assert got.num_rows == 2000
+    assert dict(zip(got["user_id"].to_pylist(), got["score"].to_pylist(), strict=True)) == want  # bit-exact
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    assert actions and all(a["min.score"] is not None and a["null_count.score"] == 0 for a in actions)
+    reader = ScoreReader(redis_url, prefix="t", pointer_ttl=0)
+    found = reader.get_many("m", list(want))
+    assert all(found[str(k)] is not None and found[str(k)].value == want[k] for k in want)  # type: ignore[union-attr]
+    for step in ("score", "validation", "publish", "run"):
+        assert st.is_file(state.report_uri(cfg, "a1", f"{step}.json")), step
+    assert json.loads(st.read_bytes(state.report_uri(cfg, "a1", "score.json")))["input_rows"] == 2000
+    assert not (tmp_path / "predictions").exists() and not (tmp_path / "runs").exists()
+
+    # A second model version, then a rollback to the first: Redis and Delta serve the first again.
+    from batchscore.testing.demo_data import write_onnx_mlp
+
+    model2 = write_onnx_mlp(tmp_path / "model2.onnx", (8, 16, 1), seed=99)
+    root = cfg.model.uri.rsplit("/", 1)[0]
+    upload(model2, f"{root}/model2.onnx", {})
+    cfg2 = cfg.model_copy(update={"model": cfg.model.model_copy(update={"uri": f"{root}/model2.onnx",
+                                                                       "version": "v2"})})
+    second = run_job.run(spark, cfg2, run_id="a2", run_date="2026-12-01", redis_url=redis_url)
+    assert second.delta_version == 1
+    assert reader.get("m", next(iter(want))).model_version == "v2"  # type: ignore[union-attr]
+    assert rollback_job.main(["--model-config", str(path), "--to-version", "0"]) == 0
+    back = reader.get_many("m", list(want))
+    assert all(back[str(k)].value == want[k] and back[str(k)].model_version == "v1" for k in want)  # type: ignore[union-attr]
+    live = delta_table(cfg.outputs.delta.path).to_pyarrow_table()
+    assert set(live["run_id"].to_pylist()) == {"a1"} and live.num_rows == 2000
+    capsys.readouterr()
+    assert history_job.main(["--model-config", str(path), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["delta_version"] for r in rows] == [2, 1, 0] and rows[0]["redis"] == "current"
+
+    # The account key is in no report, no Spark conf value, no Delta commit's metadata.
+    key = azure_env["AZURE_STORAGE_ACCOUNT_KEY"]
+    reports = [st.read_bytes(u).decode() for u, _ in st.list_files(cfg.runtime.report_dir, suffix=".json")]
+    assert len(reports) >= 8 and not any(key in r for r in reports)
+    assert not any(key in str(v) for _, v in spark.sparkContext.getConf().getAll())
+    assert key not in json.dumps(delta_table(cfg.outputs.delta.path).history(), default=str)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, spark: Any, azure_server: Any) -> Iterator[dict[str, Any]]:
+    from batchscore.testing.demo_data import write_features, write_onnx_mlp
+
+    d = tmp_path_factory.mktemp("azbad")
+    mp = pytest.MonkeyPatch()
+    for k, v in azure_server.env().items():
+        mp.setenv(k, v)
+    root = azure_server.make_container("bad-input")
+    write_onnx_mlp(d / "model.onnx", (4, 8, 1))
+    write_features(d / "good.parquet", 300, 4)
+    upload(d / "model.onnx", f"{root}/model.onnx", {})
+    upload(d / "good.parquet", f"{root}/features/part-0.parquet", {})
+    base = {
+        "name": "bad",
+        "model": {"uri": f"{root}/model.onnx", "format": "onnx", "version": "v1"},
+        "input": {"path": f"{root}/features", "key": "user_id", "features": [f"f{i}" for i in range(4)]},
+        "outputs": {"delta": {"path": f"{root}/pred"}, "redis": {"key_prefix": "t"}},
+        "validation": {"range": {"min": 0.0, "max": 1.0}},
+        "runtime": {"report_dir": f"{root}/runs"},
+    }
+    with LocalRedis() as server:
+        mp.setenv("BATCHSCORE_REDIS_URL", server.url)
+        (d / "base.yaml").write_text(yaml.safe_dump(base))
+        assert run_job.main(["--model-config", str(d / "base.yaml"), "--run-id", "baseline"]) == 0
+        yield {"dir": d, "base": base, "url": server.url, "root": root, "server": azure_server}
+    mp.undo()
+
+
+def _variant(world: dict[str, Any], name: str, **sections: dict[str, Any]) -> Path:
+    cfg = {k: ({**v, **sections[k]} if k in sections else v) for k, v in world["base"].items()}
+    path = world["dir"] / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _published(world: dict[str, Any]) -> tuple[int, bytes | None]:
+    return (delta_table(f"{world['root']}/pred").version(),
+            redis.Redis.from_url(world["url"]).get(layout.pointer_key("t:bad")))
+
+
+def _one_error(world: dict[str, Any], cfg: Path, run_id: str, capsys: pytest.CaptureFixture[str],
+               **env: str) -> str:
+    """Run ``cfg`` (with ``env`` set for the run only): exit 2, one error line, nothing published."""
+    before = _published(world)
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        assert run_job.main(["--model-config", str(cfg), "--run-id", run_id]) == 2
+    out = capsys.readouterr()
+    err = [line for line in out.err.splitlines() if line.startswith("batchscore: error:")]
+    assert len(err) == 1, out.err
+    assert world["server"].key not in out.err + out.out
+    assert _published(world) == before  # nothing published
+    return err[0]
+
+
+def test_a_missing_container_is_named(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    gone = world["server"].uri("no-such-container")
+    err = _one_error(world, _variant(world, "nocont", outputs={"delta": {"path": f"{gone}/pred"}}), "nc", capsys)
+    assert f"{gone}/pred" in err and "container 'no-such-container' does not exist" in err and "create it" in err, err
+    assert world["server"].endpoint in err  # where it looked
+
+
+def test_a_missing_object_names_the_field(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    err = _one_error(world, _variant(world, "nomodel", model={"uri": f"{world['root']}/gone.onnx"}), "nm", capsys)
+    assert "gone.onnx not found" in err and "model.uri" in err, err
+
+
+def test_a_wrong_account_key_is_refused_without_showing_it(world: dict[str, Any],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import base64
+
+    wrong = base64.b64encode(b"not-the-key-" * 3).decode()
+    err = _one_error(world, world["dir"] / "base.yaml", "wk", capsys, AZURE_STORAGE_ACCOUNT_KEY=wrong)
+    assert "refused the credentials" in err and "AZURE_STORAGE_ACCOUNT_KEY" in err and wrong not in err, err
