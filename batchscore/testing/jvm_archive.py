@@ -53,13 +53,26 @@ spark.stop()
 """
 
 
+def _pyspark_home(python: str) -> str | None:
+    """pyspark's folder for ``python``: found without importing it for this interpreter (a
+    subprocess costs ~0.5 s a pytest session), asked of another one in a subprocess."""
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        import importlib.util
+
+        spec = importlib.util.find_spec("pyspark")
+        return os.path.dirname(spec.origin) if spec is not None and spec.origin else None
+    return subprocess.run([python, "-c", "import pyspark, os; print(os.path.dirname(pyspark.__file__))"],
+                          capture_output=True, text=True, timeout=120, check=True).stdout.strip() or None
+
+
 def _key(python: str) -> str | None:
     """Java's version and the Spark jars the interpreter's pyspark ships (None without them)."""
     try:
         java = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=60).stderr
-        home = subprocess.run([python, "-c", "import pyspark, os; print(os.path.dirname(pyspark.__file__))"],
-                              capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+        home = _pyspark_home(python)
     except (OSError, subprocess.SubprocessError):
+        return None
+    if home is None:
         return None
     jars = Path(home) / "jars"
     if not jars.is_dir():
