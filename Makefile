@@ -56,7 +56,8 @@ $(STAMP): pyproject.toml
 
 env: check-prereqs $(STAMP)
 
-# STORE=s3: every location on a throwaway S3 server on 127.0.0.1 (SeaweedFS), as on a cluster without a shared disk
+# STORE=s3: every location on a throwaway S3 server on 127.0.0.1 (SeaweedFS), as on a cluster without a shared disk;
+# STORE=azure: the same on a throwaway Azure Blob Storage server (Azurite, from npm: make azurite-env)
 STORE ?= local
 demo: env
 	$(VPY) -m batchscore.jobs.demo --model-config conf/models/demo.yaml --store $(STORE)

@@ -114,9 +114,34 @@ def udf_frames(df, path: Path, args: list, *, columns: list[str], batch: int) ->
     ``predict_batch_udf`` case of the same shape selects it (one output: float; several: a struct)."""
     from batchscore.udfs import predict_udf
 
-    return {f"predict_udf {kind}": df.select("id", predict_udf(
+    frames = {f"predict_udf {kind}": df.select("id", predict_udf(
         str(path), columns=columns, batch_size=batch, device="cpu", kind=kind)(*args).alias("score"))
         for kind in UDF_KINDS}
+    frames["predict_udf no-op"] = df.select("id", _noop_pandas_udf(args, columns).alias("score"))
+    return frames
+
+
+def _noop_pandas_udf(args: list, columns: list[str]):  # type: ignore[no-untyped-def,type-arg]
+    """The ceiling of any column ``pandas_udf`` on this shape: the pandas kind's plan and input (several
+    feature columns packed into one ``array<float>``, as ``predict_udf`` does), the same return type,
+    and a body that runs no model (zeros). What it costs is Spark's ``ArrowEvalPythonExec`` and its
+    Arrow <-> pandas conversion, which ``predict_udf`` and ``predict_batch_udf`` pay too."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import FloatType, StructField, StructType
+
+    if len(args) == 1:
+        arg = args[0] if not isinstance(args[0], str) else F.col(args[0])
+    else:
+        arg = F.expr("array(" + ", ".join(f"CAST(`{c}` AS FLOAT)" for c in args) + ")")
+    multi = len(columns) > 1
+    rtype = StructType([StructField(c, FloatType()) for c in columns]) if multi else FloatType()
+
+    def zeros(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        for b in batches:
+            z = np.zeros((len(b), len(columns)), dtype=np.float32)
+            yield pd.DataFrame(z, columns=columns, copy=False) if multi else pd.Series(z[:, 0])
+
+    return F.pandas_udf(zeros, rtype)(arg)  # type: ignore[call-overload]
 
 
 def raw_ort(model: Path, x: np.ndarray, batch: int) -> Callable[[], None]:
@@ -351,11 +376,12 @@ def main() -> int:
     print("\npredict_udf / predict_batch_udf on the same shape (median of the per-round ratios; rounds min..max):")
     print(f"  {'shape':6} {'kind':7} {'rows/s':>12} {'ratio':>7}  rounds")
     for model in ("light", *SHAPES):
-        for kind in UDF_KINDS:
+        for kind in (*UDF_KINDS, "no-op"):
             if got := rounds(model, f"predict_udf {kind}", "predict_batch_udf"):
                 shape = "narrow" if model == "light" else model
                 speed = rate[(model, f"predict_udf {kind}")]
-                bar = "  (bar >= 1.50x)" if kind == "pandas" else ""
+                bar = {"pandas": "  (bar >= 1.50x)",
+                       "no-op": "  (a pandas_udf that runs no model: the ceiling of any)"}.get(kind, "")
                 print(f"  {shape:6} {kind:7} {speed:12,.0f} {statistics.median(got):6.2f}x"
                       f"  {min(got):.2f}..{max(got):.2f}{bar}")
     (OUT / "inference.json").write_text(json.dumps({" | ".join(k): v for k, v in rate.items()}, indent=1))

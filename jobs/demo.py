@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from batchscore.exit import exit_now
@@ -43,38 +44,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--run-date", default=None)
     p.add_argument("--setup-only", action="store_true", help="only generate the demo model and data")
-    p.add_argument("--store", choices=["local", "s3"], default="local",
+    p.add_argument("--store", choices=["local", "s3", "azure"], default="local",
                    help="s3: every location (model, features, Delta table, reports) on a throwaway S3 server on "
-                   "127.0.0.1 (SeaweedFS, from the dev extra), as on a cluster without a shared disk")
+                   "127.0.0.1 (SeaweedFS, from the dev extra), as on a cluster without a shared disk; azure: the "
+                   "same on a throwaway Azure Blob Storage server (Azurite: node and npm, make azurite-env)")
     args = p.parse_args(argv)
     ensure_demo(args.model_config, args.rows)
     if args.setup_only:
         return 0
-    if args.store == "s3":
-        return _on_s3(args)
+    if args.store != "local":
+        return _on_store(args)
     return _demo(args, args.model_config)
 
 
-def _on_s3(args: argparse.Namespace) -> int:
-    """The same demo with every location on a throwaway S3 server (SeaweedFS on 127.0.0.1)."""
+@contextmanager
+def _throwaway_store(kind: str) -> Iterator[tuple[str, str]]:
+    """A throwaway store on 127.0.0.1 with the demo's bucket or container, its variables exported:
+    ``(root URI, the same root as the input's alias)``."""
+    if kind == "s3":
+        from batchscore.testing.local_s3 import LocalS3
+
+        with LocalS3(buckets=("demo",)) as s3:
+            os.environ.update(s3.env())
+            print(f"demo: started a throwaway S3 server (SeaweedFS) at {s3.endpoint}; bucket s3://demo")
+            yield "s3://demo", "s3a://demo"  # s3a:// is an alias of s3://
+        return
+    from batchscore.testing.local_azure import LocalAzure, install
+
+    install()  # npm ci in tests/azurite when Azurite is missing
+    with LocalAzure() as az:
+        os.environ.update(az.env())
+        root = az.make_container("demo")
+        print(f"demo: started a throwaway Azure Blob Storage server (Azurite) at {az.endpoint}; container {root}")
+        yield root, root.replace("abfss://", "abfs://", 1)  # abfs:// is an alias of abfss://
+
+
+def _on_store(args: argparse.Namespace) -> int:
+    """The same demo with every location on a throwaway object store on 127.0.0.1."""
     import yaml
 
     from batchscore import storage as st
     from batchscore.config import load_model_config
-    from batchscore.testing.local_s3 import LocalS3
 
     local = load_model_config(args.model_config)
-    with LocalS3(buckets=("demo",)) as s3:
-        os.environ.update(s3.env())
-        print(f"demo: started a throwaway S3 server (SeaweedFS) at {s3.endpoint}; bucket s3://demo")
-        st.write_bytes("s3://demo/models/model.onnx", Path(local.model_path).read_bytes())
-        st.write_bytes("s3://demo/features/part-0.parquet", Path(local.input.path).read_bytes())
+    with _throwaway_store(args.store) as (root, alias):
+        st.write_bytes(f"{root}/models/model.onnx", Path(local.model_path).read_bytes())
+        st.write_bytes(f"{root}/features/part-0.parquet", Path(local.input.path).read_bytes())
         raw = yaml.safe_load(Path(args.model_config).read_text())
-        raw["model"]["uri"] = "s3://demo/models/model.onnx"
-        raw["input"]["path"] = "s3a://demo/features"  # s3a:// is an alias of s3://
-        raw["outputs"]["delta"]["path"] = "s3://demo/predictions"
-        raw["runtime"] = {"report_dir": "s3://demo/runs"}
-        cfg_path = Path(local.outputs.delta.path).parent / "demo-s3.yaml"
+        raw["model"]["uri"] = f"{root}/models/model.onnx"
+        raw["input"]["path"] = f"{alias}/features"
+        raw["outputs"]["delta"]["path"] = f"{root}/predictions"
+        raw["runtime"] = {"report_dir": f"{root}/runs"}
+        cfg_path = Path(local.outputs.delta.path).parent / f"demo-{args.store}.yaml"
         cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         print(f"demo: config with every location on the store: {cfg_path}")
         return _demo(args, str(cfg_path), reference=(local.model_path, local.input.path))
