@@ -25,7 +25,6 @@ from batchscore.testing.local_redis import (
     LocalRedis,
     cli_binary,
     cluster_ok,
-    free_port,
     pings,
     server_binary,
 )
@@ -101,16 +100,17 @@ def test_the_fallback_cli_pipes_and_builds_a_cluster(no_redis_path: str, tmp_pat
                                capture_output=True, timeout=30, check=True)
         assert b"errors: 0, replies: 1" in piped.stdout, piped.stdout
         assert redis.Redis(port=server.port).get("k") == b"v"
-    ports, procs = [_cluster_port() for _ in range(3)], []
+    ports, procs = _cluster_ports(3), []
     try:
         for p in ports:
             (tmp_path / str(p)).mkdir()
             procs.append(subprocess.Popen(
                 [exe, "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file",
                  "nodes.conf", "--save", "", "--appendonly", "no", "--dir", str(tmp_path / str(p))],
-                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+                stdout=(tmp_path / str(p) / "server.log").open("wb"), stderr=subprocess.STDOUT))
         for p, proc in zip(ports, procs, strict=True):
-            _wait(lambda p=p: pings(p), f"valkey-server on {p}", proc)
+            log = tmp_path / str(p) / "server.log"
+            _wait(lambda p=p: pings(p), f"valkey-server on {p} (bus {p + 10000})", proc, log=log)
         subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
                         "--cluster-yes"], check=True, capture_output=True, timeout=60)
         for p in ports:
@@ -183,20 +183,43 @@ def test_the_demo_runs_on_the_fallback(no_redis_bin: str, tmp_path: Path) -> Non
     print(f"\ndemo on the fallback: {time.monotonic() - started:.1f} s")
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) exists too."""
-    while (p := free_port()) > 55535:
-        pass
-    return p
+def _cluster_ports(n: int) -> list[int]:
+    """``n`` free ports whose cluster bus ports (port + 10000) exist and are free too: every socket stays
+    bound until all are chosen, so no port or bus port is another's (a bus port taken made a node exit 1)."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+            p = s.getsockname()[1]
+            if p > 55535:
+                continue
+            bus = socket.socket()
+            try:
+                bus.bind(("127.0.0.1", p + 10000))
+            except OSError:
+                bus.close()
+                continue
+            held.append(bus)
+            ports.append(p)
+        return ports
+    finally:
+        for s in held:
+            s.close()
 
 
 
 
 
 
-def _wait(cond, what: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+def _wait(cond, what: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30,  # type: ignore[no-untyped-def]
+          log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
-        assert proc is None or proc.poll() is None, f"{what}: exited {proc.returncode}"
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log and log.exists() else []
+            raise AssertionError(f"{what}: exited {proc.returncode}: {' | '.join(tail)}")
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
