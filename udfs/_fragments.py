@@ -4,9 +4,7 @@ The driver lists the files' row groups and cuts them into fragments of about equ
 core (more when they would exceed ≈ 128 MB, Spark's default ``maxPartitionBytes``;
 :func:`plan_fragments`). :func:`fragment_frame` gives each Spark task one fragment's descriptor
 (paths + row-group ids); inside the task :func:`read_fragments` reads it with pyarrow (one thread:
-the task's CPU budget is one core) through any store :mod:`batchscore.storage` reaches. On an object
-store each row group's column chunks arrive in one ranged GET, fetched by a background thread while
-the previous row group is decoded (:class:`_RowGroupReader`).
+the task's CPU budget is one core) through any store :mod:`batchscore.storage` reaches.
 Rows a Delta deletion vector removed (``deleted``: a file's 0-based row positions) are planned with
 their fragment, as positions within its row groups, and dropped as the task reads them. Columns
 a file does not store because they are Delta partition columns (``constants``: a file's value of
@@ -151,183 +149,30 @@ def read_fragments(descriptors: Iterator[pa.RecordBatch], columns: list[str], *,
     removed. ``physical``: logical -> stored column name (Delta column mapping); batches carry the
     logical names. A part's ``constants`` (partition values) fill the columns its file lacks.
     Large slices: per-batch costs of pyarrow and of what follows add up at 1k rows."""
-    from batchscore.storage import guard
+    from batchscore.storage import guard, parquet_file
 
-    parts = [p for b in descriptors for p in b.column(0).to_pylist() for p in p]
-    plan = []
-    for part in parts:
-        consts = _constants(part.get("constants"), rows)
-        read = [c for c in columns if c not in consts]
-        plan.append((part, consts, read, [(physical or {}).get(c, c) for c in read]))
-    with _RowGroupReader([(part["path"], part["row_groups"], stored) for part, _, _, stored in plan],
-                         storage) as reader:
-        for i, (part, consts, read, stored) in enumerate(plan):
-            keep = None
+    for b in descriptors:
+        for part in (p for parts in b.column(0).to_pylist() for p in parts):
+            consts = _constants(part.get("constants"), rows)
+            read = [c for c in columns if c not in consts]
+            stored = [(physical or {}).get(c, c) for c in read]
+            parquet = parquet_file(part["path"], storage)
+            keep = _keep_mask(parquet, part["row_groups"], part.get("deleted"))
             at = 0
             with guard(part["path"], "read", storage):
-                for parquet, groups in reader.row_groups(i):
-                    if keep is None and part.get("deleted"):
-                        keep = _keep_mask(parquet, part["row_groups"], part.get("deleted"))
-                    for rb in parquet.iter_batches(batch_size=rows, row_groups=groups, columns=stored,
-                                                   use_threads=False):
-                        if keep is not None:
-                            n = rb.num_rows
-                            rb, at = rb.filter(pa.array(keep[at : at + n])), at + n
-                            if not rb.num_rows:
-                                continue
-                        if consts:
-                            got = dict(zip(read, rb.columns, strict=True))
-                            yield pa.RecordBatch.from_arrays(
-                                [got[c] if c in got else consts[c].slice(0, rb.num_rows) for c in columns],
-                                names=columns)
-                        else:
-                            yield rb if stored == columns else pa.RecordBatch.from_arrays(rb.columns, names=columns)
-
-
-#: On an object store a row group's column chunks come in one ranged GET, ahead of their turn, when
-#: they span at most this many bytes (a task then holds about two spans) ...
-PREFETCH_MAX_BYTES = 256 * 1024 * 1024
-#: ... and the chunks read fill at least this share of the span (else each chunk is a GET of its own).
-PREFETCH_MIN_DENSITY = 0.5
-
-
-@dataclass
-class _Opened:
-    """A file opened for reading, its footer read."""
-
-    file: Any  # pyarrow RandomAccessFile (ReadAt is thread-safe)
-    parquet: Any  # pyarrow.parquet.ParquetFile on it
-
-
-class _RowGroupReader:
-    """The row groups of a task's parts, ``(path, row groups, stored columns)``, in order.
-
-    On local disk each part is read from its file. On an object store, while one row group is
-    decoded the next one's column chunks (the next part's first, at a part's end) arrive in one
-    ranged GET on a background thread and are decoded from memory: the request's latency and the
-    store's time overlap the task's CPU, and a row group costs one request instead of one per column
-    chunk. Chunks too large or too scattered for one GET (:data:`PREFETCH_MAX_BYTES`,
-    :data:`PREFETCH_MIN_DENSITY`) are read from the file as on local disk."""
-
-    def __init__(self, parts: Sequence[tuple[str, Sequence[int], list[str]]], storage: Storage) -> None:
-        from concurrent.futures import Future, ThreadPoolExecutor
-
-        from batchscore.storage import is_local
-
-        self.parts, self.storage = parts, storage
-        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="batchscore-prefetch")
-                      if any(not is_local(p) for p, _, _ in parts) else None)
-        self._ahead: tuple[tuple[int, int], Future[tuple[_Opened, tuple[int, Any] | None]]] | None = None
-
-    def __enter__(self) -> _RowGroupReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:  # a consumer that stopped early: drop what was fetched ahead
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def row_groups(self, i: int) -> Iterator[tuple[Any, list[int]]]:
-        """``(ParquetFile, [row group])`` for each row group of part ``i`` (local disk: the whole part at once)."""
-        from batchscore.storage import is_local, parquet_file
-
-        path, groups, stored = self.parts[i]
-        if self._pool is None or is_local(path):
-            yield parquet_file(path, self.storage), list(groups)
-            return
-        opened: _Opened | None = None
-        for j, rg in enumerate(groups):
-            if self._ahead is not None and self._ahead[0] == (i, j):
-                opened, span = self._ahead[1].result()
-                self._ahead = None
-            else:
-                opened, span = self._fetch(i, j, opened)
-            nxt = (i, j + 1) if j + 1 < len(groups) else (i + 1, 0)
-            if nxt[0] < len(self.parts) and not is_local(self.parts[nxt[0]][0]):
-                self._ahead = (nxt, self._pool.submit(self._fetch, *nxt, opened if nxt[0] == i else None))
-            yield (opened.parquet if span is None else _span_file(opened, *span)), [rg]
-
-    def _fetch(self, i: int, j: int, opened: _Opened | None) -> tuple[_Opened, tuple[int, Any] | None]:
-        """Part ``i`` opened (unless given), and ``(offset, bytes)`` of its ``j``-th row group's chunks, or None."""
-        import pyarrow.parquet as pq
-
-        from batchscore.storage import guard, open_input
-
-        path, groups, stored = self.parts[i]
-        if opened is None:
-            f = open_input(path, self.storage)
-            with guard(path, "read Parquet footer", self.storage):
-                opened = _Opened(f, pq.ParquetFile(f))
-        span = _chunk_span(opened.parquet.metadata.row_group(groups[j]), stored)
-        if span is None:
-            return opened, None
-        lo, hi = span
-        return opened, (lo, pa.py_buffer(opened.file.read_at(hi - lo, lo)))
-
-
-def _chunk_span(meta: Any, stored: list[str]) -> tuple[int, int] | None:
-    """``[first byte, end)`` of a row group's chunks of the ``stored`` columns, when one GET should read them."""
-    want = set(stored)
-    lo, hi, size = None, 0, 0
-    for c in range(meta.num_columns):
-        col = meta.column(c)
-        if col.path_in_schema.split(".", 1)[0] not in want:
-            continue
-        start = col.dictionary_page_offset if col.has_dictionary_page and col.dictionary_page_offset else \
-            col.data_page_offset
-        lo = start if lo is None else min(lo, start)
-        hi = max(hi, start + col.total_compressed_size)
-        size += col.total_compressed_size
-    if lo is None or hi - lo > PREFETCH_MAX_BYTES or size < PREFETCH_MIN_DENSITY * (hi - lo):
-        return None
-    return lo, hi
-
-
-class _Span:
-    """A read-only file of ``size`` bytes of which ``buf`` holds those from ``start`` on (zero-copy
-    reads through ``read_buffer``); reading outside it is a bug (the footer is given, not read)."""
-
-    def __init__(self, buf: Any, start: int, size: int) -> None:
-        self.buf, self.start, self.size, self.pos = buf, start, size, 0
-        self.closed = False
-
-    def read_buffer(self, n: int = -1) -> Any:
-        n = self.size - self.pos if n < 0 else min(n, self.size - self.pos)
-        off = self.pos - self.start
-        if off < 0 or off + n > self.buf.size:
-            raise OSError(f"read of {n} bytes at {self.pos} outside the fetched span "
-                          f"[{self.start}, {self.start + self.buf.size})")
-        self.pos += n
-        return self.buf.slice(off, n)
-
-    def read(self, n: int = -1) -> bytes:
-        return self.read_buffer(n).to_pybytes()  # type: ignore[no-any-return]
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self.pos = pos if whence == 0 else (self.pos + pos if whence == 1 else self.size + pos)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def _span_file(opened: _Opened, start: int, buf: Any) -> Any:
-    """A ParquetFile whose row group's chunks are read from ``buf`` (the file's bytes from ``start``)."""
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(pa.PythonFile(_Span(buf, start, opened.file.size()), mode="r"),
-                          metadata=opened.parquet.metadata)
+                for rb in parquet.iter_batches(batch_size=rows, row_groups=part["row_groups"], columns=stored,
+                                               use_threads=False):
+                    if keep is not None:
+                        n = rb.num_rows
+                        rb, at = rb.filter(pa.array(keep[at : at + n])), at + n
+                        if not rb.num_rows:
+                            continue
+                    if consts:
+                        got = dict(zip(read, rb.columns, strict=True))
+                        yield pa.RecordBatch.from_arrays(
+                            [got[c] if c in got else consts[c].slice(0, rb.num_rows) for c in columns], names=columns)
+                    else:
+                        yield rb if stored == columns else pa.RecordBatch.from_arrays(rb.columns, names=columns)
 
 
 def _constants(text: str | None, rows: int) -> dict[str, pa.Array]:
