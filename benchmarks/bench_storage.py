@@ -107,6 +107,7 @@ class StepMeter:
 
         self.probe: StoreProbe | None = None
         self.steps: dict[str, dict[str, float]] = {}
+        self.cpu: dict[str, float] = {}  # step -> busy CPU-seconds of the whole machine (every process, all cores)
         self.reports: dict[str, Any] = {}  # step -> its typed report
         for step in STEPS:
             setattr(run_mod, step, self._wrap(step, getattr(run_mod, step)))
@@ -115,10 +116,12 @@ class StepMeter:
         def wrapped(*args: Any, **kw: Any) -> Any:
             before = self.probe.snapshot() if self.probe else None
             _STEP[0] = step
+            cpu0 = machine_cpu()
             try:
                 rep = fn(*args, **kw)
             finally:
                 _STEP[0] = "-"
+            self.cpu[step] = machine_cpu() - cpu0
             if self.probe and before is not None:
                 self.steps[step] = StoreProbe.delta(before, self.probe.snapshot())
             self.reports[step] = rep
@@ -127,7 +130,13 @@ class StepMeter:
         return wrapped
 
     def reset(self, probe: StoreProbe | None) -> None:
-        self.probe, self.steps, self.reports = probe, {}, {}
+        self.probe, self.steps, self.reports, self.cpu = probe, {}, {}, {}
+
+
+def machine_cpu() -> float:
+    """Busy CPU-seconds of the whole machine so far (``/proc/stat``: user + nice + system + irq + softirq + steal)."""
+    f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return sum(int(f[i]) for i in (0, 1, 2, 5, 6, 7)) / os.sysconf("SC_CLK_TCK")
 
 
 PROFILED = {  # --profile: driver-side calls timed in both cases (module, names); Spark tasks are not
@@ -255,7 +264,7 @@ def one_run(spark: Any, meter: StepMeter, probe: StoreProbe, fs: Any, work: Path
     score_rep = meter.reports["score"].to_json() if "score" in meter.reports else {}
     val_rep = meter.reports["validate"].to_json() if "validate" in meter.reports else {}
     return {"steps": {s: float(rep.steps[s]) for s in STEPS}, "run": float(rep.seconds),
-            "bytes": dict(meter.steps), "objects": objects, "written": written,
+            "bytes": dict(meter.steps), "cpu": dict(meter.cpu), "objects": objects, "written": written,
             "staged_bytes": int(score_rep.get("staged_bytes", 0)),
             "staged_files": int(score_rep.get("staged_files", 0)),
             "model_loads": rep.model_loads, "validate_timings": val_rep.get("timings", {}),
@@ -414,6 +423,23 @@ def main() -> int:
         print("  (to/from store: HTTP bodies of client requests as the S3 gateway counts them; weed rchar/wchar: "
               "every read()/write() of the weed process, i.e. client sockets + its internal gateway/filer/volume "
               "loopback traffic + volume files; weed CPU: its user + system seconds, on the same 2 cores as Spark)")
+        cores = os.cpu_count() or 1
+        print(f"\n  CPU budget per step (median of the rounds): busy CPU-seconds of the whole machine ({cores} cores: "
+              "Spark's JVM, its Python workers, weed, redis-server) and the fastest S3 step they allow")
+        print(f"  {'model':<6} {'step':<9} {'local CPU-s':>11} {'s3 CPU-s':>9} {'of it weed':>10} {'s3 floor s':>10} "
+              f"{'local s':>8} {'best s3/local':>13}")
+        for model in args.models:
+            loc, rem = results[model]["local"], results[model]["s3"]
+            for step in STEPS:
+                lc = statistics.median(x["cpu"].get(step, 0.0) for x in loc)
+                sc = statistics.median(x["cpu"].get(step, 0.0) for x in rem)
+                weed = statistics.median(x["bytes"].get(step, {}).get("proc_cpu", 0.0) for x in rem)
+                lw = statistics.median(x["steps"][step] for x in loc)
+                floor = sc / cores
+                print(f"  {model:<6} {step:<9} {lc:>11.2f} {sc:>9.2f} {weed:>10.2f} {floor:>10.2f} {lw:>8.2f} "
+                      f"{(lw / floor if floor else float('inf')):>12.2f}x")
+        print("  (s3 floor: the S3 step's CPU-seconds spread perfectly over every core; a step cannot be faster while "
+              "the store's CPU is the executors': best s3/local = local s / s3 floor)")
         if profiler is not None:
             print_profile(results, args.models)
         print("goals: " + ("met" if ok else "MISSED"))
