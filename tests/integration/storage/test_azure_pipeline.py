@@ -2,7 +2,8 @@
 every location in a container (score, validate, publish, lookup, a second run, rollback, history),
 values read back with deltalake and from Redis equal to the model's own outputs; and bad input (a
 missing container, a wrong account key, a missing object) refused in one line naming the URI and the
-fix, exit 2, nothing published, the key never shown."""
+fix, exit 2, nothing published, the key never shown; the store stopped between runs: exit 4 naming the
+endpoint, the Redis pointer unchanged."""
 
 from __future__ import annotations
 
@@ -160,3 +161,35 @@ def test_a_wrong_account_key_is_refused_without_showing_it(world: dict[str, Any]
     wrong = base64.b64encode(b"not-the-key-" * 3).decode()
     err = _one_error(world, world["dir"] / "base.yaml", "wk", capsys, AZURE_STORAGE_ACCOUNT_KEY=wrong)
     assert "refused the credentials" in err and "AZURE_STORAGE_ACCOUNT_KEY" in err and wrong not in err, err
+
+
+def test_an_unreachable_endpoint_exits_4_naming_it_and_publishes_nothing(
+        tmp_path: Path, spark: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store stopped between two runs (infrastructure, safe to retry): exit 4, one line naming the endpoint;
+    the Redis pointer stays on the first run's version."""
+    from batchscore.testing.demo_data import write_features, write_onnx_mlp
+    from batchscore.testing.local_azure import LocalAzure
+
+    write_onnx_mlp(tmp_path / "model.onnx", (4, 8, 1))
+    write_features(tmp_path / "f.parquet", 200, 4)
+    with LocalAzure() as server, LocalRedis() as rs:
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("BATCHSCORE_REDIS_URL", rs.url)
+        root = server.make_container("down")
+        upload(tmp_path / "model.onnx", f"{root}/model.onnx", {})
+        upload(tmp_path / "f.parquet", f"{root}/features/part-0.parquet", {})
+        cfg = {"name": "down", "model": {"uri": f"{root}/model.onnx", "format": "onnx", "version": "v1"},
+               "input": {"path": f"{root}/features", "key": "user_id", "features": [f"f{i}" for i in range(4)]},
+               "outputs": {"delta": {"path": f"{root}/pred"}, "redis": {"key_prefix": "t"}},
+               "validation": {"range": {"min": 0.0, "max": 1.0}}, "runtime": {"report_dir": f"{root}/runs"}}
+        (tmp_path / "down.yaml").write_text(yaml.safe_dump(cfg))
+        assert run_job.main(["--model-config", str(tmp_path / "down.yaml"), "--run-id", "up"]) == 0
+        pointer = redis.Redis.from_url(rs.url).get(layout.pointer_key("t:down"))
+        server.stop()
+        capsys.readouterr()
+        assert run_job.main(["--model-config", str(tmp_path / "down.yaml"), "--run-id", "down"]) == 4
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("batchscore: error:")]
+        assert len(err) == 1 and server.endpoint in err[0] and "unreachable" in err[0], err
+        assert server.key not in err[0]
+        assert redis.Redis.from_url(rs.url).get(layout.pointer_key("t:down")) == pointer
