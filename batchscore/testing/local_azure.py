@@ -112,25 +112,36 @@ class LocalAzure:
             return self
         exe = azurite_binary()
         self._run_dir = Path(tempfile.mkdtemp(prefix="batchscore-azurite-"))
-        self.port = _free_port()
+        _LIVE.add(self)
+        for attempt in range(3):  # a fresh port again if another process took the one chosen meanwhile
+            self.port = _free_port()
+            try:
+                self._spawn(exe)
+                return self
+            except BatchscoreError:
+                self.stop()
+                if attempt == 2 or "EADDRINUSE" not in self._log_tail():
+                    raise
+        raise AssertionError("unreachable")
+
+    def _spawn(self, exe: str) -> None:
+        assert self._run_dir is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE")}
         env["AZURITE_ACCOUNTS"] = f"{self.account}:{self.key}"
-        log = open(self._run_dir / "azurite.log", "wb")  # noqa: SIM115 (the child holds it)
-        with log:
+        log_path = self._run_dir / "azurite.log"
+        with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [exe, "--blobHost", _HOST, "--blobPort", str(self.port), "--inMemoryPersistence",
                  "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self._run_dir,
                 start_new_session=True, preexec_fn=_death_signal_setter())  # gone with its parent, even on SIGKILL
-        _LIVE.add(self)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise BatchscoreError(f"azurite-blob exited ({self.proc.returncode}): {self._log_tail()}")
-            if b"successfully listens" in (self._run_dir / "azurite.log").read_bytes():
-                return self
+            if b"successfully listens" in log_path.read_bytes():
+                return
             time.sleep(0.1)
-        self.stop()
         raise BatchscoreError(f"azurite-blob did not listen on {_HOST}:{self.port} within 60 s: {self._log_tail()}")
 
     def _log_tail(self) -> str:

@@ -71,6 +71,25 @@ def azure_project(make_config: Callable[..., Path], azure_container: str, azure_
                     "azure-model.yaml")
 
 
+def small_project(d: Path, root: str, name: str, rows: int) -> dict[str, Any]:
+    """A 4-feature model and ``rows`` feature rows written under ``d`` and uploaded under ``root``;
+    returns a model config (dict) whose every location is under ``root``."""
+    from batchscore.testing.demo_data import write_features, write_onnx_mlp
+
+    write_onnx_mlp(d / "model.onnx", (4, 8, 1))
+    write_features(d / "good.parquet", rows, 4)
+    upload(d / "model.onnx", f"{root}/model.onnx", {})
+    upload(d / "good.parquet", f"{root}/features/part-0.parquet", {})
+    return {
+        "name": name,
+        "model": {"uri": f"{root}/model.onnx", "format": "onnx", "version": "v1"},
+        "input": {"path": f"{root}/features", "key": "user_id", "features": [f"f{i}" for i in range(4)]},
+        "outputs": {"delta": {"path": f"{root}/pred"}, "redis": {"key_prefix": "t"}},
+        "validation": {"range": {"min": 0.0, "max": 1.0}},
+        "runtime": {"report_dir": f"{root}/runs"},
+    }
+
+
 def local_scores(cfg_path: Path) -> dict[int, float]:
     """The ONNX model run directly on the local copy of the features (the reference)."""
     import onnxruntime as ort

@@ -26,7 +26,7 @@ from batchscore.jobs import history as history_job
 from batchscore.jobs import rollback as rollback_job
 from batchscore.jobs import run as run_job
 from batchscore.testing.local_redis import LocalRedis
-from tests.integration.storage.conftest import delta_table, local_scores, upload
+from tests.integration.storage.conftest import delta_table, local_scores, small_project, upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -86,25 +86,12 @@ def test_pipeline_on_abfss_reads_back_the_models_scores(spark: Any, azure_projec
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, spark: Any, azure_server: Any) -> Iterator[dict[str, Any]]:
-    from batchscore.testing.demo_data import write_features, write_onnx_mlp
-
     d = tmp_path_factory.mktemp("azbad")
     mp = pytest.MonkeyPatch()
     for k, v in azure_server.env().items():
         mp.setenv(k, v)
     root = azure_server.make_container("bad-input")
-    write_onnx_mlp(d / "model.onnx", (4, 8, 1))
-    write_features(d / "good.parquet", 300, 4)
-    upload(d / "model.onnx", f"{root}/model.onnx", {})
-    upload(d / "good.parquet", f"{root}/features/part-0.parquet", {})
-    base = {
-        "name": "bad",
-        "model": {"uri": f"{root}/model.onnx", "format": "onnx", "version": "v1"},
-        "input": {"path": f"{root}/features", "key": "user_id", "features": [f"f{i}" for i in range(4)]},
-        "outputs": {"delta": {"path": f"{root}/pred"}, "redis": {"key_prefix": "t"}},
-        "validation": {"range": {"min": 0.0, "max": 1.0}},
-        "runtime": {"report_dir": f"{root}/runs"},
-    }
+    base = small_project(d, root, "bad", rows=300)
     with LocalRedis() as server:
         mp.setenv("BATCHSCORE_REDIS_URL", server.url)
         (d / "base.yaml").write_text(yaml.safe_dump(base))
@@ -167,22 +154,13 @@ def test_an_unreachable_endpoint_exits_4_naming_it_and_publishes_nothing(
         tmp_path: Path, spark: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The store stopped between two runs (infrastructure, safe to retry): exit 4, one line naming the endpoint;
     the Redis pointer stays on the first run's version."""
-    from batchscore.testing.demo_data import write_features, write_onnx_mlp
     from batchscore.testing.local_azure import LocalAzure
 
-    write_onnx_mlp(tmp_path / "model.onnx", (4, 8, 1))
-    write_features(tmp_path / "f.parquet", 200, 4)
     with LocalAzure() as server, LocalRedis() as rs:
         for k, v in server.env().items():
             monkeypatch.setenv(k, v)
         monkeypatch.setenv("BATCHSCORE_REDIS_URL", rs.url)
-        root = server.make_container("down")
-        upload(tmp_path / "model.onnx", f"{root}/model.onnx", {})
-        upload(tmp_path / "f.parquet", f"{root}/features/part-0.parquet", {})
-        cfg = {"name": "down", "model": {"uri": f"{root}/model.onnx", "format": "onnx", "version": "v1"},
-               "input": {"path": f"{root}/features", "key": "user_id", "features": [f"f{i}" for i in range(4)]},
-               "outputs": {"delta": {"path": f"{root}/pred"}, "redis": {"key_prefix": "t"}},
-               "validation": {"range": {"min": 0.0, "max": 1.0}}, "runtime": {"report_dir": f"{root}/runs"}}
+        cfg = small_project(tmp_path, server.make_container("down"), "down", rows=200)
         (tmp_path / "down.yaml").write_text(yaml.safe_dump(cfg))
         assert run_job.main(["--model-config", str(tmp_path / "down.yaml"), "--run-id", "up"]) == 0
         pointer = redis.Redis.from_url(rs.url).get(layout.pointer_key("t:down"))

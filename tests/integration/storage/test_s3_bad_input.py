@@ -17,7 +17,7 @@ from batchscore import redis_layout as layout
 from batchscore import storage as st
 from batchscore.jobs import run as run_job
 from batchscore.testing.local_redis import LocalRedis
-from tests.integration.storage.conftest import delta_table, upload
+from tests.integration.storage.conftest import delta_table, small_project
 from tests.integration.test_bad_input import (
     _variant,  # the same world-dict variant writer
 )
@@ -27,17 +27,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, spark: Any, s3_server: Any) -> Iterator[dict[str, Any]]:
-    from batchscore.testing.demo_data import write_features, write_onnx_mlp
-
     d = tmp_path_factory.mktemp("s3bad")
     mp = pytest.MonkeyPatch()
     for k, v in s3_server.env().items():
         mp.setenv(k, v)
     bucket = s3_server.make_bucket("bad-input")
-    write_onnx_mlp(d / "model.onnx", (4, 8, 1))
-    write_features(d / "good.parquet", 400, 4)
-    upload(d / "model.onnx", f"{bucket}/model.onnx", {})
-    upload(d / "good.parquet", f"{bucket}/features/part-0.parquet", {})
+    base = small_project(d, bucket, "bad", rows=400)
     # A Delta input whose protocol needs a reader feature nobody implements.
     import pyarrow.parquet as pq
     from deltalake import write_deltalake
@@ -48,14 +43,6 @@ def world(tmp_path_factory: pytest.TempPathFactory, spark: Any, s3_server: Any) 
                                                   "readerFeatures": ["quantumEncoding"],
                                                   "writerFeatures": ["quantumEncoding"]}}) + "\n"
                          + json.dumps({"commitInfo": {"operation": "SET TBLPROPERTIES"}}) + "\n").encode())
-    base = {
-        "name": "bad",
-        "model": {"uri": f"{bucket}/model.onnx", "format": "onnx", "version": "v1"},
-        "input": {"path": f"{bucket}/features", "key": "user_id", "features": [f"f{i}" for i in range(4)]},
-        "outputs": {"delta": {"path": f"{bucket}/pred"}, "redis": {"key_prefix": "t"}},
-        "validation": {"range": {"min": 0.0, "max": 1.0}},
-        "runtime": {"report_dir": f"{bucket}/runs"},
-    }
     with LocalRedis() as server:
         mp.setenv("BATCHSCORE_REDIS_URL", server.url)
         (d / "base.yaml").write_text(yaml.safe_dump(base))
