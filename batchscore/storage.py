@@ -305,8 +305,8 @@ _DENIED = (
     "unauthorized",
 )
 _NO_BUCKET = ("nosuchbucket", "bucket '", "bucket does not exist", "the specified bucket")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # delta-rs colours its errors' cause chains
 # An HTTP status as a word of its own: request ids (hex) and durations ("in 404.2µs") are not one.
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STATUS_403 = re.compile(r"(?<![\w.])403(?![\w.])")
 _STATUS_404 = re.compile(r"(?<![\w.])404(?![\w.])")
 

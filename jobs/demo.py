@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from batchscore.errors import BatchscoreError
 from batchscore.exit import exit_now
 from batchscore.testing.demo_data import (  # noqa: F401  (re-exported for the demo's users)
     expected_scores,
@@ -53,7 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.setup_only:
         return 0
     if args.store != "local":
-        return _on_store(args)
+        try:
+            return _on_store(args)
+        except BatchscoreError as e:  # the throwaway store could not start (no weed, no node/npm ...)
+            print(f"batchscore: error: demo --store {args.store}: {e}", file=sys.stderr)
+            return e.exit_code
     return _demo(args, args.model_config)
 
 

@@ -151,13 +151,10 @@ class LocalAzure:
         return " | ".join(text.strip().splitlines()[-5:])
 
     def filesystem(self) -> Any:
-        """A pyarrow AzureFileSystem on this server's account."""
-        import pyarrow.fs as pafs
+        """A pyarrow AzureFileSystem on this server's account (what batchscore's storage builds from :meth:`env`)."""
+        from batchscore.storage import Storage
 
-        return pafs.AzureFileSystem(
-            account_name=self.account, account_key=self.key,
-            blob_storage_authority=f"{_HOST}:{self.port}", dfs_storage_authority=f"{_HOST}:{self.port}",
-            blob_storage_scheme="http", dfs_storage_scheme="http")
+        return Storage(values=tuple(self.env().items())).filesystem(self.uri("any"))[0]
 
     def make_container(self, name: str) -> str:
         """Create container ``name``; returns its ``abfss://`` root."""
