@@ -129,10 +129,9 @@ def _noop_pandas_udf(args: list, columns: list[str]):  # type: ignore[no-untyped
     from pyspark.sql import functions as F
     from pyspark.sql.types import FloatType, StructField, StructType
 
-    if len(args) == 1:
-        arg = args[0] if not isinstance(args[0], str) else F.col(args[0])
-    else:
-        arg = F.expr("array(" + ", ".join(f"CAST(`{c}` AS FLOAT)" for c in args) + ")")
+    from batchscore.udfs.predict import _feature_arg
+
+    arg, _label = _feature_arg(args)  # exactly what predict_udf is applied to
     multi = len(columns) > 1
     rtype = StructType([StructField(c, FloatType()) for c in columns]) if multi else FloatType()
 

@@ -10,8 +10,6 @@ missing (as the Node reader's tests do). Register with ``pytest_plugins = ["test
 
 from __future__ import annotations
 
-import re
-import secrets
 import shutil
 from collections.abc import Iterator
 
@@ -19,6 +17,7 @@ import pytest
 
 from batchscore.errors import BatchscoreError
 from batchscore.testing.local_azure import LocalAzure, install
+from tests.s3_fixtures import store_name
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +43,7 @@ def azure_env(azure_server: LocalAzure, monkeypatch: pytest.MonkeyPatch) -> dict
 
 @pytest.fixture
 def azure_container(azure_server: LocalAzure, request: pytest.FixtureRequest) -> Iterator[str]:
-    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-") or "t"
-    name = f"t-{stem}-{secrets.token_hex(4)}"
+    name = store_name(request.node.name)
     uri = azure_server.make_container(name)
     yield uri
     if azure_server.running:

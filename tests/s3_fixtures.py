@@ -48,15 +48,16 @@ def s3_env(s3_server: LocalS3, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
     return env
 
 
-def _bucket_name(test_name: str) -> str:
-    """A valid, unique bucket name (3-63 of [a-z0-9-], alphanumeric at both ends) from the test's name."""
+def store_name(test_name: str) -> str:
+    """A valid, unique bucket or container name (3-63 of [a-z0-9-], alphanumeric at both ends, no two
+    hyphens in a row: S3's and Azure's rules) from the test's name."""
     stem = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:40].strip("-") or "t"
     return f"t-{stem}-{secrets.token_hex(4)}"
 
 
 @pytest.fixture
 def s3_bucket(s3_server: LocalS3, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = _bucket_name(request.node.name)
+    name = store_name(request.node.name)
     uri = s3_server.make_bucket(name)
     yield uri
     if s3_server.running:  # frees its volume (weed mini has a fixed number: see local_s3.DEFAULT_ARGS)

@@ -79,22 +79,25 @@ class PredictUDF:
         if not cols:
             raise ConfigError("predict_udf(...)(): give the feature columns, e.g. udf(*feature_cols) "
                               "or udf(F.col('features'))")
-        if len(cols) == 1:  # an array<float> column (or a one-feature model): passed as it is
-            arg = F.col(cols[0]) if isinstance(cols[0], str) else cols[0]
-            label = cols[0] if isinstance(cols[0], str) else _label(cols[0])
-        else:
-            # Several feature columns travel as one array<float> (cast to float32 in Spark): Spark's
-            # Arrow writer costs per row per vector, and Python gets a zero-copy (rows, width)
-            # matrix instead of one Series or array per column (benchmarks/README.md, predict_udf).
-            if all(isinstance(c, str) and "." not in c for c in cols):  # one SQL expression, not a py4j call
-                # per column (a dotted name keeps F.col's struct-field resolution, below)
-                arg = F.expr("array(" + ", ".join(f"CAST({_quoted(str(c))} AS FLOAT)" for c in cols) + ")")
-            else:
-                arg = F.array(*[(F.col(c) if isinstance(c, str) else c).cast("float") for c in cols])
-            label = "features"
+        arg, label = _feature_arg(cols)
         if self.kind == "pandas":
             return _pandas_udf(self, label)(arg)
         return _arrow_udf(self, label)(arg)
+
+
+def _feature_arg(cols: Sequence[Column | str]) -> tuple[Column, str]:
+    """The one column a ``predict_udf`` is applied to, and its label for errors: a single column as it
+    is (an ``array<float>``, or a one-feature model's column), several packed into one ``array<float>``."""
+    if len(cols) == 1:  # an array<float> column (or a one-feature model): passed as it is
+        c = cols[0]
+        return (F.col(c), c) if isinstance(c, str) else (c, _label(c))
+    # Several feature columns travel as one array<float> (cast to float32 in Spark): Spark's
+    # Arrow writer costs per row per vector, and Python gets a zero-copy (rows, width)
+    # matrix instead of one Series or array per column (benchmarks/README.md, predict_udf).
+    if all(isinstance(c, str) and "." not in c for c in cols):  # one SQL expression, not a py4j call
+        # per column (a dotted name keeps F.col's struct-field resolution, below)
+        return F.expr("array(" + ", ".join(f"CAST({_quoted(str(c))} AS FLOAT)" for c in cols) + ")"), "features"
+    return F.array(*[(F.col(c) if isinstance(c, str) else c).cast("float") for c in cols]), "features"
 
 
 def predict_udf(

@@ -21,7 +21,6 @@ import base64
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from batchscore.errors import BatchscoreError
+from batchscore.testing.local_redis import free_port
 from batchscore.testing.local_s3 import _death_signal_setter
 
 __all__ = ["LocalAzure", "azurite_binary", "install"]
@@ -72,12 +72,6 @@ def install(timeout: float = 600) -> str:
         return azurite_binary()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((_HOST, 0))
-        return int(s.getsockname()[1])
-
-
 class LocalAzure:
     """One ``azurite-blob`` process with an account of its own; a context manager."""
 
@@ -114,7 +108,7 @@ class LocalAzure:
         self._run_dir = Path(tempfile.mkdtemp(prefix="batchscore-azurite-"))
         _LIVE.add(self)
         for attempt in range(3):  # a fresh port again if another process took the one chosen meanwhile
-            self.port = _free_port()
+            self.port = free_port()
             try:
                 self._spawn(exe)
                 return self
