@@ -21,6 +21,7 @@ import base64
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any, Self
 
 from batchscore.errors import BatchscoreError
-from batchscore.testing.local_redis import free_port
 from batchscore.testing.local_s3 import _death_signal_setter
 
 __all__ = ["LocalAzure", "azurite_binary", "install"]
@@ -70,6 +70,14 @@ def install(timeout: float = 600) -> str:
             raise BatchscoreError(f"npm ci in {PACKAGE_DIR} failed ({res.returncode}): "
                                   f"{' '.join((res.stderr or res.stdout).split())[:300]}") from None
         return azurite_binary()
+
+
+def free_port() -> int:
+    """A free 127.0.0.1 port (stdlib only: local_redis.free_port's module imports redis-py, which the Airflow
+    environment, where these fixtures also load, does not have)."""
+    with socket.socket() as s:
+        s.bind((_HOST, 0))
+        return int(s.getsockname()[1])
 
 
 class LocalAzure:
