@@ -28,3 +28,20 @@ def test_cli_help_works_without_spark() -> None:
     for verb in ("run", "score", "validate", "publish", "lookup"):
         assert verb in res.stdout
     assert "3 validation rejected" in res.stdout
+
+
+def test_the_shared_test_plugins_load_without_the_job_environment() -> None:
+    """tests/conftest.py's plugins also load in the Airflow environment (the DAG suite), which has no
+    redis-py, Spark, pandas or Arrow: importing them must not pull any of those in (a CI run failed when
+    local_azure imported local_redis, whose module imports redis)."""
+    import ast
+    from pathlib import Path
+
+    conftest = Path(__file__).resolve().parents[1] / "conftest.py"
+    plugins = next(ast.literal_eval(node.value) for node in ast.parse(conftest.read_text()).body
+                   if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "pytest_plugins")
+    assert plugins, "tests/conftest.py names no pytest_plugins"
+    root = str(conftest.parents[1])
+    loaded = _modules_after(f"import sys; sys.path.insert(0, {root!r})\n" + "\n".join(f"import {p}" for p in plugins))
+    job_env = set(HEAVY) | {"redis"}
+    assert not loaded & job_env, f"{plugins} import {sorted(loaded & job_env)}"
