@@ -103,6 +103,56 @@ def local_scores(cfg_path: Path) -> dict[int, float]:
     return dict(zip(table["user_id"].to_pylist(), out[:, 0].tolist(), strict=True))
 
 
+def check_first_run(spark: Any, cfg: Any, *, run_id: str, redis_url: str, want: dict[int, float], tmp_path: Path
+                    ) -> Any:
+    """``batchscore run`` of ``cfg`` on an empty store, checked: Delta version 0 holds the model's outputs
+    (``want``) bit for bit, every file with full statistics (engines can skip files); Redis serves the same
+    values; the step reports live on the store and nothing under ``tmp_path``. Returns the Delta table."""
+    import json
+
+    import pyarrow as pa
+
+    from batchscore import ScoreReader
+    from batchscore import storage as st
+    from batchscore.jobs import _state as state
+    from batchscore.jobs import run as run_job
+
+    rep = run_job.run(spark, cfg, run_id=run_id, run_date="2026-11-30", redis_url=redis_url)
+    dt = delta_table(cfg.outputs.delta.path)
+    assert dt.version() == rep.delta_version == 0
+    got = dt.to_pyarrow_table()
+    assert got.num_rows == len(want)
+    assert dict(zip(got["user_id"].to_pylist(), got["score"].to_pylist(), strict=True)) == want  # bit-exact
+    assert set(got["run_id"].to_pylist()) == {run_id}
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    assert actions and all(a["num_records"] and a["min.score"] is not None and a["max.user_id"] is not None
+                           and a["null_count.score"] == 0 for a in actions)
+    assert min(a["min.user_id"] for a in actions) == min(want) and max(a["max.user_id"] for a in actions) == max(want)
+
+    found = ScoreReader(redis_url, prefix="t").get_many("m", list(want))
+    assert all(found[str(k)] is not None and found[str(k)].value == want[k] for k in want)  # type: ignore[union-attr]
+    for step in ("score", "validation", "publish", "run"):
+        assert st.is_file(state.report_uri(cfg, run_id, f"{step}.json")), step
+    assert st.is_file(state.report_uri(cfg, run_id, "validation.png"))
+    assert state.latest_run_id(cfg) == run_id
+    assert json.loads(st.read_bytes(state.report_uri(cfg, run_id, "score.json")))["input_rows"] == len(want)
+    assert not (tmp_path / "predictions").exists() and not (tmp_path / "runs").exists()
+    return dt
+
+
+def check_secret_unseen(spark: Any, cfg: Any, secret: str, *, reports: int) -> None:
+    """``secret`` (the store's key) is in none of the run reports (at least ``reports`` of them), no Spark
+    conf value and no Delta commit's metadata."""
+    import json
+
+    from batchscore import storage as st
+
+    texts = [st.read_bytes(u).decode() for u, _ in st.list_files(cfg.runtime.report_dir, suffix=".json")]
+    assert len(texts) >= reports and not any(secret in t for t in texts)
+    assert not any(secret in str(v) for _, v in spark.sparkContext.getConf().getAll())
+    assert secret not in json.dumps(delta_table(cfg.outputs.delta.path).history(), default=str)
+
+
 def delta_table(uri: str, version: int | None = None) -> Any:
     from deltalake import DeltaTable
 

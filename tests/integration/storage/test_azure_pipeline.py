@@ -12,21 +12,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
 import redis
 import yaml
 
 from batchscore import ScoreReader
 from batchscore import redis_layout as layout
-from batchscore import storage as st
 from batchscore.config import load_model_config
-from batchscore.jobs import _state as state
 from batchscore.jobs import history as history_job
 from batchscore.jobs import rollback as rollback_job
 from batchscore.jobs import run as run_job
 from batchscore.testing.local_redis import LocalRedis
-from tests.integration.storage.conftest import delta_table, local_scores, small_project, upload
+from tests.integration.storage.conftest import (
+    check_first_run,
+    check_secret_unseen,
+    delta_table,
+    local_scores,
+    small_project,
+    upload,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -39,21 +43,8 @@ def test_pipeline_on_abfss_reads_back_the_models_scores(spark: Any, azure_projec
     assert cfg.input.path.startswith("abfss://")  # abfs:// is an alias
     want = local_scores(path)
 
-    first = run_job.run(spark, cfg, run_id="a1", run_date="2026-11-30", redis_url=redis_url)
-    dt = delta_table(cfg.outputs.delta.path)
-    assert dt.version() == first.delta_version == 0
-    got = dt.to_pyarrow_table()
-    assert got.num_rows == 2000
-    assert dict(zip(got["user_id"].to_pylist(), got["score"].to_pylist(), strict=True)) == want  # bit-exact
-    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
-    assert actions and all(a["min.score"] is not None and a["null_count.score"] == 0 for a in actions)
+    check_first_run(spark, cfg, run_id="a1", redis_url=redis_url, want=want, tmp_path=tmp_path)
     reader = ScoreReader(redis_url, prefix="t", pointer_ttl=0)
-    found = reader.get_many("m", list(want))
-    assert all(found[str(k)] is not None and found[str(k)].value == want[k] for k in want)  # type: ignore[union-attr]
-    for step in ("score", "validation", "publish", "run"):
-        assert st.is_file(state.report_uri(cfg, "a1", f"{step}.json")), step
-    assert json.loads(st.read_bytes(state.report_uri(cfg, "a1", "score.json")))["input_rows"] == 2000
-    assert not (tmp_path / "predictions").exists() and not (tmp_path / "runs").exists()
 
     # A second model version, then a rollback to the first: Redis and Delta serve the first again.
     from batchscore.testing.demo_data import write_onnx_mlp
@@ -77,11 +68,7 @@ def test_pipeline_on_abfss_reads_back_the_models_scores(spark: Any, azure_projec
     assert [r["delta_version"] for r in rows] == [2, 1, 0] and rows[0]["redis"] == "current"
 
     # The account key is in no report, no Spark conf value, no Delta commit's metadata.
-    key = azure_env["AZURE_STORAGE_ACCOUNT_KEY"]
-    reports = [st.read_bytes(u).decode() for u, _ in st.list_files(cfg.runtime.report_dir, suffix=".json")]
-    assert len(reports) >= 8 and not any(key in r for r in reports)
-    assert not any(key in str(v) for _, v in spark.sparkContext.getConf().getAll())
-    assert key not in json.dumps(delta_table(cfg.outputs.delta.path).history(), default=str)
+    check_secret_unseen(spark, cfg, azure_env["AZURE_STORAGE_ACCOUNT_KEY"], reports=8)
 
 
 @pytest.fixture(scope="module")

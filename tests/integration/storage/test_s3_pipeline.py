@@ -14,12 +14,11 @@ import pytest
 from batchscore import ScoreReader
 from batchscore import storage as st
 from batchscore.config import load_model_config
-from batchscore.jobs import _state as state
 from batchscore.jobs import backfill as backfill_job
 from batchscore.jobs import history as history_job
 from batchscore.jobs import rollback as rollback_job
 from batchscore.jobs import run as run_job
-from tests.integration.storage.conftest import delta_table, local_scores
+from tests.integration.storage.conftest import check_first_run, check_secret_unseen, delta_table, local_scores
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -31,34 +30,8 @@ def test_pipeline_on_s3_reads_back_the_models_scores(spark: Any, s3_project: Any
     assert cfg.input.path.startswith("s3://")  # s3a:// is an alias
     want = local_scores(path)
 
-    rep = run_job.run(spark, cfg, run_id="s1", run_date="2026-11-30", redis_url=redis_url)
-    dt = delta_table(cfg.outputs.delta.path)
-    assert dt.version() == rep.delta_version == 0
-    got = dt.to_pyarrow_table()
-    assert got.num_rows == 3000
-    assert dict(zip(got["user_id"].to_pylist(), got["score"].to_pylist(), strict=True)) == want  # bit-exact
-    assert set(got["run_id"].to_pylist()) == {"s1"}
-    # Every committed file carries full statistics: engines can skip files.
-    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
-    assert actions and all(a["num_records"] and a["min.score"] is not None and a["max.user_id"] is not None
-                           and a["null_count.score"] == 0 for a in actions)
-    assert min(a["min.user_id"] for a in actions) == min(want) and max(a["max.user_id"] for a in actions) == max(want)
-
-    found = ScoreReader(redis_url, prefix="t").get_many("m", list(want))
-    assert all(found[str(k)] is not None and found[str(k)].value == want[k] for k in want)  # type: ignore[union-attr]
-    # The reports live on the store, next to nothing on local disk.
-    for step in ("score", "validation", "publish", "run"):
-        assert st.is_file(state.report_uri(cfg, "s1", f"{step}.json")), step
-    assert st.is_file(state.report_uri(cfg, "s1", "validation.png"))
-    assert state.latest_run_id(cfg) == "s1"
-    assert json.loads(st.read_bytes(state.report_uri(cfg, "s1", "score.json")))["input_rows"] == 3000
-    assert not (tmp_path / "predictions").exists() and not (tmp_path / "runs").exists()
-    # The store's secret is in no report, no Spark conf value, no Delta commit's metadata.
-    secret = s3_env["AWS_SECRET_ACCESS_KEY"]
-    reports = [st.read_bytes(u).decode() for u, _ in st.list_files(cfg.runtime.report_dir, suffix=".json")]
-    assert len(reports) >= 4 and not any(secret in r for r in reports)
-    assert not any(secret in str(v) for _, v in spark.sparkContext.getConf().getAll())
-    assert secret not in json.dumps(dt.history(), default=str)
+    check_first_run(spark, cfg, run_id="s1", redis_url=redis_url, want=want, tmp_path=tmp_path)
+    check_secret_unseen(spark, cfg, s3_env["AWS_SECRET_ACCESS_KEY"], reports=4)
 
 
 def test_second_run_rollback_history_and_backfill_on_s3(spark: Any, s3_project: Any, redis_url: str,
