@@ -3,7 +3,8 @@ Blob Storage (Azurite)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,21 @@ def small_project(d: Path, root: str, name: str, rows: int) -> dict[str, Any]:
         "validation": {"range": {"min": 0.0, "max": 1.0}},
         "runtime": {"report_dir": f"{root}/runs"},
     }
+
+
+@contextmanager
+def published_baseline(d: Path, base: dict[str, Any], mp: pytest.MonkeyPatch) -> Iterator[str]:
+    """A bad-input world's starting point: ``base`` (a :func:`small_project` config) written to
+    ``d/base.yaml`` and run once as run id ``baseline`` against a fresh redis-server, whose URL is
+    ``BATCHSCORE_REDIS_URL`` (set on ``mp``) and is yielded while the server runs."""
+    from batchscore.jobs import run as run_job
+    from batchscore.testing.local_redis import LocalRedis
+
+    with LocalRedis() as server:
+        mp.setenv("BATCHSCORE_REDIS_URL", server.url)
+        (d / "base.yaml").write_text(yaml.safe_dump(base))
+        assert run_job.main(["--model-config", str(d / "base.yaml"), "--run-id", "baseline"]) == 0
+        yield server.url
 
 
 def local_scores(cfg_path: Path) -> dict[int, float]:

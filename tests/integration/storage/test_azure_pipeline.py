@@ -28,9 +28,11 @@ from tests.integration.storage.conftest import (
     check_secret_unseen,
     delta_table,
     local_scores,
+    published_baseline,
     small_project,
     upload,
 )
+from tests.integration.test_bad_input import _variant  # the same world-dict variant writer
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -79,19 +81,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, spark: Any, azure_server: An
         mp.setenv(k, v)
     root = azure_server.make_container("bad-input")
     base = small_project(d, root, "bad", rows=300)
-    with LocalRedis() as server:
-        mp.setenv("BATCHSCORE_REDIS_URL", server.url)
-        (d / "base.yaml").write_text(yaml.safe_dump(base))
-        assert run_job.main(["--model-config", str(d / "base.yaml"), "--run-id", "baseline"]) == 0
-        yield {"dir": d, "base": base, "url": server.url, "root": root, "server": azure_server}
+    with published_baseline(d, base, mp) as url:
+        yield {"dir": d, "base": base, "url": url, "root": root, "server": azure_server}
     mp.undo()
-
-
-def _variant(world: dict[str, Any], name: str, **sections: dict[str, Any]) -> Path:
-    cfg = {k: ({**v, **sections[k]} if k in sections else v) for k, v in world["base"].items()}
-    path = world["dir"] / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def _published(world: dict[str, Any]) -> tuple[int, bytes | None]:

@@ -16,8 +16,7 @@ import yaml
 from batchscore import redis_layout as layout
 from batchscore import storage as st
 from batchscore.jobs import run as run_job
-from batchscore.testing.local_redis import LocalRedis
-from tests.integration.storage.conftest import delta_table, small_project
+from tests.integration.storage.conftest import delta_table, published_baseline, small_project
 from tests.integration.test_bad_input import (
     _variant,  # the same world-dict variant writer
 )
@@ -43,11 +42,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, spark: Any, s3_server: Any) 
                                                   "readerFeatures": ["quantumEncoding"],
                                                   "writerFeatures": ["quantumEncoding"]}}) + "\n"
                          + json.dumps({"commitInfo": {"operation": "SET TBLPROPERTIES"}}) + "\n").encode())
-    with LocalRedis() as server:
-        mp.setenv("BATCHSCORE_REDIS_URL", server.url)
-        (d / "base.yaml").write_text(yaml.safe_dump(base))
-        assert run_job.main(["--model-config", str(d / "base.yaml"), "--run-id", "baseline"]) == 0
-        yield {"dir": d, "base": base, "url": server.url, "bucket": bucket, "secret": s3_server.secret_key}
+    with published_baseline(d, base, mp) as url:
+        yield {"dir": d, "base": base, "url": url, "bucket": bucket, "secret": s3_server.secret_key}
     mp.undo()
 
 
