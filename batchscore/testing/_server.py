@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -65,8 +66,6 @@ class Throwaway:
 
     def _make_run_dir(self, prefix: str) -> Path:
         """A fresh 0700 temp directory, removed by :meth:`close` (at the latest at interpreter exit)."""
-        import tempfile
-
         self._run_dir = Path(tempfile.mkdtemp(prefix=prefix))
         _LIVE.add(self)
         return self._run_dir

@@ -35,6 +35,7 @@ __all__ = ["LocalAzure", "azurite_binary", "install"]
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / "tests" / "azurite"
 _INSTALL_HINT = "make azurite-env (npm ci in tests/azurite; needs node >= 18 and npm)"
 
+
 def azurite_binary() -> str:
     """``$BATCHSCORE_AZURITE``, else the checkout's ``tests/azurite`` install, else ``azurite-blob`` on PATH."""
     for exe in (os.environ.get("BATCHSCORE_AZURITE"), str(PACKAGE_DIR / "node_modules" / ".bin" / "azurite-blob"),
