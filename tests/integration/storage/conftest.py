@@ -119,11 +119,11 @@ def local_scores(cfg_path: Path) -> dict[int, float]:
     return dict(zip(table["user_id"].to_pylist(), out[:, 0].tolist(), strict=True))
 
 
-def check_first_run(spark: Any, cfg: Any, *, run_id: str, redis_url: str, want: dict[int, float], tmp_path: Path
-                    ) -> Any:
+def check_first_run(spark: Any, cfg: Any, *, run_id: str, redis_url: str, want: dict[int, float], rows: int,
+                    tmp_path: Path) -> None:
     """``batchscore run`` of ``cfg`` on an empty store, checked: Delta version 0 holds the model's outputs
-    (``want``) bit for bit, every file with full statistics (engines can skip files); Redis serves the same
-    values; the step reports live on the store and nothing under ``tmp_path``. Returns the Delta table."""
+    (``want``, ``rows`` of them) bit for bit, every file with full statistics (engines can skip files); Redis
+    serves the same values; the step reports live on the store and nothing under ``tmp_path``."""
     import json
 
     import pyarrow as pa
@@ -137,7 +137,7 @@ def check_first_run(spark: Any, cfg: Any, *, run_id: str, redis_url: str, want: 
     dt = delta_table(cfg.outputs.delta.path)
     assert dt.version() == rep.delta_version == 0
     got = dt.to_pyarrow_table()
-    assert got.num_rows == len(want)
+    assert got.num_rows == len(want) == rows
     assert dict(zip(got["user_id"].to_pylist(), got["score"].to_pylist(), strict=True)) == want  # bit-exact
     assert set(got["run_id"].to_pylist()) == {run_id}
     actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
@@ -151,9 +151,8 @@ def check_first_run(spark: Any, cfg: Any, *, run_id: str, redis_url: str, want: 
         assert st.is_file(state.report_uri(cfg, run_id, f"{step}.json")), step
     assert st.is_file(state.report_uri(cfg, run_id, "validation.png"))
     assert state.latest_run_id(cfg) == run_id
-    assert json.loads(st.read_bytes(state.report_uri(cfg, run_id, "score.json")))["input_rows"] == len(want)
+    assert json.loads(st.read_bytes(state.report_uri(cfg, run_id, "score.json")))["input_rows"] == rows
     assert not (tmp_path / "predictions").exists() and not (tmp_path / "runs").exists()
-    return dt
 
 
 def check_secret_unseen(spark: Any, cfg: Any, secret: str, *, reports: int) -> None:

@@ -45,7 +45,7 @@ def test_pipeline_on_abfss_reads_back_the_models_scores(spark: Any, azure_projec
     assert cfg.input.path.startswith("abfss://")  # abfs:// is an alias
     want = local_scores(path)
 
-    check_first_run(spark, cfg, run_id="a1", redis_url=redis_url, want=want, tmp_path=tmp_path)
+    check_first_run(spark, cfg, run_id="a1", redis_url=redis_url, want=want, rows=2000, tmp_path=tmp_path)
     reader = ScoreReader(redis_url, prefix="t", pointer_ttl=0)
 
     # A second model version, then a rollback to the first: Redis and Delta serve the first again.

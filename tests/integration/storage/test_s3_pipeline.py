@@ -30,7 +30,7 @@ def test_pipeline_on_s3_reads_back_the_models_scores(spark: Any, s3_project: Any
     assert cfg.input.path.startswith("s3://")  # s3a:// is an alias
     want = local_scores(path)
 
-    check_first_run(spark, cfg, run_id="s1", redis_url=redis_url, want=want, tmp_path=tmp_path)
+    check_first_run(spark, cfg, run_id="s1", redis_url=redis_url, want=want, rows=3000, tmp_path=tmp_path)
     check_secret_unseen(spark, cfg, s3_env["AWS_SECRET_ACCESS_KEY"], reports=4)
 
 
